@@ -1,0 +1,5 @@
+"""``python -m interpreter`` entry point."""
+
+from interpreter.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""Command line: ``python -m interpreter hr RECORD`` and ``python -m interpreter report ...``.
+
+Examples::
+
+    python -m interpreter hr ../shared/data/MIT-LCP_wfdb-python/100.hea
+    python -m interpreter report rec1.json rec2.hea --url http://localhost:3000 --out reports/
+    python -m interpreter report rec1.json --pretrained pre.pt --finetuned ft.pt --out reports/
+    python -m interpreter report rec1.json rec2.json --results results.jsonl --out reports/ --thresholds my.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ecgfm.labels import LABELS
+from ecgfm.records import ECGRecord, RecordError, read_record
+from interpreter import DISCLAIMER
+from interpreter.findings import ConfigError, interpret, load_config
+from interpreter.heart_rate import detect_heart_rate
+from interpreter.report import summary_row, write_reports, write_summary_csv
+
+
+class InputError(ValueError):
+    """Bad command-line input; the message says what to fix."""
+
+
+def _read(path: str, fs: float | None) -> ECGRecord:
+    return read_record(path, fs=fs)
+
+
+def heart_rate_of(record: ECGRecord) -> dict[str, Any]:
+    """Heart-rate measurement of one record as a JSON-ready dict."""
+    result = detect_heart_rate(record.signal, record.fs, record.lead_names).to_dict()
+    return {"record": record.name, **result}
+
+
+def _cmd_hr(args: argparse.Namespace) -> int:
+    record = _read(args.record, args.fs)
+    print(json.dumps(heart_rate_of(record)))
+    return 0
+
+
+def _probabilities_from(obj: dict[str, Any], where: str) -> dict[str, float]:
+    """Find the 17 probabilities in one API result (``clinical.probabilities``, ``probabilities`` or flat)."""
+    for candidate in (obj.get("clinical", {}).get("probabilities") if isinstance(obj.get("clinical"), dict)
+                      else None, obj.get("probabilities"), obj):
+        if isinstance(candidate, dict):
+            probs = {}
+            for label in LABELS:
+                for key in (label, f"p_{label}", f"prob_{label}"):
+                    if key in candidate and candidate[key] not in ("", None):
+                        probs[label] = float(candidate[key])
+                        break
+            if len(probs) == len(LABELS):
+                return probs
+    raise InputError(f"{where}: no probabilities for all 17 labels (expected 'clinical.probabilities', "
+                     "'probabilities' or one column per label)")
+
+
+def load_results(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read earlier API results (JSON Lines, a JSON list, or CSV) keyed by record name.
+
+    Each value has ``probabilities`` (17 labels) and ``meta`` (model, checkpoint, demo when present).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such results file")
+    text = path.read_text(encoding="utf-8")
+    objects: list[dict[str, Any]]
+    if path.suffix.lower() == ".csv":
+        objects = list(csv.DictReader(text.splitlines()))
+    elif text.lstrip().startswith("["):
+        objects = json.loads(text)
+    else:
+        objects = [json.loads(line) for line in text.splitlines() if line.strip()]
+    results: dict[str, dict[str, Any]] = {}
+    for i, obj in enumerate(objects, 1):
+        where = f"{path}: entry {i}"
+        name = obj.get("record")
+        if not name:
+            raise InputError(f"{where}: no 'record' name")
+        clinical = obj.get("clinical") if isinstance(obj.get("clinical"), dict) else obj
+        meta = {k: clinical[k] for k in ("model", "checkpoint", "demo", "n_segments") if k in clinical}
+        results[str(name)] = {"probabilities": _probabilities_from(obj, where), "meta": meta}
+    return results
+
+
+def clinical_from_url(url: str, record: ECGRecord, timeout: float = 120.0) -> dict[str, Any]:
+    """POST the record to ``{url}/clinical`` and return the JSON answer."""
+    body = json.dumps({"signal": record.signal.tolist(), "fs": record.fs, "lead_names": record.lead_names})
+    request = urllib.request.Request(url.rstrip("/") + "/clinical", data=body.encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise InputError(f"{url}/clinical answered {exc.code} for {record.name}: "
+                         f"{exc.read().decode(errors='replace')[:500]}") from exc
+    except urllib.error.URLError as exc:
+        raise InputError(f"cannot reach {url}: {exc.reason}") from exc
+
+
+def _local_predictor(pretrained: str | None, finetuned: str | None) -> Callable[[ECGRecord], dict[str, Any]]:
+    from ecgfm.inference import Predictor
+
+    predictor = Predictor.from_paths(pretrained, finetuned)
+    return lambda record: predictor.predict(record)["clinical"]
+
+
+def _meta_from(clinical: dict[str, Any], how: str) -> dict[str, Any]:
+    meta = {"probabilities_from": how}
+    meta.update({k: clinical[k] for k in ("model", "demo", "n_segments") if k in clinical})
+    if isinstance(clinical.get("checkpoint"), dict):
+        meta["checkpoint"] = json.dumps(clinical["checkpoint"], sort_keys=True)
+    return meta
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    config = load_config(args.thresholds)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    predict: Callable[[ECGRecord], dict[str, Any]] | None = None
+    results: dict[str, dict[str, Any]] = {}
+    if args.results:
+        results = load_results(args.results)
+    elif args.url:
+        predict = lambda record: clinical_from_url(args.url, record)
+    else:
+        predict = _local_predictor(args.pretrained, args.finetuned)
+
+    jobs: list[tuple[str, str | None]] = [(Path(p).stem, p) for p in args.records]
+    if args.results and not args.records:
+        jobs = [(name, None) for name in results]
+    rows = []
+    for name, path in tqdm(jobs, desc="interpreting", unit="record", file=sys.stderr,
+                           disable=args.quiet or len(jobs) < 2):
+        record = _read(path, args.fs) if path else None
+        key = record.name if record else name
+        if predict is not None:
+            clinical = predict(record)
+            probs = _probabilities_from(clinical, f"{key}: model answer")
+            meta = _meta_from(clinical, args.url or "local checkpoints")
+        else:
+            entry = results.get(key) or results.get(name)
+            if entry is None:
+                raise InputError(f"{args.results}: no result for record {key!r}")
+            probs = entry["probabilities"]
+            meta = {"probabilities_from": str(args.results), **entry["meta"]}
+        heart_rate = detect_heart_rate(record.signal, record.fs, record.lead_names).to_dict() if record else None
+        interp = interpret(probs, heart_rate, config, record=key)
+        write_reports(interp, out, record, meta)
+        rows.append(summary_row(interp))
+    csv_path = write_summary_csv(rows, out / "summary.csv")
+    print(f"{len(rows)} report(s) in {out}; summary {csv_path}", file=sys.stderr)
+    print(DISCLAIMER, file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m interpreter",
+                                     description="Interpret ECG-FM results. " + DISCLAIMER)
+    sub = parser.add_subparsers(dest="command", required=True)
+    hr = sub.add_parser("hr", help="detect R peaks and print the heart rate of one record as JSON")
+    hr.add_argument("record", help="a .json, .csv, .npy or .hea record")
+    hr.add_argument("--fs", type=float, help="sampling rate, for .csv/.npy records")
+    hr.set_defaults(func=_cmd_hr)
+
+    rep = sub.add_parser("report", help="write text/JSON/HTML reports and summary.csv")
+    rep.add_argument("records", nargs="*", help="record files (any format ecgfm reads)")
+    source = rep.add_mutually_exclusive_group(required=True)
+    source.add_argument("--url", help="URL of a running ecgfm-serve API (POST {url}/clinical)")
+    source.add_argument("--finetuned", help="local finetuned checkpoint")
+    source.add_argument("--results", help="earlier API results: JSON Lines, JSON list or CSV")
+    rep.add_argument("--pretrained", help="local pretrained checkpoint (with --finetuned)")
+    rep.add_argument("--out", required=True, help="output folder")
+    rep.add_argument("--thresholds", help="YAML overriding interpreter/thresholds.yaml")
+    rep.add_argument("--fs", type=float, help="sampling rate, for .csv/.npy records")
+    rep.add_argument("--quiet", action="store_true", help="no progress bar")
+    rep.set_defaults(func=_cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "report" and not args.records and not args.results:
+        print("error: give record files (or --results for reports without heart rate)", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except (InputError, RecordError, ConfigError, OSError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

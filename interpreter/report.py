@@ -1,0 +1,237 @@
+"""Reports of an :class:`~interpreter.findings.Interpretation`: text, JSON, HTML (with a 12-lead PNG) and CSV."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ecgfm.labels import LABELS
+from interpreter import DISCLAIMER
+from interpreter.findings import GROUP_ORDER, Interpretation
+
+SEVERITY_COLOURS = {"normal": "#2e7d32", "borderline": "#b58900", "abnormal": "#d84315", "critical": "#b71c1c"}
+
+
+def _fmt(value: Any, digits: int = 1, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}{unit}"
+
+
+def report_dict(interp: Interpretation, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON report: disclaimer first, then the interpretation and where the probabilities came from."""
+    data = {"disclaimer": DISCLAIMER, **interp.to_dict()}
+    if data.get("heart_rate"):
+        data["heart_rate"] = {k: v for k, v in data["heart_rate"].items() if k != "rr_intervals_s"} | {
+            "rr_intervals_s": [round(v, 4) for v in data["heart_rate"].get("rr_intervals_s", [])]
+        }
+    data["source"] = meta or {}
+    return data
+
+
+def render_json(interp: Interpretation, meta: dict[str, Any] | None = None) -> str:
+    return json.dumps(report_dict(interp, meta), indent=2, ensure_ascii=False) + "\n"
+
+
+def _hr_lines(interp: Interpretation) -> list[str]:
+    hr = interp.heart_rate
+    if not hr:
+        return ["Heart rate: not measured (no signal given)"]
+    lines = [
+        (f"Heart rate: {_fmt(hr.get('heart_rate_bpm'))} bpm from {hr.get('n_beats', len(hr.get('r_peaks', [])))} "
+        f"beats (lead {hr.get('lead')}, signal quality: {hr.get('quality')})"),
+        f"RR irregularity: CV {_fmt(hr.get('rr_cv'), 3)}, RMSSD {_fmt(hr.get('rmssd_ms'), 0)} ms"
+        + (" — irregular" if hr.get("irregular") else ""),
+    ]
+    if interp.rate_severity:
+        lines.append(f"Rate band: {interp.rate_severity}")
+    for reason in hr.get("quality_reasons") or []:
+        lines.append(f"Quality warning: {reason}")
+    return lines
+
+
+def render_text(interp: Interpretation, meta: dict[str, Any] | None = None) -> str:
+    """Plain-text report, one screen for one record."""
+    meta = meta or {}
+    out = [f"ECG interpretation — record {interp.record}", "=" * 60, f"*** {DISCLAIMER} ***", ""]
+    if meta:
+        out.append("Source: " + ", ".join(f"{k}={v}" for k, v in meta.items()))
+    out += [f"OVERALL SEVERITY: {interp.severity.upper()}", *_hr_lines(interp), ""]
+    for group in GROUP_ORDER:
+        out.append(f"[{group}]")
+        reported = [f for f in interp.findings if f.group == group and f.reported]
+        for f in reported:
+            p = "n/a" if f.probability is None else f"{f.probability:.2f}"
+            out.append(f"  - {f.label}: {f.status}, {f.severity} (p={p}, threshold {f.threshold:.2f}; "
+                       f"source {f.source}; rules {', '.join(f.rules)})")
+            out += [f"      {note}" for note in f.notes]
+        if not reported:
+            out.append("  (none)")
+        if group in interp.group_notes:
+            out.append(f"  note: {interp.group_notes[group]}")
+    if interp.discordances:
+        out += ["", "Discordances:", *[f"  - {d}" for d in interp.discordances]]
+    if interp.notes:
+        out += ["", "Notes:", *[f"  - {n}" for n in interp.notes]]
+    out += ["", "Why this severity:", *[f"  - {r}" for r in interp.severity_reasons or ["no abnormal finding"]]]
+    out += ["", "All probabilities:"]
+    out += [f"  {label:<45} {interp.probabilities[label]:.3f}" for label in LABELS]
+    out += ["", f"Thresholds: {interp.thresholds_source} (see docs/clinical_methodology.md)",
+            "", f"*** {DISCLAIMER} ***", ""]
+    return "\n".join(out)
+
+
+def plot_ecg_png(signal: np.ndarray, fs: float, lead_names: list[str], r_peaks: list[int] | None = None,
+                 peak_lead: str | None = None, max_seconds: float = 10.0) -> bytes:
+    """A PNG of every lead (the first ``max_seconds``) on ECG-paper-like axes, R peaks marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    sig = np.atleast_2d(np.asarray(signal, dtype=np.float64))
+    n = min(sig.shape[1], int(max_seconds * fs))
+    t = np.arange(n) / fs
+    n_leads = sig.shape[0]
+    cols = 2 if n_leads > 6 else 1
+    rows = int(np.ceil(n_leads / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(12, 1.3 * rows + 0.8), sharex=True, squeeze=False)
+    for k in range(rows * cols):
+        ax = axes[k % rows][k // rows]
+        if k >= n_leads:
+            ax.axis("off")
+            continue
+        x = sig[k, :n]
+        ax.plot(t, x, color="black", linewidth=0.6)
+        if r_peaks and lead_names[k] == peak_lead:
+            peaks = [p for p in r_peaks if p < n]
+            ax.plot(np.asarray(peaks) / fs, x[peaks], "v", color="#d84315", markersize=4, label="R peak")
+        ax.set_ylabel(lead_names[k], rotation=0, ha="right", va="center")
+        ax.grid(True, color="#f4b6b6", linewidth=0.4)
+        ax.tick_params(labelsize=7)
+    for c in range(cols):
+        axes[rows - 1][c].set_xlabel("time (s)")
+    fig.suptitle(f"ECG, first {n / fs:.1f} s at {fs:g} Hz (mV); ▼ = detected R peaks in lead {peak_lead}",
+                 fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render_html(interp: Interpretation, png: bytes | None = None, meta: dict[str, Any] | None = None) -> str:
+    """Self-contained HTML report; the ECG plot is embedded as a base64 PNG."""
+    e = html.escape
+    colour = SEVERITY_COLOURS[interp.severity]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>ECG interpretation — {e(interp.record)}</title>",
+        ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+        ".disclaimer{background:#fff3cd;border:2px solid #b58900;padding:.7em;font-weight:bold}"
+        ".sev{color:#fff;padding:2px 8px;border-radius:4px}</style></head><body>"),
+        f'<p class="disclaimer" id="disclaimer">{e(DISCLAIMER)}</p>',
+        f"<h1>ECG interpretation — record {e(interp.record)}</h1>",
+        (f'<p>Overall severity: <span class="sev" style="background:{colour}" id="severity">'
+        f"{e(interp.severity)}</span></p>"),
+    ]
+    if meta:
+        parts.append("<p>Source: " + e(", ".join(f"{k}={v}" for k, v in meta.items())) + "</p>")
+    parts.append("<h2>Heart rate</h2><ul>" + "".join(f"<li>{e(line)}</li>" for line in _hr_lines(interp))
+                 + "</ul>")
+    parts.append("<h2>Findings by group</h2><table><tr><th>group</th><th>finding</th><th>status</th>"
+                 "<th>severity</th><th>probability</th><th>threshold</th><th>source</th><th>rules</th>"
+                 "<th>notes</th></tr>")
+    for group in GROUP_ORDER:
+        reported = [f for f in interp.findings if f.group == group and f.reported]
+        if not reported:
+            note = interp.group_notes.get(group, "none")
+            parts.append(f"<tr><td>{e(group)}</td><td colspan=8><i>{e(note)}</i></td></tr>")
+        for f in reported:
+            p = "n/a" if f.probability is None else f"{f.probability:.3f}"
+            parts.append(
+                f"<tr><td>{e(group)}</td><td>{e(f.label)}</td><td>{e(f.status)}</td>"
+                f'<td style="color:{SEVERITY_COLOURS[f.severity]}">{e(f.severity)}</td><td>{p}</td>'
+                f"<td>{f.threshold:.2f}</td><td>{e(f.source)}</td><td>{e(', '.join(f.rules))}</td>"
+                f"<td>{e('; '.join(f.notes))}</td></tr>"
+            )
+    parts.append("</table>")
+    for title, items in (("Discordances", interp.discordances), ("Notes", interp.notes),
+                         ("Why this severity", interp.severity_reasons)):
+        if items:
+            parts.append(f"<h2>{title}</h2><ul>" + "".join(f"<li>{e(i)}</li>" for i in items) + "</ul>")
+    if png:
+        parts.append('<h2>ECG</h2><img id="ecg-plot" alt="ECG leads with detected R peaks" style="width:100%" '
+                     f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+    parts.append("<h2>All probabilities</h2><table><tr><th>label</th><th>probability</th></tr>"
+                 + "".join(f"<tr><td>{e(label)}</td><td>{interp.probabilities[label]:.3f}</td></tr>"
+                           for label in LABELS) + "</table>")
+    parts.append(f"<p>Thresholds: {e(interp.thresholds_source)}; rules are described in "
+                 "docs/clinical_methodology.md.</p>")
+    parts.append(f'<p class="disclaimer">{e(DISCLAIMER)}</p></body></html>')
+    return "\n".join(parts) + "\n"
+
+
+CSV_FIXED = ["record", "severity", "heart_rate_bpm", "hr_quality", "n_beats", "rr_cv", "rr_irregular",
+             "rate_severity", "findings", *[f"group_{g}" for g in GROUP_ORDER], "discordances", "disclaimer"]
+
+
+def summary_row(interp: Interpretation) -> dict[str, Any]:
+    """One CSV row: severity, heart rate, reported findings per group and every probability."""
+    hr = interp.heart_rate or {}
+    row: dict[str, Any] = {
+        "record": interp.record,
+        "severity": interp.severity,
+        "heart_rate_bpm": None if hr.get("heart_rate_bpm") is None else round(hr["heart_rate_bpm"], 1),
+        "hr_quality": hr.get("quality", "not measured"),
+        "n_beats": hr.get("n_beats", len(hr.get("r_peaks", []))) if hr else None,
+        "rr_cv": None if hr.get("rr_cv") is None else round(hr["rr_cv"], 3),
+        "rr_irregular": hr.get("irregular"),
+        "rate_severity": interp.rate_severity,
+        "findings": "; ".join(f"{f.label} ({f.status}, {f.severity})" for f in interp.reported_findings()),
+        "discordances": len(interp.discordances),
+        "disclaimer": "Research use only - not a diagnostic device",
+    }
+    for group in GROUP_ORDER:
+        row[f"group_{group}"] = "; ".join(interp.groups[group])
+    for label in LABELS:
+        row[f"p_{label}"] = round(interp.probabilities[label], 4)
+    return row
+
+
+def write_summary_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*CSV_FIXED, *[f"p_{label}" for label in LABELS]])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_reports(interp: Interpretation, out_dir: str | Path, record: Any | None = None,
+                  meta: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write ``<record>.txt``, ``<record>.json`` and ``<record>.html`` into ``out_dir``.
+
+    ``record`` (an :class:`ecgfm.records.ECGRecord`) adds the ECG plot to the HTML report.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in interp.record) or "record"
+    png = None
+    if record is not None:
+        hr = interp.heart_rate or {}
+        png = plot_ecg_png(record.signal, record.fs, record.lead_names, hr.get("r_peaks"), hr.get("lead"))
+    paths = {"txt": out / f"{stem}.txt", "json": out / f"{stem}.json", "html": out / f"{stem}.html"}
+    paths["txt"].write_text(render_text(interp, meta), encoding="utf-8")
+    paths["json"].write_text(render_json(interp, meta), encoding="utf-8")
+    paths["html"].write_text(render_html(interp, png, meta), encoding="utf-8")
+    return paths
