@@ -1,0 +1,223 @@
+"""From preprocessed segments to the response bodies that the CLI and the HTTP API return.
+
+* :func:`load_model` resolves and loads one checkpoint (:mod:`ecgfm.hub`, :mod:`ecgfm.checkpoint`);
+* :func:`classify_segments` / :func:`embed_segments` run batches of segments through a model;
+* :func:`clinical_response` / :func:`features_response` aggregate segments into a record and build the body;
+* :class:`Predictor` chains all of it for whole records (used by ``ecgfm predict``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ecgfm.checkpoint import CheckpointError, LoadedModel, ModelKind, file_sha256, load_checkpoint
+from ecgfm.hub import CheckpointSource, resolve_checkpoint
+from ecgfm.labels import LABELS, aggregate_probabilities
+from ecgfm.model import ECGFMClassifier, ECGFMEncoder, time_mean
+from ecgfm.preprocess import PreprocessedECG, preprocess
+from ecgfm.records import ECGRecord
+
+DEFAULT_BATCH_SIZE = 32
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class ModelHandle:
+    """A loaded model on its device, with where it came from."""
+
+    loaded: LoadedModel
+    source: CheckpointSource
+    sha256: str
+    device: torch.device = field(default_factory=default_device)
+
+    @property
+    def kind(self) -> ModelKind:
+        return self.loaded.kind
+
+    @property
+    def demo(self) -> bool:
+        return self.loaded.demo or self.source.origin == "demo"
+
+    def info(self) -> dict[str, Any]:
+        """What responses and ``/info`` say about this model (no weights, no inputs)."""
+        config = self.loaded.config
+        return {
+            "kind": self.kind,
+            "model_type": self.loaded.model_name,
+            "demo": self.demo,
+            **self.source.to_dict(),
+            "sha256": self.sha256,
+            "parameters": self.loaded.num_parameters,
+            "embed_dim": config.embed_dim,
+            "layers": config.num_layers,
+            "num_labels": config.num_labels or None,
+        }
+
+
+def load_model(kind: ModelKind, path: str | None = None, device: torch.device | str | None = None) -> ModelHandle:
+    """Resolve (explicit path, environment, demo, hub), load strictly, move to ``device``."""
+    source = resolve_checkpoint(kind, path)
+    loaded = load_checkpoint(source.path, expected_kind=kind)
+    target = torch.device(device) if device is not None else default_device()
+    loaded.model.to(target)
+    if kind == "finetuned" and loaded.config.num_labels != len(LABELS):
+        raise CheckpointError(
+            f"{source.path}: the classifier has {loaded.config.num_labels} outputs, but ECG-FM has {len(LABELS)} labels"
+        )
+    return ModelHandle(loaded, source, file_sha256(source.path), target)
+
+
+def _batches(
+    segments: np.ndarray, padding_mask: np.ndarray | None, batch_size: int
+) -> Sequence[tuple[np.ndarray, np.ndarray | None]]:
+    return [
+        (segments[i : i + batch_size], None if padding_mask is None else padding_mask[i : i + batch_size])
+        for i in range(0, len(segments), batch_size)
+    ]
+
+
+def _as_tensors(
+    segments: np.ndarray, padding_mask: np.ndarray | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    source = torch.from_numpy(np.ascontiguousarray(segments, dtype=np.float32)).to(device, non_blocking=True)
+    mask = None
+    if padding_mask is not None and padding_mask.any():
+        mask = torch.from_numpy(np.ascontiguousarray(padding_mask, dtype=bool)).to(device, non_blocking=True)
+    return source, mask
+
+
+@torch.inference_mode()
+def classify_segments(
+    handle: ModelHandle,
+    segments: np.ndarray,
+    padding_mask: np.ndarray | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> np.ndarray:
+    """Per-segment probabilities ``[N, 17]`` (sigmoid of the logits) from ``[N, 12, 2500]`` segments."""
+    model = handle.loaded.model
+    if not isinstance(model, ECGFMClassifier):
+        raise TypeError("classify_segments needs the finetuned model")
+    outputs = []
+    for chunk, mask in _batches(segments, padding_mask, batch_size):
+        source, mask_t = _as_tensors(chunk, mask, handle.device)
+        outputs.append(torch.sigmoid(model(source, mask_t).float()).cpu().numpy())
+    return np.concatenate(outputs) if outputs else np.zeros((0, len(LABELS)), np.float32)
+
+
+@torch.inference_mode()
+def embed_segments(
+    handle: ModelHandle,
+    segments: np.ndarray,
+    padding_mask: np.ndarray | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> np.ndarray:
+    """Per-segment embeddings ``[N, D]``: the pretrained encoder's output averaged over valid frames."""
+    model = handle.loaded.model
+    if not isinstance(model, ECGFMEncoder):
+        raise TypeError("embed_segments needs the pretrained model")
+    outputs = []
+    for chunk, mask in _batches(segments, padding_mask, batch_size):
+        source, mask_t = _as_tensors(chunk, mask, handle.device)
+        hidden, frame_mask = model(source, mask_t)
+        outputs.append(time_mean(hidden, frame_mask).float().cpu().numpy())
+    dim = handle.loaded.config.embed_dim
+    return np.concatenate(outputs) if outputs else np.zeros((0, dim), np.float32)
+
+
+def _record_fields(prep: PreprocessedECG) -> dict[str, Any]:
+    return {
+        "n_segments": prep.n_segments,
+        "duration_s": round(prep.duration_s, 6),
+        "used_duration_s": round(prep.used_duration_s, 6),
+        "padded": prep.padding_mask is not None,
+        "constant_leads": list(prep.constant_leads),
+    }
+
+
+def clinical_response(
+    segment_probabilities: np.ndarray, prep: PreprocessedECG, model_info: dict[str, Any], per_segment: bool = False
+) -> dict[str, Any]:
+    """The ``/clinical`` body: record-level probabilities in label order (max or mean over segments)."""
+    record = aggregate_probabilities(segment_probabilities)
+    body: dict[str, Any] = {
+        "model": "finetuned",
+        "demo": bool(model_info["demo"]),
+        "probabilities": {label: float(p) for label, p in zip(LABELS, record, strict=True)},
+        **_record_fields(prep),
+    }
+    if per_segment:
+        body["segments"] = np.asarray(segment_probabilities, dtype=np.float64).tolist()
+    body["checkpoint"] = model_info
+    return body
+
+
+def features_response(
+    segment_embeddings: np.ndarray, prep: PreprocessedECG, model_info: dict[str, Any], per_segment: bool = False
+) -> dict[str, Any]:
+    """The ``/features`` body: the mean of the per-segment embeddings."""
+    embeddings = np.asarray(segment_embeddings, dtype=np.float64)
+    body: dict[str, Any] = {
+        "model": "pretrained",
+        "demo": bool(model_info["demo"]),
+        "features": embeddings.mean(axis=0).tolist(),
+        "dim": int(embeddings.shape[1]),
+        **_record_fields(prep),
+    }
+    if per_segment:
+        body["segments"] = embeddings.tolist()
+    body["checkpoint"] = model_info
+    return body
+
+
+class Predictor:
+    """Whole-record inference with one or both models, in process (the CLI's engine)."""
+
+    def __init__(self, pretrained: ModelHandle | None = None, finetuned: ModelHandle | None = None) -> None:
+        if pretrained is None and finetuned is None:
+            raise ValueError("a Predictor needs at least one model")
+        self.pretrained = pretrained
+        self.finetuned = finetuned
+
+    @classmethod
+    def from_paths(
+        cls,
+        pretrained: str | None = None,
+        finetuned: str | None = None,
+        *,
+        load_pretrained: bool = True,
+        load_finetuned: bool = True,
+        device: str | None = None,
+    ) -> Predictor:
+        """Load the models; a path of None means "resolve it" (environment, demo mode, hub)."""
+        return cls(
+            load_model("pretrained", pretrained, device) if load_pretrained else None,
+            load_model("finetuned", finetuned, device) if load_finetuned else None,
+        )
+
+    def preprocess(self, record: ECGRecord, **options: Any) -> PreprocessedECG:
+        return preprocess(record.signal, record.fs, record.lead_names, **options)
+
+    def predict_preprocessed(self, prep: PreprocessedECG, per_segment: bool = False) -> dict[str, Any]:
+        """``{"clinical": ..., "features": ...}`` for the models this predictor holds."""
+        result: dict[str, Any] = {}
+        if self.finetuned is not None:
+            probs = classify_segments(self.finetuned, prep.segments, prep.padding_mask)
+            result["clinical"] = clinical_response(probs, prep, self.finetuned.info(), per_segment)
+        if self.pretrained is not None:
+            embeddings = embed_segments(self.pretrained, prep.segments, prep.padding_mask)
+            result["features"] = features_response(embeddings, prep, self.pretrained.info(), per_segment)
+        return result
+
+    def predict(self, record: ECGRecord, per_segment: bool = False, **options: Any) -> dict[str, Any]:
+        """One JSON-ready object per record: ``{"record": name, "clinical": ..., "features": ...}``."""
+        prep = self.preprocess(record, **options)
+        return {"record": record.name, **self.predict_preprocessed(prep, per_segment)}
