@@ -5,7 +5,7 @@ Examples::
     python -m interpreter hr ../shared/data/MIT-LCP_wfdb-python/100.hea
     python -m interpreter report rec1.json rec2.hea --url http://localhost:3000 --out reports/
     python -m interpreter report rec1.json --pretrained pre.pt --finetuned ft.pt --out reports/
-    python -m interpreter report rec1.json rec2.json --results results.jsonl --out reports/ --thresholds my.yaml
+    python -m interpreter report rec1.json --results results.jsonl --out reports/ --thresholds my.yaml
 """
 
 from __future__ import annotations
@@ -134,7 +134,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.results:
         results = load_results(args.results)
     elif args.url:
-        predict = lambda record: clinical_from_url(args.url, record)
+        url = args.url
+
+        def predict(record: ECGRecord) -> dict[str, Any]:
+            return clinical_from_url(url, record)
+
     else:
         predict = _local_predictor(args.pretrained, args.finetuned)
 
@@ -156,7 +160,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 raise InputError(f"{args.results}: no result for record {key!r}")
             probs = entry["probabilities"]
             meta = {"probabilities_from": str(args.results), **entry["meta"]}
-        heart_rate = detect_heart_rate(record.signal, record.fs, record.lead_names).to_dict() if record else None
+        heart_rate = None
+        if record is not None:
+            heart_rate = detect_heart_rate(record.signal, record.fs, record.lead_names).to_dict()
         interp = interpret(probs, heart_rate, config, record=key)
         write_reports(interp, out, record, meta)
         rows.append(summary_row(interp))

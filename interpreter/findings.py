@@ -168,7 +168,7 @@ def _threshold_finding(label: str, p: float, group: str, config: dict[str, Any])
 
 
 def _apply_rate_rules(f: Finding, bpm: float, band: str, config: dict[str, Any]) -> str | None:
-    """Rules H1-H6: the measured rate decides tachycardia/bradycardia. Returns a discordance message or None."""
+    """Rules H1-H6: the measured rate decides tachycardia/bradycardia; returns a discordance or None."""
     hr = config["heart_rate"]
     if f.label == "Tachycardia":
         measured = bpm > float(hr["tachycardia_above_bpm"])
@@ -188,8 +188,8 @@ def _apply_rate_rules(f: Finding, bpm: float, band: str, config: dict[str, Any])
     if measured:
         f.status, f.source, f.severity = "present", "heart_rate", worst([band, "borderline"])
         f.rules.append(add)
-        msg = (f"{f.label}: measured heart rate {bpm:.0f} bpm ({criterion}) but the model's probability is {p} "
-               "(below its threshold); reported from the measured rate — discordant, review the ECG")
+        msg = (f"{f.label}: measured heart rate {bpm:.0f} bpm ({criterion}) but the model's probability "
+               f"is {p} (below its threshold); reported from the measured rate — discordant, review the ECG")
         f.notes.append("added from the measured heart rate; the model did not report it (discordant)")
         return msg
     if model_says:
@@ -250,9 +250,10 @@ def interpret(
         irregular = heart_rate.get("irregular")
         af_like = any(by_label[x].reported for x in ("Atrial fibrillation", "Atrial flutter"))
         if irregular and not af_like:
-            notes.append(f"H9: RR intervals are irregular (coefficient of variation {heart_rate['rr_cv']:.2f}) "
-                         "although the model reports no atrial fibrillation/flutter: consider sinus arrhythmia, "
-                         "ectopic beats or missed AF — review the rhythm strip")
+            notes.append(f"H9: RR intervals are irregular (coefficient of variation "
+                         f"{heart_rate['rr_cv']:.2f}) although the model reports no atrial "
+                         "fibrillation/flutter: consider sinus arrhythmia, ectopic beats or missed AF — "
+                         "review the rhythm strip")
     else:
         why = "no signal was given" if not heart_rate else "; ".join(heart_rate.get("quality_reasons") or [])
         notes.append(f"H8: heart-rate rules not applied ({why or 'heart rate unavailable'}); "

@@ -1,4 +1,4 @@
-"""Reports of an :class:`~interpreter.findings.Interpretation`: text, JSON, HTML (with a 12-lead PNG) and CSV."""
+"""Reports of an :class:`~interpreter.findings.Interpretation`: text, JSON, HTML (12-lead PNG) and CSV."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from ecgfm.labels import LABELS
 from interpreter import DISCLAIMER
 from interpreter.findings import GROUP_ORDER, Interpretation
 
-SEVERITY_COLOURS = {"normal": "#2e7d32", "borderline": "#b58900", "abnormal": "#d84315", "critical": "#b71c1c"}
+SEVERITY_COLOURS = {
+    "normal": "#2e7d32", "borderline": "#b58900", "abnormal": "#d84315", "critical": "#b71c1c",
+}
 
 
 def _fmt(value: Any, digits: int = 1, unit: str = "") -> str:
@@ -45,8 +47,9 @@ def _hr_lines(interp: Interpretation) -> list[str]:
     if not hr:
         return ["Heart rate: not measured (no signal given)"]
     lines = [
-        (f"Heart rate: {_fmt(hr.get('heart_rate_bpm'))} bpm from {hr.get('n_beats', len(hr.get('r_peaks', [])))} "
-        f"beats (lead {hr.get('lead')}, signal quality: {hr.get('quality')})"),
+        (f"Heart rate: {_fmt(hr.get('heart_rate_bpm'))} bpm from "
+         f"{hr.get('n_beats', len(hr.get('r_peaks', [])))} beats (lead {hr.get('lead')}, "
+         f"signal quality: {hr.get('quality')})"),
         f"RR irregularity: CV {_fmt(hr.get('rr_cv'), 3)}, RMSSD {_fmt(hr.get('rmssd_ms'), 0)} ms"
         + (" — irregular" if hr.get("irregular") else ""),
     ]
@@ -80,7 +83,8 @@ def render_text(interp: Interpretation, meta: dict[str, Any] | None = None) -> s
         out += ["", "Discordances:", *[f"  - {d}" for d in interp.discordances]]
     if interp.notes:
         out += ["", "Notes:", *[f"  - {n}" for n in interp.notes]]
-    out += ["", "Why this severity:", *[f"  - {r}" for r in interp.severity_reasons or ["no abnormal finding"]]]
+    reasons = interp.severity_reasons or ["no abnormal finding"]
+    out += ["", "Why this severity:", *[f"  - {r}" for r in reasons]]
     out += ["", "All probabilities:"]
     out += [f"  {label:<45} {interp.probabilities[label]:.3f}" for label in LABELS]
     out += ["", f"Thresholds: {interp.thresholds_source} (see docs/clinical_methodology.md)",
@@ -170,7 +174,8 @@ def render_html(interp: Interpretation, png: bytes | None = None, meta: dict[str
         if items:
             parts.append(f"<h2>{title}</h2><ul>" + "".join(f"<li>{e(i)}</li>" for i in items) + "</ul>")
     if png:
-        parts.append('<h2>ECG</h2><img id="ecg-plot" alt="ECG leads with detected R peaks" style="width:100%" '
+        parts.append('<h2>ECG</h2><img id="ecg-plot" alt="ECG leads with detected R peaks" '
+                     'style="width:100%" '
                      f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
     parts.append("<h2>All probabilities</h2><table><tr><th>label</th><th>probability</th></tr>"
                  + "".join(f"<tr><td>{e(label)}</td><td>{interp.probabilities[label]:.3f}</td></tr>"

@@ -147,7 +147,8 @@ def test_h7_rate_band_sets_severity_of_rhythm_only_ecg(bpm: float, expected: str
 
 
 def test_h7_critical_rate_overrides_milder_findings() -> None:
-    interp = interpret(probs(Sinus_rhythm=0.9, Bradycardia=0.9, _1st_degree_atrioventricular_block=0.9), hr(36))
+    p = probs(Sinus_rhythm=0.9, Bradycardia=0.9, _1st_degree_atrioventricular_block=0.9)
+    interp = interpret(p, hr(36))
     assert interp.severity == "critical"
 
 
