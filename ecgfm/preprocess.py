@@ -90,9 +90,12 @@ def as_signal_array(signal: np.ndarray | Sequence[Sequence[float]]) -> np.ndarra
         if len(lengths) > 1:
             raise ECGInputError(f"ragged leads: leads have different numbers of samples {sorted(lengths)}")
         try:
-            array = np.asarray(signal, dtype=np.float64)
+            array = np.asarray(signal)
         except (TypeError, ValueError) as exc:
             raise ECGInputError("every sample must be a number") from exc
+        if array.dtype.kind not in "iuf":  # object (null, mixed), text or booleans
+            raise ECGInputError("every sample must be a number (no null, text or true/false)")
+        array = array.astype(np.float64, copy=False)
     if array.ndim != 2:
         raise ECGInputError(f"the signal must be 2-D [leads, samples], got {array.ndim}-D")
     if array.shape[1] == 0:

@@ -76,13 +76,12 @@ def read_record(path: str | Path, fs: float | None = None, lead_names: list[str]
 
 
 def _float_signal(path: Path, signal: Any) -> np.ndarray:
+    from ecgfm.preprocess import ECGInputError, as_signal_array
+
     try:
-        array = np.asarray(signal, dtype=np.float64)
-    except (ValueError, TypeError) as exc:
-        raise RecordError(f"{path}: the signal is not a rectangular array of numbers") from exc
-    if array.ndim != 2:
-        raise RecordError(f"{path}: expected a 2-D signal [leads, samples], got shape {array.shape}")
-    return array
+        return as_signal_array(signal)
+    except ECGInputError as exc:
+        raise RecordError(f"{path}: {exc}") from exc
 
 
 def _read_json(path: Path) -> ECGRecord:

@@ -1,0 +1,166 @@
+"""Preprocessing matches ECG-FM's official ecg-transform 0.1.3 pipeline and is stricter where it is wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ecg_transform.inp import ECGInput, ECGInputSchema, ECGMetadata
+from ecg_transform.sample import ECGSample
+from ecg_transform.t.common import HandleConstantLeads, LinearResample, ReorderLeads
+from ecg_transform.t.cut import SegmentNonoverlapping
+from ecg_transform.t.scale import Standardize
+
+from ecgfm.preprocess import LEAD_ORDER, ECGInputError, linear_resample, preprocess
+from tests.conftest import TWELVE_LEAD_RECORDS, load_json_record
+
+
+def ecg_transform_segments(signal: np.ndarray, fs: float, lead_names: list[str]) -> np.ndarray:
+    """The quickstart notebook's transforms, run by the real ecg-transform package."""
+    transforms = [
+        ReorderLeads(expected_order=list(LEAD_ORDER), missing_lead_strategy="raise"),
+        LinearResample(desired_sample_rate=500),
+        HandleConstantLeads(strategy="zero"),
+        Standardize(),
+        SegmentNonoverlapping(segment_length=2500),
+    ]
+    meta = ECGMetadata(fs, signal.shape[1], list(lead_names), "mV", 0, signal.shape[1])
+    return ECGSample(ECGInput(signal, meta), ECGInputSchema(500, list(LEAD_ORDER)), transforms).out
+
+
+def _record(name: str) -> tuple[np.ndarray, float, list[str]]:
+    record = load_json_record(name)
+    return np.asarray(record["signal"], dtype=np.float64), float(record["fs"]), record["lead_names"]
+
+
+@pytest.mark.parametrize("name", TWELVE_LEAD_RECORDS)
+def test_segments_match_ecg_transform_on_real_records(name):
+    signal, fs, leads = _record(name)
+    ours = preprocess(signal, fs, leads)
+    theirs = ecg_transform_segments(signal, fs, leads)
+    assert ours.segments.dtype == np.float32 and ours.padding_mask is None
+    np.testing.assert_allclose(ours.segments, theirs.astype(np.float32), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("fs", [250.0, 360.0, 1000.0])
+def test_resampling_aligns_first_and_last_samples_like_ecg_transform(fs):
+    n = 3001
+    ramp = np.tile(np.arange(n, dtype=np.float64), (12, 1))  # value = input sample index
+    resampled = linear_resample(ramp, fs)
+    m = int(n * (500 / fs))
+    assert resampled.shape == (12, m)
+    # Output sample k sits at input position k * (n - 1) / (m - 1): the last lands on the last, not time-exact.
+    np.testing.assert_allclose(resampled[0], np.arange(m) * (n - 1) / (m - 1), atol=1e-9)
+    assert resampled[0, -1] == n - 1
+
+
+def test_leads_are_reordered_by_name_case_insensitively():
+    signal, fs, leads = _record("JS36330.json")
+    order = np.random.default_rng(0).permutation(12)
+    shuffled_names = [leads[i].lower() for i in order]
+    np.testing.assert_array_equal(
+        preprocess(signal[order], fs, shuffled_names).segments, preprocess(signal, fs, leads).segments
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda names: [*names[:-1], "V5"], "lead V5 appears more than once"),
+        (lambda names: [*names[:-1], "V7"], "unknown lead name 'V7'"),
+    ],
+)
+def test_duplicate_and_unknown_lead_names_are_refused(change, message):
+    signal, fs, leads = _record("JS36330.json")
+    with pytest.raises(ECGInputError, match=message):
+        preprocess(signal, fs, change(list(leads)))
+
+
+def test_a_missing_lead_is_refused_naming_it():
+    signal, fs, leads = _record("JS36330.json")
+    with pytest.raises(ECGInputError, match="missing lead V4"):
+        preprocess(np.delete(signal, 9, axis=0), fs, [n for n in leads if n != "V4"])
+
+
+def test_eleven_leads_without_names_are_refused():
+    signal, fs, _ = _record("JS36330.json")
+    with pytest.raises(ECGInputError, match="expected 12 leads"):
+        preprocess(signal[:11], fs)
+
+
+def test_extra_leads_can_be_ignored_when_asked():
+    signal, fs, leads = _record("JS36330.json")
+    extra = np.vstack([signal, signal[:1]])
+    result = preprocess(extra, fs, [*leads, "vx"], ignore_extra_leads=True)
+    assert result.ignored_leads == ("vx",)
+    np.testing.assert_array_equal(result.segments, preprocess(signal, fs, leads).segments)
+
+
+def test_a_constant_float32_lead_is_zeroed_where_ecg_transform_amplifies_it():
+    signal, fs, leads = _record("JS36330.json")
+    signal32 = signal.astype(np.float32)
+    signal32[8] = np.float32(0.1)  # a flat V3, stored as float32
+    ours = preprocess(signal32, fs, leads)
+    theirs = ecg_transform_segments(signal32, fs, leads)
+    assert ours.constant_leads == ("V3",)
+    assert np.all(ours.segments[:, 8] == 0)
+    assert np.abs(theirs[:, 8]).max() > 0.5  # upstream turns float rounding noise into unit-variance noise
+    np.testing.assert_allclose(np.delete(ours.segments, 8, axis=1), np.delete(theirs, 8, axis=1), atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_are_refused_naming_the_lead(bad):
+    signal, fs, leads = _record("JS36330.json")
+    signal[3, 100] = bad
+    with pytest.raises(ECGInputError, match=r"non-finite values .* in lead aVR"):
+        preprocess(signal, fs, leads)
+
+
+@pytest.mark.parametrize("fs", [0, -500, 50, 1e6, float("nan"), True, "500"])
+def test_absurd_sampling_rates_are_refused(fs):
+    signal, _, leads = _record("JS36330.json")
+    with pytest.raises(ECGInputError, match="fs must be"):
+        preprocess(signal, fs, leads)
+
+
+def test_a_record_shorter_than_the_minimum_is_refused():
+    signal, fs, leads = _record("JS36330.json")
+    with pytest.raises(ECGInputError, match="at least 2 s"):
+        preprocess(signal[:, :999], fs, leads)
+
+
+def test_a_record_longer_than_the_maximum_is_refused():
+    signal, fs, leads = _record("JS36330.json")
+    with pytest.raises(ECGInputError, match="at most 8 s"):
+        preprocess(signal, fs, leads, max_duration_s=8)
+
+
+def test_a_short_record_is_zero_padded_with_a_mask():
+    signal, fs, leads = _record("JS36330.json")
+    result = preprocess(signal[:, :1500], fs, leads)  # 3 s
+    assert result.segments.shape == (1, 12, 2500)
+    assert result.padding_mask is not None and result.padding_mask.sum() == 1000
+    assert not result.padding_mask[0, :1500].any() and np.all(result.segments[0, :, 1500:] == 0)
+    with pytest.raises(ValueError):  # upstream makes no segment at all from a 3 s record
+        ecg_transform_segments(signal[:, :1500], fs, leads)
+
+
+def test_the_tail_shorter_than_a_segment_is_dropped():
+    signal, fs, leads = _record("A1041.json")  # 17 s
+    result = preprocess(signal, fs, leads)
+    assert (result.n_segments, result.duration_s, result.used_duration_s) == (3, 17.0, 15.0)
+
+
+@pytest.mark.parametrize(
+    ("signal", "message"),
+    [
+        ([], "empty"),
+        ([[0.0] * 1000, [0.0] * 999], "ragged leads"),
+        ([[0.0, "a"]], "every sample must be a number"),
+        ([[None, 1.0]], "every sample must be a number"),
+        ([1.0, 2.0], "list of leads"),
+        ([[]], "empty"),
+    ],
+)
+def test_malformed_signals_are_refused(signal, message):
+    with pytest.raises(ECGInputError, match=message):
+        preprocess(signal, 500)
