@@ -24,8 +24,13 @@ def probs(**high: float) -> dict[str, float]:
 
 
 def hr(bpm: float, quality: str = "good", irregular: bool = False, rr_cv: float = 0.03) -> dict:
-    return {"heart_rate_bpm": bpm, "quality": quality, "irregular": irregular, "rr_cv": rr_cv,
-            "quality_reasons": [] if quality == "good" else ["leads disagree"]}
+    return {
+        "heart_rate_bpm": bpm,
+        "quality": quality,
+        "irregular": irregular,
+        "rr_cv": rr_cv,
+        "quality_reasons": [] if quality == "good" else ["leads disagree"],
+    }
 
 
 def finding(interp, label: str):
@@ -72,10 +77,13 @@ def test_s1_ventricular_tachycardia_is_critical() -> None:
 
 
 def test_s1_overall_severity_is_the_worst_finding() -> None:
-    interp = interpret(probs(Sinus_rhythm=0.9, Right_bundle_branch_block=0.9,
-                             _1st_degree_atrioventricular_block=0.0), hr(70))
-    assert finding(interp, "Right bundle branch block").severity == CONFIG["labels"][
-        "Right bundle branch block"]["severity"]
+    interp = interpret(
+        probs(Sinus_rhythm=0.9, Right_bundle_branch_block=0.9, _1st_degree_atrioventricular_block=0.0), hr(70)
+    )
+    assert (
+        finding(interp, "Right bundle branch block").severity
+        == CONFIG["labels"]["Right bundle branch block"]["severity"]
+    )
     assert interp.severity == "abnormal"
 
 
@@ -137,9 +145,18 @@ def test_h6_measured_bradycardia_missed_by_model_is_added() -> None:
     assert "H6" in f.rules
 
 
-@pytest.mark.parametrize(("bpm", "expected"), [(35, "critical"), (45, "abnormal"), (55, "borderline"),
-                                               (80, "normal"), (110, "borderline"), (135, "abnormal"),
-                                               (165, "critical")])
+@pytest.mark.parametrize(
+    ("bpm", "expected"),
+    [
+        (35, "critical"),
+        (45, "abnormal"),
+        (55, "borderline"),
+        (80, "normal"),
+        (110, "borderline"),
+        (135, "abnormal"),
+        (165, "critical"),
+    ],
+)
 def test_h7_rate_band_sets_severity_of_rhythm_only_ecg(bpm: float, expected: str) -> None:
     interp = interpret(probs(Sinus_rhythm=0.9), hr(bpm))
     assert interp.rate_severity == expected

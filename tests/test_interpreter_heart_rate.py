@@ -128,7 +128,11 @@ def test_flat_signal_gives_no_heart_rate() -> None:
 def test_hr_command_prints_json_for_a_wfdb_record() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "interpreter", "hr", str(DATA / "DeepPSP_cinc2021" / "JS01048.hea")],
-        cwd=REPO, capture_output=True, text=True, check=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     ).stdout
     data = json.loads(out)
     assert data["fs"] == 500
@@ -140,7 +144,11 @@ def test_hr_command_prints_json_for_a_wfdb_record() -> None:
 def test_hr_command_reports_a_missing_file_with_exit_code_2(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "interpreter", "hr", str(tmp_path / "nope.json")],
-        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 2
     assert "no such file" in proc.stderr

@@ -45,20 +45,35 @@ class _Images(HTMLParser):
 
 
 def _write_jsonl(path: Path, entries: dict[str, dict[str, float]]) -> Path:
-    lines = [json.dumps({"record": name, "clinical": {"model": "finetuned", "probabilities": p}})
-             for name, p in entries.items()]
+    lines = [
+        json.dumps({"record": name, "clinical": {"model": "finetuned", "probabilities": p}})
+        for name, p in entries.items()
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def test_report_from_jsonl_results_writes_parsable_reports(tmp_path: Path) -> None:
-    results = _write_jsonl(tmp_path / "results.jsonl", {
-        "JS06908": probabilities(Sinus_rhythm=0.9, Tachycardia=0.9),
-        "JS01048": probabilities(Sinus_rhythm=0.9, Tachycardia=0.8),
-    })
+    results = _write_jsonl(
+        tmp_path / "results.jsonl",
+        {
+            "JS06908": probabilities(Sinus_rhythm=0.9, Tachycardia=0.9),
+            "JS01048": probabilities(Sinus_rhythm=0.9, Tachycardia=0.8),
+        },
+    )
     out = tmp_path / "out"
-    code = main(["report", str(DATA / "JS06908.json"), str(DATA / "JS01048.json"),
-                 "--results", str(results), "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "report",
+            str(DATA / "JS06908.json"),
+            str(DATA / "JS01048.json"),
+            "--results",
+            str(results),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     for name in ("JS06908", "JS01048"):
         parser = _Images()
@@ -75,12 +90,25 @@ def test_report_from_jsonl_results_writes_parsable_reports(tmp_path: Path) -> No
 
 
 def test_summary_csv_has_one_row_per_record_with_hr_and_probabilities(tmp_path: Path) -> None:
-    results = _write_jsonl(tmp_path / "results.jsonl", {
-        "JS06908": probabilities(Sinus_rhythm=0.9, Tachycardia=0.9),
-        "JS01048": probabilities(Sinus_rhythm=0.9, Tachycardia=0.8),
-    })
-    main(["report", str(DATA / "JS06908.json"), str(DATA / "JS01048.json"),
-          "--results", str(results), "--out", str(tmp_path), "--quiet"])
+    results = _write_jsonl(
+        tmp_path / "results.jsonl",
+        {
+            "JS06908": probabilities(Sinus_rhythm=0.9, Tachycardia=0.9),
+            "JS01048": probabilities(Sinus_rhythm=0.9, Tachycardia=0.8),
+        },
+    )
+    main(
+        [
+            "report",
+            str(DATA / "JS06908.json"),
+            str(DATA / "JS01048.json"),
+            "--results",
+            str(results),
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
     rows = {r["record"]: r for r in csv.DictReader((tmp_path / "summary.csv").open())}
     assert set(rows) == {"JS06908", "JS01048"}
     assert float(rows["JS06908"]["heart_rate_bpm"]) > 100  # sinus tachycardia
@@ -97,8 +125,17 @@ def test_report_from_csv_results_and_wfdb_record(tmp_path: Path) -> None:
         writer.writeheader()
         writer.writerow({"record": "JS36330", **p})
     assert load_results(tmp_path / "results.csv")["JS36330"]["probabilities"] == pytest.approx(p)
-    code = main(["report", str(DATA / "DeepPSP_cinc2021" / "JS36330.hea"), "--results",
-                 str(tmp_path / "results.csv"), "--out", str(tmp_path / "out"), "--quiet"])
+    code = main(
+        [
+            "report",
+            str(DATA / "DeepPSP_cinc2021" / "JS36330.hea"),
+            "--results",
+            str(tmp_path / "results.csv"),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ]
+    )
     assert code == 0
     report = json.loads((tmp_path / "out" / "JS36330.json").read_text())
     assert report["severity"] == "normal"
@@ -118,8 +155,14 @@ class _FakeClinical(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         assert self.path == "/clinical" and len(body["signal"]) == 12 and body["fs"] == 500
-        answer = {"model": "finetuned", "probabilities": probabilities(Sinus_rhythm=0.9, Bradycardia=0.8),
-                  "n_segments": 2, "duration_s": 10.0, "checkpoint": {"sha256": "x"}, "demo": True}
+        answer = {
+            "model": "finetuned",
+            "probabilities": probabilities(Sinus_rhythm=0.9, Bradycardia=0.8),
+            "n_segments": 2,
+            "duration_s": 10.0,
+            "checkpoint": {"sha256": "x"},
+            "demo": True,
+        }
         data = json.dumps(answer).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -136,8 +179,17 @@ def test_report_from_a_running_server_url(tmp_path: Path) -> None:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        code = main(["report", str(DATA / "JS01048.json"), "--url", f"http://127.0.0.1:{server.server_port}",
-                     "--out", str(tmp_path), "--quiet"])
+        code = main(
+            [
+                "report",
+                str(DATA / "JS01048.json"),
+                "--url",
+                f"http://127.0.0.1:{server.server_port}",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
     finally:
         server.shutdown()
     assert code == 0
@@ -148,13 +200,28 @@ def test_report_from_a_running_server_url(tmp_path: Path) -> None:
 
 
 def test_report_command_shows_progress_on_stderr(tmp_path: Path) -> None:
-    results = _write_jsonl(tmp_path / "results.jsonl", {"JS36330": probabilities(Sinus_rhythm=0.9),
-                                                        "JS01048": probabilities(Sinus_rhythm=0.9)})
+    results = _write_jsonl(
+        tmp_path / "results.jsonl",
+        {"JS36330": probabilities(Sinus_rhythm=0.9), "JS01048": probabilities(Sinus_rhythm=0.9)},
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "interpreter", "report",
-         str(DATA / "JS36330.json"), str(DATA / "JS01048.json"),
-         "--results", str(results), "--out", str(tmp_path / "out")],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=True,
+        [
+            sys.executable,
+            "-m",
+            "interpreter",
+            "report",
+            str(DATA / "JS36330.json"),
+            str(DATA / "JS01048.json"),
+            "--results",
+            str(results),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     assert "2/2" in proc.stderr
     assert (tmp_path / "out" / "summary.csv").is_file()
