@@ -1,0 +1,289 @@
+"""The HTTP contract of ecgfm-serve: every request field, limit, response body and status code.
+
+Endpoints (served by ``service.ECGFMService``):
+
+=========  ======  ==========================  =====================================================
+path       method  request                     response (200)
+=========  ======  ==========================  =====================================================
+/clinical  POST    :class:`ECGRequest`         :class:`ClinicalResponse` (finetuned model, 17 labels)
+/features  POST    :class:`ECGRequest`         :class:`FeaturesResponse` (pretrained model, D floats)
+/both      POST    :class:`ECGRequest`         :class:`BothResponse` (both models, run concurrently)
+/health    GET     -                           :class:`HealthResponse` (503 with the same body when not ready)
+/info      GET     -                           :class:`InfoResponse`
+/status    GET     -                           :class:`StatusResponse`
+=========  ======  ==========================  =====================================================
+
+Status codes of the POST endpoints:
+
+* 200: the body above. Outputs are raw model outputs (probabilities / embeddings): no thresholds, no diagnosis.
+* 400: the body is not valid JSON or does not match :class:`ECGRequest` (wrong types, a bool or string or null
+  among the samples, an unknown extra field, a missing field). BentoML's body:
+  ``{"error": "<n> validation error for ...", "detail": [{"loc": [...], "msg": ..., "type": ...}]}`` (the
+  offending values are never echoed).
+* 422: the body is well-formed but is not a usable ECG (:class:`ErrorResponse`, ``{"error": "<message>"}``):
+  a missing/duplicate/unknown lead, ragged leads, NaN/infinite samples, fs outside ``[MIN_FS, MAX_FS]``,
+  shorter than ``MIN_DURATION_S`` or longer than ``MAX_DURATION_S``. The message says what to fix.
+* 503: a model service is not loaded yet or is overloaded (retry later); 500: a bug (see the server log).
+
+Inside the service (not part of the public contract, but documented here because it is the one place the
+padding convention lives): the API service sends each model service one ``float32`` array ``[N, 12, 2500]``.
+Records shorter than one 5 s segment (at least ``MIN_DURATION_S``) are padded; their padded samples are sent as
+``NaN`` (:data:`PAD_VALUE`) in every lead. Preprocessing guarantees real samples are finite, so the model service
+recovers the padding mask as ``np.isnan(x[:, 0, :])`` and sets the padded samples back to 0 before the model runs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+
+from ecgfm.labels import LABELS
+from ecgfm.preprocess import (
+    DEFAULT_MAX_DURATION_S,
+    LEAD_ORDER,
+    MAX_FS,
+    MIN_DURATION_S,
+    MIN_FS,
+    SEGMENT_SAMPLES,
+    TARGET_FS,
+    PreprocessedECG,
+    preprocess,
+)
+
+MAX_DURATION_ENV_VAR = "ECGFM_MAX_DURATION_S"
+MAX_DURATION_S = float(os.environ.get(MAX_DURATION_ENV_VAR, DEFAULT_MAX_DURATION_S))
+PAD_VALUE = float("nan")  # padded samples in the model-service input; see the module docstring
+INVALID_INPUT_STATUS = 422  # a well-formed request that is not a usable ECG
+
+_JSON_NAMES = {bool: "a boolean", str: "a string", type(None): "null", list: "a list", dict: "an object"}
+
+
+def _samples_are_numbers(signal: Any) -> Any:
+    """One clear error for the first sample that is not a JSON number (instead of one error per sample)."""
+    if not isinstance(signal, list):
+        return signal  # the type check says what is wrong
+    for i, lead in enumerate(signal):
+        if isinstance(lead, list) and not set(map(type, lead)) <= {int, float}:
+            j, value = next((j, v) for j, v in enumerate(lead) if type(v) not in (int, float))
+            kind = _JSON_NAMES.get(type(value), type(value).__name__)
+            raise ValueError(f"signal[{i}][{j}] is {kind}: every sample must be a number")
+    return signal
+
+
+# JSON numbers only: ints are accepted, booleans, strings and null are not.
+Signal = Annotated[list[list[float]], BeforeValidator(_samples_are_numbers)]
+Hz = Annotated[float, Strict()]
+
+
+class ECGRequest(BaseModel):
+    """The body of ``POST /clinical``, ``/features`` and ``/both``. Unknown fields are rejected (400)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        hide_input_in_errors=True,  # never echo signal values in errors or logs
+        json_schema_extra={
+            "example": {"signal": [[0.0, 0.01, 0.02, "..."]] + [["..."]] * 11, "fs": 500, "per_segment": False}
+        },
+    )
+
+    signal: Signal = Field(
+        description=(
+            "One list of samples per lead, all of the same length, in any unit (each lead is standardised). "
+            f"12 leads in the order {', '.join(LEAD_ORDER)} unless lead_names says otherwise."
+        ),
+    )
+    fs: Hz = Field(
+        description=f"Sampling rate in Hz, {MIN_FS:g} to {MAX_FS:g}; resampled to {TARGET_FS} Hz.",
+    )
+    lead_names: list[Annotated[str, Strict()]] | None = Field(
+        default=None,
+        description="Name of each row of signal (case-insensitive, e.g. 'avr'); default: the standard order.",
+    )
+    per_segment: Annotated[bool, Strict()] = Field(
+        default=False, description="Also return the outputs of every 5 s segment under 'segments'."
+    )
+
+
+class ErrorResponse(BaseModel):
+    """A 422 (or 503) body: one message an integrator can act on."""
+
+    error: str = Field(description="What is wrong with the request and how to fix it.")
+
+
+class CheckpointInfo(BaseModel):
+    """Which weights produced a response."""
+
+    kind: Literal["pretrained", "finetuned"]
+    model_type: str
+    demo: bool = Field(description="True when the weights are random demo weights: outputs are meaningless.")
+    path: str
+    origin: Literal["local", "huggingface", "demo"]
+    repo_id: str | None = None
+    revision: str | None = None
+    filename: str | None = None
+    sha256: str
+    parameters: int
+    embed_dim: int
+    layers: int
+    num_labels: int | None = None
+
+
+class _RecordFields(BaseModel):
+    demo: bool = Field(description="True when the model has random demo weights.")
+    n_segments: int = Field(description="Number of 5 s segments the record was cut into.")
+    duration_s: float = Field(description="Duration of the posted record.")
+    used_duration_s: float = Field(description="Seconds covered by the segments (a tail shorter than 5 s is dropped).")
+    padded: bool = Field(description="True when the record was shorter than 5 s and was padded (with a mask).")
+    constant_leads: list[str] = Field(description="Leads that were constant (e.g. disconnected) and set to 0.")
+    checkpoint: CheckpointInfo
+
+
+class ClinicalResponse(_RecordFields):
+    """``POST /clinical``: sigmoid outputs of the finetuned model, aggregated over segments."""
+
+    model: Literal["finetuned"]
+    probabilities: dict[str, float] = Field(
+        description=f"One probability per label, in label order ({len(LABELS)} labels; see /info for "
+        "how each label aggregates over segments: max or mean). Raw outputs, no thresholds.",
+    )
+    segments: list[list[float]] | None = Field(
+        default=None, description="Only with per_segment: [n_segments][17] probabilities in label order."
+    )
+
+
+class FeaturesResponse(_RecordFields):
+    """``POST /features``: the pretrained encoder's embedding (mean over frames, then over segments)."""
+
+    model: Literal["pretrained"]
+    features: list[float] = Field(description="The record's embedding, dim floats.")
+    dim: int
+    segments: list[list[float]] | None = Field(
+        default=None, description="Only with per_segment: [n_segments][dim] embeddings."
+    )
+
+
+class BothResponse(BaseModel):
+    """``POST /both``: both bodies; the two models run at the same time."""
+
+    clinical: ClinicalResponse
+    features: FeaturesResponse
+
+
+class ModelState(BaseModel):
+    loaded: bool
+    demo: bool | None = None
+    device: str | None = None
+    error: str | None = None
+
+
+class HealthResponse(BaseModel):
+    """``GET /health``: 200 when both models are loaded, else 503 with the same body."""
+
+    status: Literal["ok", "unavailable"]
+    models: dict[str, ModelState]
+
+
+class InputContract(BaseModel):
+    lead_order: list[str]
+    sample_rate_hz: int = Field(description="Model sample rate; other rates are resampled linearly.")
+    segment_samples: int
+    segment_seconds: float
+    min_fs: float
+    max_fs: float
+    min_duration_s: float
+    max_duration_s: float
+    padding: str
+
+
+class BatchingSettings(BaseModel):
+    max_batch_size: int = Field(description="Most segments in one model call (across requests).")
+    max_latency_ms: int = Field(description="Longest a queued request may wait before it is refused (503).")
+
+
+class InfoResponse(BaseModel):
+    """``GET /info``: what is being served."""
+
+    service: str
+    demo: bool = Field(description="True when any model has random demo weights.")
+    models: dict[str, CheckpointInfo]
+    labels: list[str]
+    aggregation: dict[str, Literal["max", "mean"]]
+    feature_dim: int
+    input: InputContract
+    batching: BatchingSettings
+    versions: dict[str, str]
+
+
+class EndpointStats(BaseModel):
+    requests: int
+    errors: int = Field(description="Responses with a status >= 400.")
+    latency_ms: dict[str, float | None] = Field(description="p50, p90, p99 and max over the last requests.")
+
+
+class ModelServiceStats(BaseModel):
+    device: str
+    calls: int = Field(description="Model calls (batches) so far.")
+    segments: int = Field(description="Segments run so far.")
+    max_batch_size_observed: int = Field(description="Most segments in one model call so far.")
+    batch_sizes: dict[str, int] = Field(description="Histogram: segments per model call -> number of calls.")
+    rss_mb: float
+    cuda_memory_mb: float | None = None
+
+
+class StatusResponse(BaseModel):
+    """``GET /status``: counters only, never signal values or request bodies."""
+
+    uptime_s: float
+    demo: bool
+    endpoints: dict[str, EndpointStats]
+    models: dict[str, ModelServiceStats]
+    batching: BatchingSettings
+    rss_mb: float = Field(description="Resident memory of the API process.")
+
+
+def prepare(
+    signal: list[list[float]], fs: float, lead_names: list[str] | None = None
+) -> tuple[PreprocessedECG, np.ndarray]:
+    """Validate and preprocess a request's ECG once; returns the record and the model-service input.
+
+    Raises:
+        ECGInputError: the message goes back to the caller with status 422.
+    """
+    prep = preprocess(signal, fs, lead_names, max_duration_s=MAX_DURATION_S)
+    return prep, encode_segments(prep)
+
+
+def encode_segments(prep: PreprocessedECG) -> np.ndarray:
+    """``[N, 12, 2500]`` float32 with padded samples set to :data:`PAD_VALUE` (NaN)."""
+    segments = prep.segments
+    if prep.padding_mask is not None and prep.padding_mask.any():
+        segments = segments.copy()
+        segments[np.broadcast_to(prep.padding_mask[:, None, :], segments.shape)] = PAD_VALUE
+    return segments
+
+
+def decode_segments(segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`encode_segments` for a batch: finite segments and the padding mask ``[N, 2500]``."""
+    segments = np.asarray(segments, dtype=np.float32)
+    mask = np.isnan(segments[:, 0, :])
+    if mask.any():
+        segments = np.where(np.isnan(segments), np.float32(0.0), segments)
+    return segments, mask
+
+
+def input_contract() -> dict[str, Any]:
+    """The ``input`` section of ``/info``."""
+    return {
+        "lead_order": list(LEAD_ORDER),
+        "sample_rate_hz": TARGET_FS,
+        "segment_samples": SEGMENT_SAMPLES,
+        "segment_seconds": SEGMENT_SAMPLES / TARGET_FS,
+        "min_fs": MIN_FS,
+        "max_fs": MAX_FS,
+        "min_duration_s": MIN_DURATION_S,
+        "max_duration_s": MAX_DURATION_S,
+        "padding": "records shorter than one segment are zero-padded to 5 s and the padding is masked",
+    }

@@ -1,0 +1,388 @@
+"""ecgfm-serve: ECG-FM behind HTTP with BentoML 1.4 (``bentoml serve service:ECGFMService``).
+
+Three services, in the shape of BentoML's ``examples/inference-graph``:
+
+* :class:`Pretrained` and :class:`Finetuned` each load one checkpoint once (:mod:`ecgfm.hub` resolves it:
+  ``ECGFM_PRETRAINED_CHECKPOINT`` / ``ECGFM_FINETUNED_CHECKPOINT``, demo weights only with ``ECGFM_DEMO=1``,
+  else the Hugging Face Hub) and expose one adaptive-batching API over preprocessed segments
+  ``float32 [N, 12, 2500]`` (padded samples as NaN, see :mod:`contract`).
+* :class:`ECGFMService` validates and preprocesses each request once, calls the model services concurrently,
+  and builds the bodies with :func:`ecgfm.inference.clinical_response` / :func:`~ecgfm.inference.features_response`
+  (the same bodies ``ecgfm predict`` prints). GET endpoints live on a mounted FastAPI app.
+
+A request: JSON -> :class:`contract.ECGRequest` -> :func:`contract.prepare` (ecgfm.preprocess) ->
+``Finetuned.classify`` / ``Pretrained.embed`` (batched across requests) -> ecgfm.inference.*_response -> JSON.
+The HTTP contract (fields, limits, status codes) is in ``contract.py``; nothing here logs signal values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import platform
+import threading
+import time
+from importlib import metadata
+from typing import Any
+
+import aiohttp
+import anyio
+import bentoml
+import numpy as np
+import psutil
+import torch
+from fastapi import FastAPI
+from starlette.responses import JSONResponse
+
+from contract import (
+    INVALID_INPUT_STATUS,
+    BothResponse,
+    ClinicalResponse,
+    ECGRequest,
+    ErrorResponse,
+    FeaturesResponse,
+    HealthResponse,
+    Hz,
+    InfoResponse,
+    Signal,
+    StatusResponse,
+    decode_segments,
+    input_contract,
+    prepare,
+)
+from ecgfm.inference import (
+    ModelHandle,
+    classify_segments,
+    clinical_response,
+    embed_segments,
+    features_response,
+    load_model,
+)
+from ecgfm.labels import AGGREGATION, LABELS
+from ecgfm.preprocess import ECGInputError
+
+# Adaptive batching of the model services. MAX_BATCH_SIZE counts segments (5 s each) per model call, across
+# requests; MAX_LATENCY_MS is how long a queued request may wait before BentoML refuses it with 503, so it must
+# exceed the time of one full batch on the slowest hardware served. See docs/performance.md, "Batching defaults".
+MAX_BATCH_SIZE = int(os.environ.get("ECGFM_MAX_BATCH_SIZE", "32"))
+MAX_LATENCY_MS = int(os.environ.get("ECGFM_MAX_LATENCY_MS", "30000"))
+REQUEST_TIMEOUT_S = int(os.environ.get("ECGFM_REQUEST_TIMEOUT_S", "300"))  # a 600 s record on CPU takes ~1 min
+PROBE_TIMEOUT_S = 5.0  # /health, /info and /status give up on a model service after this long
+CUDA = torch.cuda.is_available()
+MODEL_RESOURCES: dict[str, Any] = {"gpu": 1} if CUDA else {"cpu": "1"}
+ENDPOINTS = ("/clinical", "/features", "/both", "/health", "/info", "/status")
+CONNECTION_RETRIES = 1  # see call_model
+LATENCY_WINDOW = 1000  # latency percentiles are over the last this many requests per endpoint
+STARTED_AT = time.time()
+
+
+def _rss_mb() -> float:
+    return round(psutil.Process().memory_info().rss / 2**20, 1)
+
+
+class BatchStats:
+    """Segments per model call, as a histogram (thread-safe; no inputs are kept)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.histogram: collections.Counter[int] = collections.Counter()
+
+    def observe(self, n_segments: int) -> None:
+        with self._lock:
+            self.histogram[n_segments] += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        with self._lock:
+            histogram = dict(sorted(self.histogram.items()))
+        return {
+            "calls": sum(histogram.values()),
+            "segments": sum(size * count for size, count in histogram.items()),
+            "max_batch_size_observed": max(histogram, default=0),
+            "batch_sizes": {str(size): count for size, count in histogram.items()},
+        }
+
+
+class RequestStats:
+    """Per-endpoint request and error counts and recent latencies of the API process."""
+
+    def __init__(self) -> None:
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.errors: collections.Counter[str] = collections.Counter()
+        self.latencies = {path: collections.deque(maxlen=LATENCY_WINDOW) for path in ENDPOINTS}
+
+    def observe(self, path: str, status: int, seconds: float) -> None:
+        self.requests[path] += 1
+        self.errors[path] += status >= 400
+        self.latencies[path].append(seconds * 1000.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        result = {}
+        for path in ENDPOINTS:
+            values = np.asarray(self.latencies[path], dtype=np.float64)
+            quantiles = {
+                name: round(float(np.percentile(values, q)), 3) if values.size else None
+                for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+            }
+            result[path] = {"requests": self.requests[path], "errors": self.errors[path], "latency_ms": quantiles}
+        return result
+
+
+REQUEST_STATS = RequestStats()
+
+
+class RequestStatsMiddleware:
+    """ASGI middleware counting every response of the six endpoints (validation errors included)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path not in ENDPOINTS:
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def send_wrapper(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            REQUEST_STATS.observe(path, status, time.perf_counter() - started)
+
+
+def run_model(fn: Any, handle: ModelHandle, encoded: np.ndarray, stats: BatchStats) -> np.ndarray:
+    """Run ``classify_segments`` / ``embed_segments`` on one batch from the dispatcher.
+
+    Unpadded segments run together without a mask (exactly as ``ecgfm predict`` runs them); padded ones run
+    with their padding mask recovered from the NaNs.
+    """
+    stats.observe(len(encoded))
+    segments, mask = decode_segments(encoded)
+    padded = mask.any(axis=1)
+    if not padded.any():
+        return fn(handle, segments)
+    whole = fn(handle, segments[~padded]) if (~padded).any() else None
+    short = fn(handle, segments[padded], mask[padded])
+    out = np.empty((len(segments), short.shape[1]), dtype=short.dtype)
+    out[padded] = short
+    if whole is not None:
+        out[~padded] = whole
+    return out
+
+
+async def call_model(method: Any, *args: Any) -> Any:
+    """Call a model service, retrying once when a pooled keep-alive connection was closed under us.
+
+    Model calls are pure functions of their input, so a retry cannot do anything twice that matters.
+    """
+    for attempt in range(CONNECTION_RETRIES + 1):
+        try:
+            return await method(*args)
+        except aiohttp.ClientConnectionError:
+            if attempt == CONNECTION_RETRIES:
+                raise
+    raise AssertionError("unreachable")
+
+
+def describe(handle: ModelHandle, stats: BatchStats) -> dict[str, Any]:
+    """What a model service tells ``/health``, ``/info`` and ``/status`` (no inputs)."""
+    cuda_mb = round(torch.cuda.memory_allocated(handle.device) / 2**20, 1) if handle.device.type == "cuda" else None
+    return {
+        "loaded": True,
+        "checkpoint": handle.info(),
+        "device": str(handle.device),
+        "stats": {"device": str(handle.device), **stats.to_dict(), "rss_mb": _rss_mb(), "cuda_memory_mb": cuda_mb},
+    }
+
+
+@bentoml.service(name="Pretrained", workers=1, resources=MODEL_RESOURCES, traffic={"timeout": REQUEST_TIMEOUT_S})
+class Pretrained:
+    """The pretrained ECG-FM encoder: segments -> embeddings ``[N, D]``."""
+
+    def __init__(self) -> None:
+        self.handle = load_model("pretrained")
+        self.stats = BatchStats()
+
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
+    def embed(self, segments: np.ndarray) -> np.ndarray:
+        return run_model(embed_segments, self.handle, segments, self.stats)
+
+    @bentoml.api
+    def describe(self) -> dict[str, Any]:
+        return describe(self.handle, self.stats)
+
+
+@bentoml.service(name="Finetuned", workers=1, resources=MODEL_RESOURCES, traffic={"timeout": REQUEST_TIMEOUT_S})
+class Finetuned:
+    """The finetuned ECG-FM classifier: segments -> probabilities ``[N, 17]``."""
+
+    def __init__(self) -> None:
+        self.handle = load_model("finetuned")
+        self.stats = BatchStats()
+
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
+    def classify(self, segments: np.ndarray) -> np.ndarray:
+        return run_model(classify_segments, self.handle, segments, self.stats)
+
+    @bentoml.api
+    def describe(self) -> dict[str, Any]:
+        return describe(self.handle, self.stats)
+
+
+app = FastAPI(title="ecgfm-serve GET endpoints")
+INPUT_ERROR_RESPONSES = {INVALID_INPUT_STATUS: {"model": ErrorResponse}}
+
+
+@bentoml.service(name="ECGFMService", workers=1, traffic={"timeout": REQUEST_TIMEOUT_S})
+@bentoml.asgi_app(app, path="/")
+class ECGFMService:
+    """ECG-FM: clinical label probabilities (/clinical), embeddings (/features), or both (/both)."""
+
+    pretrained = bentoml.depends(Pretrained)
+    finetuned = bentoml.depends(Finetuned)
+
+    @bentoml.api(route="/clinical", input_spec=ECGRequest)
+    async def clinical(
+        self, signal: Signal, fs: Hz, lead_names: list[str] | None = None, per_segment: bool = False
+    ) -> ClinicalResponse:
+        """Probabilities of the 17 ECG-FM labels (finetuned model); raw outputs, no thresholds."""
+        try:
+            prep, segments = await anyio.to_thread.run_sync(prepare, signal, fs, lead_names)
+        except ECGInputError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=INVALID_INPUT_STATUS)
+        probabilities, info = await self._classify(segments)
+        return JSONResponse(clinical_response(probabilities, prep, info, per_segment))
+
+    @bentoml.api(route="/features", input_spec=ECGRequest)
+    async def features(
+        self, signal: Signal, fs: Hz, lead_names: list[str] | None = None, per_segment: bool = False
+    ) -> FeaturesResponse:
+        """The record's embedding from the pretrained encoder."""
+        try:
+            prep, segments = await anyio.to_thread.run_sync(prepare, signal, fs, lead_names)
+        except ECGInputError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=INVALID_INPUT_STATUS)
+        embeddings, info = await self._embed(segments)
+        return JSONResponse(features_response(embeddings, prep, info, per_segment))
+
+    @bentoml.api(route="/both", input_spec=ECGRequest)
+    async def both(
+        self, signal: Signal, fs: Hz, lead_names: list[str] | None = None, per_segment: bool = False
+    ) -> BothResponse:
+        """/clinical and /features of one record; the two models run at the same time."""
+        try:
+            prep, segments = await anyio.to_thread.run_sync(prepare, signal, fs, lead_names)
+        except ECGInputError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=INVALID_INPUT_STATUS)
+        (probabilities, clinical_info), (embeddings, features_info) = await asyncio.gather(
+            self._classify(segments), self._embed(segments)
+        )
+        return JSONResponse(
+            {
+                "clinical": clinical_response(probabilities, prep, clinical_info, per_segment),
+                "features": features_response(embeddings, prep, features_info, per_segment),
+            }
+        )
+
+    @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+    async def health(self) -> JSONResponse:
+        """200 when both model services have their model loaded, else 503."""
+        body = await self._health()
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+    @app.get("/info", response_model=InfoResponse)
+    async def info(self) -> dict[str, Any]:
+        """Models, checkpoints, labels, input contract, batching settings and versions."""
+        pretrained, finetuned = await self._describe_both()
+        return {
+            "service": "ECGFMService",
+            "demo": pretrained["checkpoint"]["demo"] or finetuned["checkpoint"]["demo"],
+            "models": {"pretrained": pretrained["checkpoint"], "finetuned": finetuned["checkpoint"]},
+            "labels": list(LABELS),
+            "aggregation": dict(AGGREGATION),
+            "feature_dim": pretrained["checkpoint"]["embed_dim"],
+            "input": input_contract(),
+            "batching": batching_settings(),
+            "versions": versions(),
+        }
+
+    @app.get("/status", response_model=StatusResponse)
+    async def status(self) -> dict[str, Any]:
+        """Uptime, request/error counts, latency percentiles, observed batch sizes, devices and memory."""
+        pretrained, finetuned = await self._describe_both()
+        return {
+            "uptime_s": round(time.time() - STARTED_AT, 3),
+            "demo": pretrained["checkpoint"]["demo"] or finetuned["checkpoint"]["demo"],
+            "endpoints": REQUEST_STATS.to_dict(),
+            "models": {"pretrained": pretrained["stats"], "finetuned": finetuned["stats"]},
+            "batching": batching_settings(),
+            "rss_mb": _rss_mb(),
+        }
+
+    async def __is_ready__(self) -> bool:
+        return (await self._health())["status"] == "ok"
+
+    async def _classify(self, segments: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        return await asyncio.gather(
+            call_model(self.finetuned.to_async.classify, segments), self._checkpoint(self.finetuned)
+        )
+
+    async def _embed(self, segments: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        return await asyncio.gather(
+            call_model(self.pretrained.to_async.embed, segments), self._checkpoint(self.pretrained)
+        )
+
+    async def _checkpoint(self, model: Any) -> dict[str, Any]:
+        """The model service's checkpoint info, asked once and then cached (it never changes)."""
+        cache = self.__dict__.setdefault("_checkpoints", {})
+        key = id(model)
+        if key not in cache:
+            cache[key] = (await model.to_async.describe())["checkpoint"]
+        return cache[key]
+
+    async def _describe_both(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return await asyncio.gather(
+            asyncio.wait_for(self.pretrained.to_async.describe(), PROBE_TIMEOUT_S),
+            asyncio.wait_for(self.finetuned.to_async.describe(), PROBE_TIMEOUT_S),
+        )
+
+    async def _health(self) -> dict[str, Any]:
+        async def state(model: Any) -> dict[str, Any]:
+            try:
+                described = await asyncio.wait_for(model.to_async.describe(), PROBE_TIMEOUT_S)
+            except Exception as exc:  # not started, still loading, or crashed
+                return {"loaded": False, "error": type(exc).__name__}
+            return {"loaded": True, "demo": described["checkpoint"]["demo"], "device": described["device"]}
+
+        pretrained, finetuned = await asyncio.gather(state(self.pretrained), state(self.finetuned))
+        ok = pretrained["loaded"] and finetuned["loaded"]
+        return {"status": "ok" if ok else "unavailable", "models": {"pretrained": pretrained, "finetuned": finetuned}}
+
+
+ECGFMService.add_asgi_middleware(RequestStatsMiddleware)
+
+
+def batching_settings() -> dict[str, int]:
+    return {"max_batch_size": MAX_BATCH_SIZE, "max_latency_ms": MAX_LATENCY_MS}
+
+
+def versions() -> dict[str, str]:
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "ecgfm-serve": version("ecgfm-serve"),
+        "bentoml": bentoml.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
