@@ -120,13 +120,12 @@ def _inspect(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         print(f"ecgfm: {exc}", file=sys.stderr)
         return 2
-    config = {k: v for k, v in asdict(loaded.config).items() if k != "extra"}
     summary = {
         "kind": loaded.kind,
         "model_type": loaded.model_name,
         "demo": loaded.demo,
         "parameters": loaded.num_parameters,
-        "config": config,
+        "config": asdict(loaded.config),
     }
     print(json.dumps(summary, indent=2))
     return 0

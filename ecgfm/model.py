@@ -11,7 +11,7 @@ feature extractor (156 for 2500 samples), ``C`` conv channels, ``D`` embedding d
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -37,7 +37,6 @@ class ECGFMConfig:
     conv_pos_groups: int = 16  # conv_pos_groups
     num_labels: int = 0  # num_labels of the finetuned head; 0 for the pretrained encoder
     layer_norm_eps: float = 1e-5
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads:
@@ -48,13 +47,6 @@ class ECGFMConfig:
     @property
     def conv_dim(self) -> int:
         return self.conv_layers[-1][0]
-
-    def output_length(self, input_length: int) -> int:
-        """Frames produced for ``input_length`` samples: ``floor((L - k) / s + 1)`` per conv layer."""
-        length = input_length
-        for _, kernel, stride in self.conv_layers:
-            length = (length - kernel) // stride + 1
-        return max(length, 0)
 
 
 class ConvFeatureExtractor(nn.Module):
