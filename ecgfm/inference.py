@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ecgfm.checkpoint import CheckpointError, LoadedModel, ModelKind, file_sha256, load_checkpoint
+from ecgfm.fast import PosConv, Precision, host_to_device, optimize_for_inference, resolve_precision
 from ecgfm.hub import CheckpointSource, resolve_checkpoint
 from ecgfm.labels import LABELS, aggregate_probabilities
 from ecgfm.model import ECGFMClassifier, ECGFMEncoder, time_mean
@@ -38,6 +39,7 @@ class ModelHandle:
     source: CheckpointSource
     sha256: str
     device: torch.device = field(default_factory=default_device)
+    precision: Precision = "fp32"  # of the transformer layers; see ecgfm.fast
 
     @property
     def kind(self) -> ModelKind:
@@ -63,8 +65,20 @@ class ModelHandle:
         }
 
 
-def load_model(kind: ModelKind, path: str | None = None, device: torch.device | str | None = None) -> ModelHandle:
-    """Resolve (explicit path, environment, demo, hub), load strictly, move to ``device``."""
+def load_model(
+    kind: ModelKind,
+    path: str | None = None,
+    device: torch.device | str | None = None,
+    precision: Precision | str | None = None,
+    pos_conv: PosConv = "conv",
+    compile: bool = False,
+) -> ModelHandle:
+    """Resolve (explicit path, environment, demo, hub), load strictly, move to ``device``.
+
+    ``precision`` None reads ``$ECGFM_PRECISION`` (``fp32``, ``bf16``, ``fp16`` or ``auto`` = bf16 on CUDA);
+    unset means fp32, the reference. Anything but fp32 with the plain conv and no compile goes through
+    :func:`ecgfm.fast.optimize_for_inference` (see there and ``docs/performance.md`` for its tolerance).
+    """
     source = resolve_checkpoint(kind, path)
     loaded = load_checkpoint(source.path, expected_kind=kind)
     target = torch.device(device) if device is not None else default_device()
@@ -73,7 +87,10 @@ def load_model(kind: ModelKind, path: str | None = None, device: torch.device | 
         raise CheckpointError(
             f"{source.path}: the classifier has {loaded.config.num_labels} outputs, but ECG-FM has {len(LABELS)} labels"
         )
-    return ModelHandle(loaded, source, file_sha256(source.path), target)
+    resolved = resolve_precision(precision, target)
+    if resolved != "fp32" or pos_conv != "conv" or compile:
+        optimize_for_inference(loaded.model, resolved, pos_conv=pos_conv, compile=compile)
+    return ModelHandle(loaded, source, file_sha256(source.path), target, resolved)
 
 
 def _batches(
@@ -88,10 +105,10 @@ def _batches(
 def _as_tensors(
     segments: np.ndarray, padding_mask: np.ndarray | None, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    source = torch.from_numpy(np.ascontiguousarray(segments, dtype=np.float32)).to(device, non_blocking=True)
+    source = host_to_device(np.asarray(segments, dtype=np.float32), device)
     mask = None
     if padding_mask is not None and padding_mask.any():
-        mask = torch.from_numpy(np.ascontiguousarray(padding_mask, dtype=bool)).to(device, non_blocking=True)
+        mask = host_to_device(np.asarray(padding_mask, dtype=bool), device)
     return source, mask
 
 
