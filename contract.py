@@ -84,9 +84,6 @@ class ECGRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         hide_input_in_errors=True,  # never echo signal values in errors or logs
-        json_schema_extra={
-            "example": {"signal": [[0.0, 0.01, 0.02, "..."]] + [["..."]] * 11, "fs": 500, "per_segment": False}
-        },
     )
 
     signal: Signal = Field(

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +27,9 @@ TWELVE_LEAD_RECORDS = [
     if len(entry["lead_names"]) == 12
 ]
 
+SERVER_START_TIMEOUT_S = 120
+SERVER_LOG: dict[str, Path] = {}  # {"path": the running test server's log file}
+
 
 @pytest.fixture(scope="session")
 def reference() -> dict[str, np.ndarray]:
@@ -32,3 +41,62 @@ def reference() -> dict[str, np.ndarray]:
 def load_json_record(name: str) -> dict:
     """A record of ``../shared/data`` as its JSON dict (signal in mV, ``fs``, ``lead_names``, labels)."""
     return json.loads((DATA_DIR / name).read_text())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``bentoml serve service:ECGFMService`` on loopback with the parity checkpoints; yields its URL.
+
+    The server's output goes to ``server.log`` in the session's temporary directory (``SERVER_LOG`` names it).
+    """
+    import httpx
+
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    env = {
+        **os.environ,
+        "ECGFM_PRETRAINED_CHECKPOINT": str(PRETRAINED_CKPT),
+        "ECGFM_FINETUNED_CHECKPOINT": str(FINETUNED_CKPT),
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+    env.pop("ECGFM_DEMO", None)
+    command = [str(REPO_DIR / ".venv" / "bin" / "bentoml"), "serve", "service:ECGFMService", "--port", str(port)]
+    command += ["--host", "127.0.0.1"]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    SERVER_LOG["path"] = log_path
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"bentoml serve not ready after {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}"
+                )
+            time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -1,0 +1,299 @@
+"""The HTTP service, end to end: a real ``bentoml serve`` on loopback with the parity checkpoints, real records.
+
+``/clinical`` and ``/features`` must return exactly what ``ecgfm predict`` (its engine, :class:`Predictor`)
+returns for the same record; the rest checks the contract in ``contract.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import re
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+
+from ecgfm.inference import Predictor
+from ecgfm.labels import LABELS
+from ecgfm.records import read_record
+from tests.conftest import (
+    DATA_DIR,
+    FINETUNED_CKPT,
+    PRETRAINED_CKPT,
+    REPO_DIR,
+    SERVER_LOG,
+    TWELVE_LEAD_RECORDS,
+    load_json_record,
+)
+
+pytestmark = pytest.mark.server
+
+TOLERANCE = 1e-6  # batching across requests may change float rounding; it has not so far (differences are 0.0)
+SIX_ENDPOINTS = ("/clinical", "/features", "/both", "/health", "/info", "/status")
+BURST_SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def client(server_url: str) -> httpx.Client:
+    with httpx.Client(base_url=server_url, timeout=120) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor.from_paths(str(PRETRAINED_CKPT), str(FINETUNED_CKPT), device="cpu")
+
+
+def request_body(name: str, **extra: object) -> dict:
+    record = load_json_record(name)
+    return {"signal": record["signal"], "fs": record["fs"], **extra}
+
+
+def assert_same(actual: object, expected: object, path: str = "body") -> None:
+    """Equal structure and strings; numbers equal within TOLERANCE."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), path
+        for key in expected:
+            assert_same(actual[key], expected[key], f"{path}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), path
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            assert_same(a, e, f"{path}[{i}]")
+    elif isinstance(expected, float) and not isinstance(expected, bool):
+        assert actual == pytest.approx(expected, abs=TOLERANCE, rel=0), path
+    else:
+        assert actual == expected, path
+
+
+@pytest.mark.parametrize("name", TWELVE_LEAD_RECORDS)
+def test_clinical_equals_ecgfm_predict(client: httpx.Client, predictor: Predictor, name: str) -> None:
+    expected = predictor.predict(read_record(DATA_DIR / name))["clinical"]
+    response = client.post("/clinical", json=request_body(name))
+    assert response.status_code == 200
+    assert_same(response.json(), expected)
+
+
+@pytest.mark.parametrize("name", TWELVE_LEAD_RECORDS)
+def test_features_equals_ecgfm_predict(client: httpx.Client, predictor: Predictor, name: str) -> None:
+    expected = predictor.predict(read_record(DATA_DIR / name))["features"]
+    response = client.post("/features", json=request_body(name))
+    assert response.status_code == 200
+    assert_same(response.json(), expected)
+
+
+def test_both_with_per_segment_equals_ecgfm_predict_cli(client: httpx.Client) -> None:
+    name = "A5215.json"  # 20 s: 4 segments
+    cli = subprocess.run(
+        [sys.executable, "-m", "ecgfm", "predict", "--per-segment", str(DATA_DIR / name)],
+        env={"ECGFM_PRETRAINED_CHECKPOINT": str(PRETRAINED_CKPT), "ECGFM_FINETUNED_CHECKPOINT": str(FINETUNED_CKPT)},
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    expected = json.loads(cli.stdout)
+    response = client.post("/both", json=request_body(name, per_segment=True))
+    assert response.status_code == 200
+    assert_same(response.json(), {"clinical": expected["clinical"], "features": expected["features"]})
+
+
+def test_per_segment_returns_one_row_per_segment(client: httpx.Client) -> None:
+    body = client.post("/both", json=request_body("A1041.json", per_segment=True)).json()  # 17 s: 3 segments
+    assert body["clinical"]["n_segments"] == 3
+    assert np.asarray(body["clinical"]["segments"]).shape == (3, len(LABELS))
+    assert np.asarray(body["features"]["segments"]).shape == (3, body["features"]["dim"])
+
+
+def test_segments_are_absent_without_per_segment(client: httpx.Client) -> None:
+    body = client.post("/both", json=request_body("A1041.json")).json()
+    assert "segments" not in body["clinical"] and "segments" not in body["features"]
+
+
+def test_every_prediction_says_whether_weights_are_demo(client: httpx.Client) -> None:
+    body = client.post("/both", json=request_body("JS06908.json")).json()
+    assert body["clinical"]["demo"] is False and body["features"]["demo"] is False
+    assert body["clinical"]["checkpoint"]["demo"] is False
+
+
+def test_lead_names_reorder_the_leads(client: httpx.Client) -> None:
+    record = load_json_record("JS06908.json")
+    ordered = client.post("/clinical", json=request_body("JS06908.json")).json()
+    reversed_body = {
+        "signal": record["signal"][::-1],
+        "fs": record["fs"],
+        "lead_names": [name.lower() for name in record["lead_names"][::-1]],
+    }
+    shuffled = client.post("/clinical", json=reversed_body).json()
+    assert_same(shuffled, ordered)
+
+
+def test_short_record_is_padded_and_equals_ecgfm_predict(client: httpx.Client, predictor: Predictor) -> None:
+    record = read_record(DATA_DIR / "E05526.json")
+    record.signal = record.signal[:, : int(3.2 * record.fs)]  # 3.2 s: shorter than one 5 s segment
+    expected = predictor.predict(record)
+    body = {"signal": record.signal.tolist(), "fs": record.fs}
+    response = client.post("/both", json=body)
+    assert response.status_code == 200
+    assert response.json()["clinical"]["padded"] is True
+    assert_same(response.json(), {"clinical": expected["clinical"], "features": expected["features"]})
+
+
+def test_two_lead_record_is_rejected_with_422_naming_the_unknown_lead(client: httpx.Client) -> None:
+    record = load_json_record("mitdb_100_first60s.json")
+    body = {"signal": record["signal"], "fs": record["fs"], "lead_names": record["lead_names"]}
+    response = client.post("/clinical", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"].startswith(f"unknown lead name {record['lead_names'][0]!r}")
+
+
+def test_record_longer_than_the_limit_is_rejected_with_422(client: httpx.Client) -> None:
+    body = {"signal": [[0.0, 1.0] * 30_100] * 12, "fs": 100}  # 602 s > 600 s
+    response = client.post("/features", json=body)
+    assert response.status_code == 422
+    assert "at most 600 s" in response.json()["error"]
+
+
+def test_boolean_sample_is_rejected_with_400_and_one_message(client: httpx.Client) -> None:
+    body = request_body("JS06908.json")
+    body["signal"][3][7] = True
+    response = client.post("/clinical", json=body)
+    assert response.status_code == 400
+    assert [error["msg"] for error in response.json()["detail"]] == [
+        "Value error, signal[3][7] is a boolean: every sample must be a number"
+    ]
+
+
+@pytest.mark.parametrize("bad", [{"fs": "500"}, {"fs": None}, {"per_segment": "yes"}, {"lead_names": [1] * 12}])
+def test_wrongly_typed_field_is_rejected_with_400(client: httpx.Client, bad: dict) -> None:
+    response = client.post("/clinical", json={**request_body("JS06908.json"), **bad})
+    assert response.status_code == 400
+    assert response.json()["detail"][0]["loc"][0] == next(iter(bad))
+
+
+def test_unknown_field_is_rejected_with_400(client: httpx.Client) -> None:
+    response = client.post("/clinical", json=request_body("JS06908.json", sampling_rate=500))
+    assert response.status_code == 400
+    assert response.json()["detail"][0]["type"] == "extra_forbidden"
+
+
+def test_server_log_holds_no_signal_values(client: httpx.Client) -> None:
+    sentinel = 987.654321
+    body = request_body("JS06908.json")
+    body["signal"][0][0] = sentinel
+    assert client.post("/clinical", json=body).status_code == 200
+    body["signal"][0][1] = "not a number"
+    assert client.post("/clinical", json=body).status_code == 400
+    assert str(sentinel) not in SERVER_LOG["path"].read_text()
+
+
+def test_health_is_200_with_both_models_loaded(client: httpx.Client) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json()["models"]["pretrained"]["loaded"] and response.json()["models"]["finetuned"]["loaded"]
+    assert client.get("/readyz").status_code == 200
+
+
+def test_info_describes_checkpoints_labels_contract_and_batching(client: httpx.Client) -> None:
+    info = client.get("/info").json()
+    assert info["demo"] is False
+    assert info["models"]["finetuned"]["path"] == str(FINETUNED_CKPT)
+    assert len(info["models"]["pretrained"]["sha256"]) == 64
+    assert info["labels"] == list(LABELS)
+    assert info["aggregation"]["Poor data quality"] == "max"
+    assert info["feature_dim"] == 64
+    assert info["input"]["lead_order"][3] == "aVR" and info["input"]["max_duration_s"] == 600
+    assert info["batching"]["max_batch_size"] > 1
+    assert info["versions"]["bentoml"] == "1.4.40"
+
+
+def test_status_counts_requests_and_errors(client: httpx.Client) -> None:
+    before = client.get("/status").json()["endpoints"]["/features"]
+    client.post("/features", json=request_body("JS06908.json"))
+    client.post("/features", json={"signal": [[1.0] * 10] * 12, "fs": 500})
+    after = client.get("/status").json()
+    assert after["endpoints"]["/features"]["requests"] == before["requests"] + 2
+    assert after["endpoints"]["/features"]["errors"] == before["errors"] + 1
+    assert after["endpoints"]["/features"]["latency_ms"]["p50"] > 0
+    assert after["models"]["pretrained"]["device"] == "cpu" and after["rss_mb"] > 0
+
+
+@pytest.fixture(scope="module")
+def burst(client: httpx.Client, server_url: str) -> dict:
+    """BURST_SIZE concurrent /clinical requests of a 10 s record (2 segments each), with /status around them."""
+    body = request_body("JS06908.json")
+
+    async def post_all() -> list[int]:
+        async with httpx.AsyncClient(base_url=server_url, timeout=120) as http:
+            responses = await asyncio.gather(*(http.post("/clinical", json=body) for _ in range(BURST_SIZE)))
+        return [response.status_code for response in responses]
+
+    before = client.get("/status").json()["models"]["finetuned"]["batch_sizes"]
+    statuses = asyncio.run(post_all())
+    after = client.get("/status").json()["models"]["finetuned"]["batch_sizes"]
+    return {"statuses": statuses, "before": before, "after": after, "metrics": client.get("/metrics").text}
+
+
+def test_concurrent_burst_succeeds(burst: dict) -> None:
+    assert burst["statuses"] == [200] * BURST_SIZE
+
+
+def test_status_shows_batches_of_several_requests_after_a_burst(burst: dict) -> None:
+    new_calls = {int(size): burst["after"][size] - burst["before"].get(size, 0) for size in burst["after"]}
+    assert max(size for size, calls in new_calls.items() if calls > 0) > 2  # > 2 segments: several requests
+
+
+def test_metrics_show_adaptive_batches_of_several_requests_after_a_burst(burst: dict) -> None:
+    pattern = r'bentoml_service_adaptive_batch_size_{}{{{}method_name="classify".*}} (\S+)'
+    single = float(re.search(pattern.format("bucket", 'le="1.0",'), burst["metrics"]).group(1))
+    total = float(re.search(pattern.format("count", ""), burst["metrics"]).group(1))
+    assert total > single  # some batch held more than one request
+
+
+def test_openapi_describes_the_six_endpoints_with_schemas(client: httpx.Client) -> None:
+    spec = client.get("/docs.json").json()
+    for path in SIX_ENDPOINTS:
+        method = "get" if path in ("/health", "/info", "/status") else "post"
+        operation = spec["paths"][path][method]
+        assert operation["responses"]["200"]["content"]["application/json"]["schema"], path
+    request_schema = spec["paths"]["/clinical"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(request_schema["properties"]) == {"signal", "fs", "lead_names", "per_segment"}
+    assert request_schema["additionalProperties"] is False
+
+
+def test_sync_http_client_gets_clinical_probabilities(server_url: str, predictor: Predictor) -> None:
+    import bentoml
+
+    expected = predictor.predict(read_record(DATA_DIR / "JS23463.json"))["clinical"]
+    with bentoml.SyncHTTPClient(server_url) as ecgfm:
+        result = ecgfm.clinical(**request_body("JS23463.json"))
+    assert_same(result["probabilities"], expected["probabilities"])
+
+
+def test_generated_openapi_client_gets_clinical_probabilities(
+    client: httpx.Client, server_url: str, predictor: Predictor, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "openapi.json").write_text(client.get("/docs.json").text)
+    (tmp_path / "config.yaml").write_text("post_hooks: []\n")
+    generator = str(REPO_DIR / ".venv" / "bin" / "openapi-python-client")
+    options = ["--path", "openapi.json", "--meta", "none", "--config", "config.yaml", "--output-path", "ecgfm_client"]
+    subprocess.run(
+        [generator, "generate", *options],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    generated = importlib.import_module("ecgfm_client")
+    clinical = importlib.import_module("ecgfm_client.api.service_ap_is.ecgfm_service_clinical")
+    models = importlib.import_module("ecgfm_client.models")
+
+    api = generated.Client(base_url=server_url, timeout=httpx.Timeout(120))
+    result = clinical.sync(
+        client=api, body=models.EcgfmServiceClinicalECGRequestIODescriptor(**request_body("JS01048.json"))
+    )
+    expected = predictor.predict(read_record(DATA_DIR / "JS01048.json"))["clinical"]
+    assert_same(result.probabilities.additional_properties, expected["probabilities"])
