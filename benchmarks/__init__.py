@@ -1,0 +1,1 @@
+"""Benchmarks of ecgfm-serve: raw model, request decoding and the served API (see docs/performance.md)."""

@@ -1,0 +1,236 @@
+"""The served API under concurrent load, side by side: plain FastAPI (one forward per request), the BentoML
+service with batching off, and the BentoML service with adaptive batching.
+
+    python -m benchmarks.bench_served --size small --concurrency 1,8,32 --duration-s 15
+
+Each target is started on loopback (127.0.0.1) with the same checkpoints, driven by :mod:`benchmarks.loadgen` in
+a separate process at each concurrency level (POST ``/clinical`` with one 10 s 12-lead record of
+``../shared/data``, i.e. two 5 s segments), then stopped. Per level: records/s, p50/p95/p99 latency, errors, the
+batch sizes the finetuned model service saw (from ``GET /status``) and the peak RSS of the server's process tree.
+"Batching off" is ``ECGFM_MAX_BATCH_SIZE=2``: every model call holds exactly one request's two segments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import psutil
+
+from benchmarks.common import DATA_DIR, PARITY_CKPT_DIR, REPO_DIR, machine_info, markdown_table, write_results
+
+RECORD = "JS01048.json"  # 10 s, 12 leads, 500 Hz
+SEGMENTS_PER_RECORD = 2
+FULL_DEMO_DIR = Path(tempfile.gettempdir()) / "ecgfm-demo-full"
+TARGETS = ("plain", "bentoml-nobatch", "bentoml")
+PYTHON = sys.executable
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+
+
+def checkpoints(size: str) -> tuple[Path, Path]:
+    """(pretrained, finetuned): the parity fixture (small) or demo checkpoints of the full architecture."""
+    if size == "small":
+        return PARITY_CKPT_DIR / "ecgfm_small_pretrained.pt", PARITY_CKPT_DIR / "ecgfm_small_finetuned.pt"
+    pretrained, finetuned = FULL_DEMO_DIR / "pretrained.pt", FULL_DEMO_DIR / "finetuned.pt"
+    if not finetuned.exists():
+        cmd = [PYTHON, "-m", "ecgfm", "demo-checkpoints", "--out", str(FULL_DEMO_DIR), "--size", "full"]
+        subprocess.run(cmd, check=True, cwd=REPO_DIR)
+    return pretrained, finetuned
+
+
+def start_server(target: str, port: int, pretrained: Path, finetuned: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "ECGFM_PRETRAINED_CHECKPOINT": str(pretrained),
+        "ECGFM_FINETUNED_CHECKPOINT": str(finetuned),
+        "ECGFM_CHECKPOINT": str(finetuned),
+    }
+    if target == "plain":
+        cmd = [PYTHON, "-m", "uvicorn", "benchmarks.plain_fastapi_app:app", "--host", "127.0.0.1", "--port", str(port)]
+    else:
+        if target == "bentoml-nobatch":
+            env["ECGFM_MAX_BATCH_SIZE"] = str(SEGMENTS_PER_RECORD)
+        cmd = [BENTOML, "serve", "service:ECGFMService", "--host", "127.0.0.1", "--port", str(port)]
+    log = open(Path(tempfile.gettempdir()) / f"bench_served_{target}.log", "wb")  # noqa: SIM115 - lives with the server
+    return subprocess.Popen(cmd, cwd=REPO_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM to the server's own process group (it was started in a new session), then SIGKILL."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
+
+
+def wait_healthy(base_url: str, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}; see its log in {tempfile.gettempdir()}")
+        try:
+            if httpx.get(f"{base_url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{base_url} was not healthy after {timeout_s} s")
+
+
+def batch_histogram(base_url: str) -> Counter[str]:
+    status = httpx.get(f"{base_url}/status", timeout=30).json()
+    return Counter(status["models"]["finetuned"]["batch_sizes"])
+
+
+class RssSampler(threading.Thread):
+    """Peak RSS (MB) of a process and all its descendants, sampled every 0.2 s."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.root = psutil.Process(pid)
+        self.peak_mb = 0.0
+        self.stop_event = threading.Event()
+
+    def current_mb(self) -> float:
+        total = 0
+        for process in [self.root, *self.root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += process.memory_info().rss
+        return total / 2**20
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            self.peak_mb = max(self.peak_mb, self.current_mb())
+            time.sleep(0.2)
+
+
+def run_level(base_url: str, body_path: Path, concurrency: int, duration_s: float, max_requests: int) -> dict:
+    before = batch_histogram(base_url)
+    cmd = [
+        PYTHON, "-m", "benchmarks.loadgen", "--url", f"{base_url}/clinical", "--body", str(body_path),
+        "--concurrency", str(concurrency), "--duration-s", str(duration_s), "--max-requests", str(max_requests),
+    ]  # fmt: skip
+    completed = subprocess.run(cmd, cwd=REPO_DIR, capture_output=True, check=True, timeout=duration_s + 900)
+    result = json.loads(completed.stdout.decode().strip().splitlines()[-1])
+    observed = batch_histogram(base_url) - before
+    result["segments_per_s"] = round(result["records_per_s"] * SEGMENTS_PER_RECORD, 3)
+    result["batch_sizes"] = dict(sorted(observed.items(), key=lambda kv: int(kv[0])))
+    calls = sum(observed.values())
+    result["mean_batch_size"] = round(sum(int(k) * v for k, v in observed.items()) / calls, 2) if calls else None
+    return result
+
+
+def bench_target(
+    target: str, port: int, size: str, body_path: Path, levels: list[int], duration_s: float, max_requests: int
+) -> dict[str, Any]:
+    pretrained, finetuned = checkpoints(size)
+    process = start_server(target, port, pretrained, finetuned)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        started = time.perf_counter()
+        wait_healthy(base_url, process, timeout_s=300)
+        startup_s = round(time.perf_counter() - started, 1)
+        sampler = RssSampler(process.pid)
+        idle_rss_mb = round(sampler.current_mb(), 1)
+        sampler.start()
+        # one request to warm up (first forward, connection pools)
+        subprocess.run(
+            [PYTHON, "-m", "benchmarks.loadgen", "--url", f"{base_url}/clinical", "--body", str(body_path),
+             "--max-requests", "2", "--duration-s", "600"],
+            cwd=REPO_DIR, capture_output=True, check=True, timeout=900,
+        )  # fmt: skip
+        results = []
+        for concurrency in levels:
+            row = run_level(base_url, body_path, concurrency, duration_s, max_requests)
+            print(
+                f"{target:>16} c={concurrency:<3} {row['records_per_s']:>8.2f} rec/s  p50 {row['latency_ms']['p50']} ms"
+                f"  p99 {row['latency_ms']['p99']} ms  mean batch {row['mean_batch_size']}  errors {row['errors']}",
+                flush=True,
+            )
+            results.append(row)
+        sampler.stop_event.set()
+        sampler.join()
+        return {"startup_s": startup_s, "idle_rss_mb": idle_rss_mb, "peak_rss_mb": round(sampler.peak_mb, 1),
+                "levels": results}  # fmt: skip
+    finally:
+        stop_server(process)
+
+
+def to_markdown(data: dict[str, Any]) -> str:
+    machine = data["machine"]
+    lines = [
+        f"# Served API, {data['size']} model, POST /clinical with one 10 s record ({SEGMENTS_PER_RECORD} segments)",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cpu_cores']} cores, GPU: {machine['gpu'] or 'none'}; "
+        f"load average before the run {machine['load_average_1m']}; {machine['date_utc']}. "
+        f"{data['duration_s']} s per level (at most {data['max_requests']} requests), closed loop.",
+        "",
+    ]
+    rows = []
+    for target, info in data["targets"].items():
+        if "error" in info:
+            rows.append([target, "-", "-", "-", "-", "-", "-", info["error"], "-"])
+            continue
+        for row in info["levels"]:
+            latency = row["latency_ms"]
+            rows.append([
+                target, row["concurrency"], row["records_per_s"], row["segments_per_s"], latency["p50"],
+                latency["p95"], latency["p99"], row["mean_batch_size"], row["errors"] or "",
+            ])  # fmt: skip
+    headers = ["target", "clients", "records/s", "segments/s", "p50 ms", "p95 ms", "p99 ms", "mean batch", "errors"]
+    lines.append(markdown_table(headers, rows))
+    lines += ["", markdown_table(
+        ["target", "startup s", "idle RSS MB (process tree)", "peak RSS MB"],
+        [[t, i.get("startup_s"), i.get("idle_rss_mb"), i.get("peak_rss_mb")] for t, i in data["targets"].items()],
+    )]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=["small", "full"], default="small")
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--duration-s", type=float, default=15.0)
+    parser.add_argument("--max-requests", type=int, default=5000)
+    parser.add_argument("--port", type=int, default=3170)
+    parser.add_argument("--name", default=None)
+    args = parser.parse_args(argv)
+    record = json.loads((DATA_DIR / RECORD).read_text())
+    data: dict[str, Any] = {"size": args.size, "record": RECORD, "duration_s": args.duration_s,
+                            "max_requests": args.max_requests, "machine": machine_info(), "targets": {}}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        body_path = Path(tmp) / "body.json"
+        body_path.write_bytes(orjson.dumps({"signal": record["signal"], "fs": record["fs"]}))
+        levels = [int(c) for c in args.concurrency.split(",")]
+        for offset, target in enumerate(args.targets.split(",")):
+            try:
+                data["targets"][target] = bench_target(
+                    target, args.port + offset, args.size, body_path, levels, args.duration_s, args.max_requests
+                )
+            except (RuntimeError, TimeoutError, subprocess.SubprocessError) as exc:
+                print(f"{target}: {exc}", file=sys.stderr)
+                data["targets"][target] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    write_results(args.name or f"served_{args.size}", data, to_markdown(data))
+    return data
+
+
+if __name__ == "__main__":
+    main()
