@@ -72,6 +72,7 @@ def time_batch_size(
         "ms_per_batch_median": round(median_ms, 2),
         "ms_per_batch_min": round(min(times_ms), 2),
         "segments_per_s": round(batch_size / (median_ms / 1000.0), 2),
+        "segments_per_s_fastest": round(batch_size / (min(times_ms) / 1000.0), 2),  # least disturbed by others
         "iterations": iterations,
     }
 
@@ -88,7 +89,8 @@ def run(
     results: dict[str, Any] = {"checkpoint": str(checkpoint), "device": str(device), "variants": {}}
     for variant in variants:
         model = load_variant(checkpoint, variant, device)
-        parameters = sum(p.numel() for p in model.parameters())
+        # weights as parameters plus buffers (the FFT variant keeps the positional conv's weight as a buffer)
+        parameters = sum(t.numel() for t in [*model.parameters(), *model.buffers()])
         started = time.perf_counter()
         rows = []
         for batch_size in batch_sizes:
@@ -119,15 +121,25 @@ def to_markdown(data: dict[str, Any]) -> str:
         "",
         f"Machine: {machine['cpu']}, {machine['cpu_cores']} cores, {machine['torch_threads']} torch threads, "
         f"GPU: {card}; torch {machine['torch']}; {machine['date_utc']}. Peak RSS of the process "
-        f"{data['peak_rss_mb']} MB.",
+        f"{data['peak_rss_mb']} MB. Load average (1 min) at the end: {machine['load_average_1m']} "
+        "(other processes share this machine; the min column is the least disturbed iteration).",
         "",
     ]
     rows = [
-        [variant, info["parameters"], r["batch_size"], r["ms_per_batch_median"], r["segments_per_s"]]
+        [
+            variant,
+            info["parameters"],
+            r["batch_size"],
+            r["ms_per_batch_median"],
+            r["ms_per_batch_min"],
+            r["segments_per_s"],
+            r.get("segments_per_s_fastest"),
+        ]
         for variant, info in data["variants"].items()
         for r in info["rows"]
     ]
-    lines.append(markdown_table(["variant", "params", "batch", "ms/batch (median)", "segments/s"], rows))
+    headers = ["variant", "params", "batch", "ms/batch median", "ms/batch min", "seg/s (median)", "seg/s (min)"]
+    lines.append(markdown_table(headers, rows))
     lines += ["", "Best per variant:", ""]
     best_rows = [
         [variant, info["best"]["batch_size"], info["best"]["segments_per_s"]]

@@ -34,7 +34,7 @@ from benchmarks.common import DATA_DIR, PARITY_CKPT_DIR, REPO_DIR, machine_info,
 
 RECORD = "JS01048.json"  # 10 s, 12 leads, 500 Hz
 SEGMENTS_PER_RECORD = 2
-FULL_DEMO_DIR = Path(tempfile.gettempdir()) / "ecgfm-demo-full"
+FULL_DEMO_DIR = Path(os.environ.get("ECGFM_BENCH_FULL_DIR", Path(tempfile.gettempdir()) / "ecgfm-demo-full"))
 TARGETS = ("plain", "bentoml-nobatch", "bentoml")
 PYTHON = sys.executable
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
