@@ -62,14 +62,15 @@ from ecgfm.inference import (
 from ecgfm.labels import AGGREGATION, LABELS
 from ecgfm.preprocess import ECGInputError
 
+CUDA = torch.cuda.is_available()
 # Adaptive batching of the model services. MAX_BATCH_SIZE counts segments (5 s each) per model call, across
-# requests; MAX_LATENCY_MS is how long a queued request may wait before BentoML refuses it with 503, so it must
-# exceed the time of one full batch on the slowest hardware served. See docs/performance.md, "Batching defaults".
-MAX_BATCH_SIZE = int(os.environ.get("ECGFM_MAX_BATCH_SIZE", "32"))
-MAX_LATENCY_MS = int(os.environ.get("ECGFM_MAX_LATENCY_MS", "30000"))
+# requests: 8 on CPU (full-size ECG-FM peaks there, ~5.5 segments/s on 2 cores; 32 is 3x slower), 32 on GPU.
+# MAX_LATENCY_MS is how long a request may queue before BentoML refuses it with 503; it must exceed a full batch
+# on the slowest hardware served plus the queue ahead of it. Measurements: docs/performance.md, "Batching defaults".
+MAX_BATCH_SIZE = int(os.environ.get("ECGFM_MAX_BATCH_SIZE", "32" if CUDA else "8"))
+MAX_LATENCY_MS = int(os.environ.get("ECGFM_MAX_LATENCY_MS", "120000"))
 REQUEST_TIMEOUT_S = int(os.environ.get("ECGFM_REQUEST_TIMEOUT_S", "300"))  # a 600 s record on CPU takes ~1 min
 PROBE_TIMEOUT_S = 5.0  # /health, /info and /status give up on a model service after this long
-CUDA = torch.cuda.is_available()
 MODEL_RESOURCES: dict[str, Any] = {"gpu": 1} if CUDA else {"cpu": "1"}
 ENDPOINTS = ("/clinical", "/features", "/both", "/health", "/info", "/status")
 CONNECTION_RETRIES = 1  # see call_model
@@ -166,9 +167,9 @@ def run_model(fn: Any, handle: ModelHandle, encoded: np.ndarray, stats: BatchSta
     segments, mask = decode_segments(encoded)
     padded = mask.any(axis=1)
     if not padded.any():
-        return fn(handle, segments)
-    whole = fn(handle, segments[~padded]) if (~padded).any() else None
-    short = fn(handle, segments[padded], mask[padded])
+        return fn(handle, segments, batch_size=MAX_BATCH_SIZE)
+    whole = fn(handle, segments[~padded], batch_size=MAX_BATCH_SIZE) if (~padded).any() else None
+    short = fn(handle, segments[padded], mask[padded], batch_size=MAX_BATCH_SIZE)
     out = np.empty((len(segments), short.shape[1]), dtype=short.dtype)
     out[padded] = short
     if whole is not None:
