@@ -51,31 +51,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``bentoml serve service:ECGFMService`` on loopback with the parity checkpoints; yields its URL.
-
-    The server's output goes to ``server.log`` in the session's temporary directory (``SERVER_LOG`` names it).
-    """
+@contextlib.contextmanager
+def bentoml_server(env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """Run ``bentoml serve service:ECGFMService`` on a free loopback port with ``env`` added; yield its URL once
+    ``/readyz`` answers 200; stop the whole process group afterwards. Output goes to ``log_path``."""
     import httpx
 
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    env = {
-        **os.environ,
-        "ECGFM_PRETRAINED_CHECKPOINT": str(PRETRAINED_CKPT),
-        "ECGFM_FINETUNED_CHECKPOINT": str(FINETUNED_CKPT),
-        "BENTOML_DO_NOT_TRACK": "true",
-    }
-    env.pop("ECGFM_DEMO", None)
-    command = [str(REPO_DIR / ".venv" / "bin" / "bentoml"), "serve", "service:ECGFMService", "--port", str(port)]
-    command += ["--host", "127.0.0.1"]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ECGFM_")} | env
+    env["BENTOML_DO_NOT_TRACK"] = "true"
+    command = [str(REPO_DIR / ".venv" / "bin" / "bentoml"), "serve", "service:ECGFMService"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command, cwd=REPO_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     url = f"http://127.0.0.1:{port}"
-    SERVER_LOG["path"] = log_path
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while True:
@@ -100,3 +91,12 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real service with the parity checkpoints, shared by the whole session; ``SERVER_LOG["path"]`` is its log."""
+    SERVER_LOG["path"] = tmp_path_factory.mktemp("server") / "server.log"
+    env = {"ECGFM_PRETRAINED_CHECKPOINT": str(PRETRAINED_CKPT), "ECGFM_FINETUNED_CHECKPOINT": str(FINETUNED_CKPT)}
+    with bentoml_server(env, SERVER_LOG["path"]) as url:
+        yield url

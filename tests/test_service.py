@@ -27,6 +27,7 @@ from tests.conftest import (
     REPO_DIR,
     SERVER_LOG,
     TWELVE_LEAD_RECORDS,
+    bentoml_server,
     load_json_record,
 )
 
@@ -297,3 +298,21 @@ def test_generated_openapi_client_gets_clinical_probabilities(
     )
     expected = predictor.predict(read_record(DATA_DIR / "JS01048.json"))["clinical"]
     assert_same(result.probabilities.additional_properties, expected["probabilities"])
+
+
+def test_non_finite_sample_is_rejected_with_422(client: httpx.Client) -> None:
+    body = request_body("JS06908.json")
+    body["signal"][4][10] = float("nan")
+    text = json.dumps(body)  # Python writes NaN, which is not standard JSON, but some clients send it
+    response = client.post("/clinical", content=text.encode(), headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["error"].startswith("non-finite values")
+
+
+def test_demo_weights_are_reported_by_info_and_every_response(tmp_path) -> None:
+    env = {"ECGFM_DEMO": "1", "ECGFM_DEMO_SIZE": "small", "ECGFM_DEMO_DIR": str(tmp_path / "demo")}
+    with bentoml_server(env, tmp_path / "server.log") as url, httpx.Client(base_url=url, timeout=120) as demo:
+        info = demo.get("/info").json()
+        body = demo.post("/both", json=request_body("JS06908.json")).json()
+    assert info["demo"] is True and info["models"]["finetuned"]["origin"] == "demo"
+    assert body["clinical"]["demo"] is True and body["features"]["demo"] is True
