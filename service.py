@@ -73,7 +73,7 @@ REQUEST_TIMEOUT_S = int(os.environ.get("ECGFM_REQUEST_TIMEOUT_S", "300"))  # a 6
 PROBE_TIMEOUT_S = 5.0  # /health, /info and /status give up on a model service after this long
 MODEL_RESOURCES: dict[str, Any] = {"gpu": 1} if CUDA else {"cpu": "1"}
 ENDPOINTS = ("/clinical", "/features", "/both", "/health", "/info", "/status")
-CONNECTION_RETRIES = 1  # see call_model
+CONNECTION_RETRIES = 2  # see call_model
 LATENCY_WINDOW = 1000  # latency percentiles are over the last this many requests per endpoint
 STARTED_AT = time.time()
 
@@ -178,9 +178,11 @@ def run_model(fn: Any, handle: ModelHandle, encoded: np.ndarray, stats: BatchSta
 
 
 async def call_model(method: Any, *args: Any) -> Any:
-    """Call a model service, retrying once when a pooled keep-alive connection was closed under us.
+    """Call a model service, retrying when a pooled keep-alive connection was closed under us.
 
-    Model calls are pure functions of their input, so a retry cannot do anything twice that matters.
+    BentoML's client reuses idle connections that the model service may have closed meanwhile; aiohttp then
+    fails with "Cannot write to closing transport" before anything was sent. Model calls are pure functions of
+    their input, so a retry cannot do anything twice that matters.
     """
     for attempt in range(CONNECTION_RETRIES + 1):
         try:
@@ -215,7 +217,7 @@ class Pretrained:
         return run_model(embed_segments, self.handle, segments, self.stats)
 
     @bentoml.api
-    def describe(self) -> dict[str, Any]:
+    async def describe(self) -> dict[str, Any]:  # async: answers on the event loop, even while a batch runs
         return describe(self.handle, self.stats)
 
 
@@ -232,7 +234,7 @@ class Finetuned:
         return run_model(classify_segments, self.handle, segments, self.stats)
 
     @bentoml.api
-    def describe(self) -> dict[str, Any]:
+    async def describe(self) -> dict[str, Any]:  # async: answers on the event loop, even while a batch runs
         return describe(self.handle, self.stats)
 
 
@@ -247,6 +249,9 @@ class ECGFMService:
 
     pretrained = bentoml.depends(Pretrained)
     finetuned = bentoml.depends(Finetuned)
+
+    def __init__(self) -> None:
+        self.checkpoints: dict[str, dict[str, Any]] = {}
 
     @bentoml.api(route="/clinical", input_spec=ECGRequest)
     async def clinical(
@@ -294,79 +299,98 @@ class ECGFMService:
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health(self) -> JSONResponse:
         """200 when both model services have their model loaded, else 503."""
-        body = await self._health()
+        body = health_body(await self._describe_models())
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
-    @app.get("/info", response_model=InfoResponse)
-    async def info(self) -> dict[str, Any]:
+    @app.get("/info", response_model=InfoResponse, responses={503: {"model": ErrorResponse}})
+    async def info(self) -> JSONResponse:
         """Models, checkpoints, labels, input contract, batching settings and versions."""
-        pretrained, finetuned = await self._describe_both()
-        return {
-            "service": "ECGFMService",
-            "demo": pretrained["checkpoint"]["demo"] or finetuned["checkpoint"]["demo"],
-            "models": {"pretrained": pretrained["checkpoint"], "finetuned": finetuned["checkpoint"]},
-            "labels": list(LABELS),
-            "aggregation": dict(AGGREGATION),
-            "feature_dim": pretrained["checkpoint"]["embed_dim"],
-            "input": input_contract(),
-            "batching": batching_settings(),
-            "versions": versions(),
-        }
+        return build_or_503(info_body, await self._describe_models())
 
-    @app.get("/status", response_model=StatusResponse)
-    async def status(self) -> dict[str, Any]:
+    @app.get("/status", response_model=StatusResponse, responses={503: {"model": ErrorResponse}})
+    async def status(self) -> JSONResponse:
         """Uptime, request/error counts, latency percentiles, observed batch sizes, devices and memory."""
-        pretrained, finetuned = await self._describe_both()
-        return {
-            "uptime_s": round(time.time() - STARTED_AT, 3),
-            "demo": pretrained["checkpoint"]["demo"] or finetuned["checkpoint"]["demo"],
-            "endpoints": REQUEST_STATS.to_dict(),
-            "models": {"pretrained": pretrained["stats"], "finetuned": finetuned["stats"]},
-            "batching": batching_settings(),
-            "rss_mb": _rss_mb(),
-        }
+        return build_or_503(status_body, await self._describe_models())
 
     async def __is_ready__(self) -> bool:
-        return (await self._health())["status"] == "ok"
+        return health_body(await self._describe_models())["status"] == "ok"
 
     async def _classify(self, segments: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         return await asyncio.gather(
-            call_model(self.finetuned.to_async.classify, segments), self._checkpoint(self.finetuned)
+            call_model(self.finetuned.to_async.classify, segments), self._checkpoint("finetuned")
         )
 
     async def _embed(self, segments: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         return await asyncio.gather(
-            call_model(self.pretrained.to_async.embed, segments), self._checkpoint(self.pretrained)
+            call_model(self.pretrained.to_async.embed, segments), self._checkpoint("pretrained")
         )
 
-    async def _checkpoint(self, model: Any) -> dict[str, Any]:
-        """The model service's checkpoint info, asked once and then cached (it never changes)."""
-        cache = self.__dict__.setdefault("_checkpoints", {})
-        key = id(model)
-        if key not in cache:
-            cache[key] = (await model.to_async.describe())["checkpoint"]
-        return cache[key]
+    async def _checkpoint(self, kind: str) -> dict[str, Any]:
+        """The model service's checkpoint info, asked once and then kept (it never changes)."""
+        if kind not in self.checkpoints:
+            self.checkpoints[kind] = (await call_model(getattr(self, kind).to_async.describe))["checkpoint"]
+        return self.checkpoints[kind]
 
-    async def _describe_both(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        return await asyncio.gather(
-            asyncio.wait_for(self.pretrained.to_async.describe(), PROBE_TIMEOUT_S),
-            asyncio.wait_for(self.finetuned.to_async.describe(), PROBE_TIMEOUT_S),
+    async def _describe_models(self) -> dict[str, dict[str, Any] | BaseException]:
+        """Each model service's ``describe()``, or the exception when it did not answer within PROBE_TIMEOUT_S."""
+        kinds = ("pretrained", "finetuned")
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(call_model(getattr(self, kind).to_async.describe), PROBE_TIMEOUT_S) for kind in kinds),
+            return_exceptions=True,
         )
-
-    async def _health(self) -> dict[str, Any]:
-        async def state(model: Any) -> dict[str, Any]:
-            try:
-                described = await asyncio.wait_for(model.to_async.describe(), PROBE_TIMEOUT_S)
-            except Exception as exc:  # not started, still loading, or crashed
-                return {"loaded": False, "error": type(exc).__name__}
-            return {"loaded": True, "demo": described["checkpoint"]["demo"], "device": described["device"]}
-
-        pretrained, finetuned = await asyncio.gather(state(self.pretrained), state(self.finetuned))
-        ok = pretrained["loaded"] and finetuned["loaded"]
-        return {"status": "ok" if ok else "unavailable", "models": {"pretrained": pretrained, "finetuned": finetuned}}
+        return dict(zip(kinds, answers, strict=True))
 
 
 ECGFMService.add_asgi_middleware(RequestStatsMiddleware)
+
+
+def health_body(described: dict[str, dict[str, Any] | BaseException]) -> dict[str, Any]:
+    """The ``/health`` body: which model services answer, on which device, with demo weights or not."""
+    models = {
+        kind: {
+            "loaded": False,
+            "error": f"not available (still loading, or failed: see the server log): {type(answer).__name__}",
+        }
+        if isinstance(answer, BaseException)
+        else {"loaded": True, "demo": answer["checkpoint"]["demo"], "device": answer["device"]}
+        for kind, answer in described.items()
+    }
+    ok = all(model["loaded"] for model in models.values())
+    return {"status": "ok" if ok else "unavailable", "models": models}
+
+
+def build_or_503(build: Any, described: dict[str, dict[str, Any] | BaseException]) -> JSONResponse:
+    """``build(pretrained, finetuned)`` as JSON, or 503 naming the model services that did not answer."""
+    missing = [kind for kind, answer in described.items() if isinstance(answer, BaseException)]
+    if missing:
+        error = f"the {' and '.join(missing)} model service is not available (still loading or failed); see /health"
+        return JSONResponse({"error": error}, status_code=503)
+    return JSONResponse(build(described["pretrained"], described["finetuned"]))
+
+
+def info_body(pretrained: dict[str, Any], finetuned: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "service": "ECGFMService",
+        "demo": pretrained["checkpoint"]["demo"] or finetuned["checkpoint"]["demo"],
+        "models": {"pretrained": pretrained["checkpoint"], "finetuned": finetuned["checkpoint"]},
+        "labels": list(LABELS),
+        "aggregation": dict(AGGREGATION),
+        "feature_dim": pretrained["checkpoint"]["embed_dim"],
+        "input": input_contract(),
+        "batching": batching_settings(),
+        "versions": versions(),
+    }
+
+
+def status_body(pretrained: dict[str, Any], finetuned: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "uptime_s": round(time.time() - STARTED_AT, 3),
+        "demo": pretrained["checkpoint"]["demo"] or finetuned["checkpoint"]["demo"],
+        "endpoints": REQUEST_STATS.to_dict(),
+        "models": {"pretrained": pretrained["stats"], "finetuned": finetuned["stats"]},
+        "batching": batching_settings(),
+        "rss_mb": _rss_mb(),
+    }
 
 
 def batching_settings() -> dict[str, int]:

@@ -52,14 +52,16 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def bentoml_server(env: dict[str, str], log_path: Path) -> Iterator[str]:
+def bentoml_server(env: dict[str, str], log_path: Path, ready_path: str = "/readyz") -> Iterator[str]:
     """Run ``bentoml serve service:ECGFMService`` on a free loopback port with ``env`` added; yield its URL once
-    ``/readyz`` answers 200; stop the whole process group afterwards. Output goes to ``log_path``."""
+    ``ready_path`` answers 200; stop the whole process group afterwards. Output goes to ``log_path``."""
     import httpx
 
     port = _free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("ECGFM_")} | env
     env["BENTOML_DO_NOT_TRACK"] = "true"
+    # Its own BentoML home: servers sharing one wipe each other's Prometheus files (/metrics) at start.
+    env["BENTOML_HOME"] = str(log_path.parent / "bentoml_home")
     command = [str(REPO_DIR / ".venv" / "bin" / "bentoml"), "serve", "service:ECGFMService"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "wb") as log:
@@ -73,7 +75,7 @@ def bentoml_server(env: dict[str, str], log_path: Path) -> Iterator[str]:
             if process.poll() is not None:
                 raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

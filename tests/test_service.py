@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import httpx
 import numpy as np
@@ -316,3 +317,20 @@ def test_demo_weights_are_reported_by_info_and_every_response(tmp_path) -> None:
         body = demo.post("/both", json=request_body("JS06908.json")).json()
     assert info["demo"] is True and info["models"]["finetuned"]["origin"] == "demo"
     assert body["clinical"]["demo"] is True and body["features"]["demo"] is True
+
+
+def test_health_is_503_and_names_the_model_that_failed_to_load(tmp_path) -> None:
+    env = {"ECGFM_PRETRAINED_CHECKPOINT": str(PRETRAINED_CKPT), "ECGFM_FINETUNED_CHECKPOINT": str(tmp_path / "no.pt")}
+    with bentoml_server(env, tmp_path / "server.log", ready_path="/livez") as url:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the pretrained service may still be loading
+            health = httpx.get(f"{url}/health", timeout=30)
+            if health.json()["models"]["pretrained"]["loaded"]:
+                break
+            time.sleep(0.5)
+        ready, info = httpx.get(f"{url}/readyz", timeout=30), httpx.get(f"{url}/info", timeout=30)
+    assert health.status_code == 503
+    assert health.json()["models"]["pretrained"]["loaded"] is True
+    assert health.json()["models"]["finetuned"]["loaded"] is False
+    assert ready.status_code == 503
+    assert info.status_code == 503 and "finetuned model service is not available" in info.json()["error"]
