@@ -47,3 +47,36 @@ def test_model_call_gives_up_after_the_retries() -> None:
 
     with pytest.raises(aiohttp.ServerDisconnectedError):
         asyncio.run(call_model(broken))
+
+
+class _SlowModelService:
+    """Stands in for a model service's client to observe call timing (the outputs are not looked at)."""
+
+    def __init__(self, name: str, width: int, events: list[tuple[str, str]]) -> None:
+        self.name, self.width, self.events = name, width, events
+        self.to_async = self
+
+    async def _run(self, segments: np.ndarray) -> np.ndarray:
+        self.events.append(("start", self.name))
+        await asyncio.sleep(0.2)
+        self.events.append(("end", self.name))
+        return np.zeros((len(segments), self.width), np.float32)
+
+    classify = embed = _run
+
+    async def describe(self) -> dict:
+        return {"checkpoint": {"demo": False}, "device": "cpu"}
+
+
+def test_both_calls_the_two_model_services_at_the_same_time() -> None:
+    from service import ECGFMService
+    from tests.conftest import load_json_record
+
+    events: list[tuple[str, str]] = []
+    api = ECGFMService.inner()
+    api.__dict__["finetuned"] = _SlowModelService("finetuned", 17, events)
+    api.__dict__["pretrained"] = _SlowModelService("pretrained", 64, events)
+    record = load_json_record("JS06908.json")
+    response = asyncio.run(api.both(signal=record["signal"], fs=record["fs"]))
+    assert response.status_code == 200
+    assert [kind for kind, _ in events[:2]] == ["start", "start"]  # both started before either finished
