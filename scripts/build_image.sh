@@ -16,6 +16,7 @@
 #   --ca-bundle FILE  mount FILE as the system CA bundle in every build step, for networks whose TLS is re-signed by
 #                     a proxy: pip, uv and apt inside the build then trust what the host trusts.
 #   --image NAME:TAG  name of the image (default: the Bento's name and version).
+#   --bento-only      build the Bento only and print its path (no buildah needed): to inspect its Dockerfile.
 #
 # Environment: ECGFM_IMAGE_SANDBOX=1 (same as --sandbox); BENTOML_HOME (where the Bento goes; bentoml's default
 # otherwise); ECGFM_TORCH_WHEEL (CPU wheel to carry; default: /opt/wheels, else `pip download` from
@@ -34,6 +35,7 @@ local_base=0
 vfs=0
 ca_bundle=""
 image=""
+bento_only=0
 sandbox_flags() { local_base=1; vfs=1; ca_bundle=/etc/ssl/certs/ca-certificates.crt; }
 [ "${ECGFM_IMAGE_SANDBOX:-0}" = 1 ] && sandbox_flags
 while [ $# -gt 0 ]; do
@@ -44,6 +46,7 @@ while [ $# -gt 0 ]; do
     --vfs) vfs=1 ;;
     --ca-bundle) ca_bundle=$2; shift ;;
     --image) image=$2; shift ;;
+    --bento-only) bento_only=1 ;;
     --sandbox) sandbox_flags ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "build_image.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -98,8 +101,14 @@ esac
 build_start=$(date +%s)
 bento_tag=$("$BENTOML" build -f "$bentofile" --output tag . | sed -n 's/^__tag__://p' | tail -1)
 [ -n "$bento_tag" ] || { log "bentoml build printed no tag"; exit 1; }
-bento_dir=$("$BENTOML" get "$bento_tag" -o path)
+# bentoml prints through rich, which wraps long paths at the terminal width: make it wide.
+bento_dir=$(COLUMNS=100000 "$BENTOML" get "$bento_tag" -o path)
+[ -f "$bento_dir/bento.yaml" ] || { log "bentoml get gave '$bento_dir', not a Bento"; exit 1; }
 log "Bento $bento_tag in $bento_dir"
+if [ "$bento_only" = 1 ]; then
+  echo "$bento_dir"
+  exit 0
+fi
 image=${image:-$bento_tag}
 
 # --- the local stand-in base image ------------------------------------------------------------------------------------
