@@ -173,6 +173,7 @@ class ModelState(BaseModel):
     loaded: bool
     demo: bool | None = None
     device: str | None = None
+    precision: str | None = Field(default=None, description="fp32 (the reference), bf16 or fp16 (ECGFM_PRECISION).")
     error: str | None = None
 
 
@@ -222,6 +223,7 @@ class EndpointStats(BaseModel):
 
 class ModelServiceStats(BaseModel):
     device: str
+    precision: str
     calls: int = Field(description="Model calls (batches) so far.")
     segments: int = Field(description="Segments run so far.")
     max_batch_size_observed: int = Field(description="Most segments in one model call so far.")

@@ -196,11 +196,12 @@ async def call_model(method: Any, *args: Any) -> Any:
 def describe(handle: ModelHandle, stats: BatchStats) -> dict[str, Any]:
     """What a model service tells ``/health``, ``/info`` and ``/status`` (no inputs)."""
     cuda_mb = round(torch.cuda.memory_allocated(handle.device) / 2**20, 1) if handle.device.type == "cuda" else None
+    device = {"device": str(handle.device), "precision": handle.precision}
     return {
         "loaded": True,
         "checkpoint": handle.info(),
-        "device": str(handle.device),
-        "stats": {"device": str(handle.device), **stats.to_dict(), "rss_mb": _rss_mb(), "cuda_memory_mb": cuda_mb},
+        **device,
+        "stats": {**device, **stats.to_dict(), "rss_mb": _rss_mb(), "cuda_memory_mb": cuda_mb},
     }
 
 
@@ -352,7 +353,12 @@ def health_body(described: dict[str, dict[str, Any] | BaseException]) -> dict[st
             "error": f"not available (still loading, or failed: see the server log): {type(answer).__name__}",
         }
         if isinstance(answer, BaseException)
-        else {"loaded": True, "demo": answer["checkpoint"]["demo"], "device": answer["device"]}
+        else {
+            "loaded": True,
+            "demo": answer["checkpoint"]["demo"],
+            "device": answer["device"],
+            "precision": answer["precision"],
+        }
         for kind, answer in described.items()
     }
     ok = all(model["loaded"] for model in models.values())

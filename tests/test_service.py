@@ -220,7 +220,8 @@ def test_status_counts_requests_and_errors(client: httpx.Client) -> None:
     assert after["endpoints"]["/features"]["requests"] == before["requests"] + 2
     assert after["endpoints"]["/features"]["errors"] == before["errors"] + 1
     assert after["endpoints"]["/features"]["latency_ms"]["p50"] > 0
-    assert after["models"]["pretrained"]["device"] == "cpu" and after["rss_mb"] > 0
+    assert after["models"]["pretrained"]["device"] == "cpu" and after["models"]["pretrained"]["precision"] == "fp32"
+    assert after["rss_mb"] > 0
 
 
 @pytest.fixture(scope="module")

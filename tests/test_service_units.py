@@ -65,7 +65,7 @@ class _SlowModelService:
     classify = embed = _run
 
     async def describe(self) -> dict:
-        return {"checkpoint": {"demo": False}, "device": "cpu"}
+        return {"checkpoint": {"demo": False}, "device": "cpu", "precision": "fp32"}
 
 
 def test_both_calls_the_two_model_services_at_the_same_time() -> None:
