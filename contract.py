@@ -9,8 +9,8 @@ path       method  request                     response (200)
 /features  POST    :class:`ECGRequest`         :class:`FeaturesResponse` (pretrained model, D floats)
 /both      POST    :class:`ECGRequest`         :class:`BothResponse` (both models, run concurrently)
 /health    GET     -                           :class:`HealthResponse` (503 with the same body when not ready)
-/info      GET     -                           :class:`InfoResponse`
-/status    GET     -                           :class:`StatusResponse`
+/info      GET     -                           :class:`InfoResponse` (503 :class:`ErrorResponse` when a model is down)
+/status    GET     -                           :class:`StatusResponse` (503 :class:`ErrorResponse` likewise)
 =========  ======  ==========================  =====================================================
 
 Status codes of the POST endpoints:

@@ -32,6 +32,7 @@ import bentoml
 import numpy as np
 import psutil
 import torch
+from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI
 from starlette.responses import JSONResponse
 
@@ -187,9 +188,9 @@ async def call_model(method: Any, *args: Any) -> Any:
     for attempt in range(CONNECTION_RETRIES + 1):
         try:
             return await method(*args)
-        except aiohttp.ClientConnectionError:
-            if attempt == CONNECTION_RETRIES:
-                raise
+        except aiohttp.ClientConnectionError as exc:
+            if attempt == CONNECTION_RETRIES:  # the model service is down or restarting: 503, not 500
+                raise ServiceUnavailable("a model service is not reachable; see /health") from exc
     raise AssertionError("unreachable")
 
 

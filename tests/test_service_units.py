@@ -7,6 +7,7 @@ import asyncio
 import aiohttp
 import numpy as np
 import pytest
+from bentoml.exceptions import ServiceUnavailable
 
 from contract import decode_segments, encode_segments
 from ecgfm.preprocess import preprocess
@@ -41,11 +42,11 @@ def test_model_call_is_retried_after_a_closed_keep_alive_connection() -> None:
     assert len(attempts) == CONNECTION_RETRIES + 1
 
 
-def test_model_call_gives_up_after_the_retries() -> None:
+def test_model_call_gives_up_after_the_retries_with_503() -> None:
     async def broken() -> None:
         raise aiohttp.ServerDisconnectedError()
 
-    with pytest.raises(aiohttp.ServerDisconnectedError):
+    with pytest.raises(ServiceUnavailable):
         asyncio.run(call_model(broken))
 
 
