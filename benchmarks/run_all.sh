@@ -25,3 +25,6 @@ $PY -m benchmarks.bench_model --checkpoint "$FULL_DIR/finetuned.pt" --name model
   --budget-s 90
 $PY -m benchmarks.bench_served --size small --concurrency 1,8,32 --duration-s 15
 $PY -m benchmarks.bench_served --size full --concurrency 1,4 --duration-s 40 --max-requests 200
+$PY -m benchmarks.bench_pos_conv --batch-sizes 1,8
+# 10-minute memory soak of the BentoML service (both models): SOAK=1 benchmarks/run_all.sh
+if [ "${SOAK:-0}" = 1 ]; then $PY -m benchmarks.soak --size small --concurrency 4 --duration-s 600; fi
