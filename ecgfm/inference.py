@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +113,22 @@ def _as_tensors(
 
 
 @torch.inference_mode()
+def _run_in_batches(
+    handle: ModelHandle,
+    segments: np.ndarray,
+    padding_mask: np.ndarray | None,
+    batch_size: int,
+    forward: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    out_dim: int,
+) -> np.ndarray:
+    """``forward(source, mask)`` over ``segments`` in chunks of ``batch_size``, as one ``[N, out_dim]`` array."""
+    outputs = []
+    for chunk, mask in _batches(segments, padding_mask, batch_size):
+        source, mask_t = _as_tensors(chunk, mask, handle.device)
+        outputs.append(forward(source, mask_t).float().cpu().numpy())
+    return np.concatenate(outputs) if outputs else np.zeros((0, out_dim), np.float32)
+
+
 def classify_segments(
     handle: ModelHandle,
     segments: np.ndarray,
@@ -123,14 +139,11 @@ def classify_segments(
     model = handle.loaded.model
     if not isinstance(model, ECGFMClassifier):
         raise TypeError("classify_segments needs the finetuned model")
-    outputs = []
-    for chunk, mask in _batches(segments, padding_mask, batch_size):
-        source, mask_t = _as_tensors(chunk, mask, handle.device)
-        outputs.append(torch.sigmoid(model(source, mask_t).float()).cpu().numpy())
-    return np.concatenate(outputs) if outputs else np.zeros((0, len(LABELS)), np.float32)
+    return _run_in_batches(
+        handle, segments, padding_mask, batch_size, lambda x, m: torch.sigmoid(model(x, m).float()), len(LABELS)
+    )
 
 
-@torch.inference_mode()
 def embed_segments(
     handle: ModelHandle,
     segments: np.ndarray,
@@ -141,13 +154,9 @@ def embed_segments(
     model = handle.loaded.model
     if not isinstance(model, ECGFMEncoder):
         raise TypeError("embed_segments needs the pretrained model")
-    outputs = []
-    for chunk, mask in _batches(segments, padding_mask, batch_size):
-        source, mask_t = _as_tensors(chunk, mask, handle.device)
-        hidden, frame_mask = model(source, mask_t)
-        outputs.append(time_mean(hidden, frame_mask).float().cpu().numpy())
-    dim = handle.loaded.config.embed_dim
-    return np.concatenate(outputs) if outputs else np.zeros((0, dim), np.float32)
+    return _run_in_batches(
+        handle, segments, padding_mask, batch_size, lambda x, m: time_mean(*model(x, m)), handle.loaded.config.embed_dim
+    )
 
 
 def _record_fields(prep: PreprocessedECG) -> dict[str, Any]:
