@@ -23,7 +23,16 @@ Status codes of the POST endpoints:
 * 422: the body is well-formed but is not a usable ECG (:class:`ErrorResponse`, ``{"error": "<message>"}``):
   a missing/duplicate/unknown lead, ragged leads, NaN/infinite samples, fs outside ``[MIN_FS, MAX_FS]``,
   shorter than ``MIN_DURATION_S`` or longer than ``MAX_DURATION_S``. The message says what to fix.
-* 503: a model service is not loaded yet or is overloaded (retry later); 500: a bug (see the server log).
+* 401: ``ECGFM_API_KEY`` is set and the request lacks ``Authorization: Bearer <key>`` (every path but
+  ``/health``, ``/livez`` and ``/readyz``).
+* 413: the body is larger than ``ECGFM_MAX_BODY_BYTES`` (:data:`MAX_BODY_BYTES`); refused before it is read whole.
+* 415: the body is not declared ``Content-Type: application/json``.
+* 429: more than ``ECGFM_MAX_CONCURRENCY`` POSTs are in flight; ``Retry-After`` says when to try again.
+* 503: a model service is not loaded yet, or a request queued for a model longer than ``ECGFM_MAX_LATENCY_MS``
+  (retry later; ``Retry-After`` is set); 500: a bug (see the server log).
+
+Every 4xx/5xx body above is ``{"error": "<message>"}`` (the 400 adds ``detail``); :func:`document_error_responses`
+adds them to the OpenAPI document BentoML generates (``/docs.json``).
 
 Inside the service (not part of the public contract, but documented here because it is the one place the
 padding convention lives): the API service sends each model service one ``float32`` array ``[N, 12, 2500]``.
@@ -55,6 +64,17 @@ from ecgfm.preprocess import (
 
 MAX_DURATION_ENV_VAR = "ECGFM_MAX_DURATION_S"
 MAX_DURATION_S = float(os.environ.get(MAX_DURATION_ENV_VAR, DEFAULT_MAX_DURATION_S))
+# The default body limit fits the longest record at 1000 Hz written by Python's json (a float64 takes at most
+# 24 bytes: 17 significant digits, sign, point, exponent, ", "): 600 s * 1000 Hz * 12 leads * 24 B = 172.8 MB.
+# Higher rates are accepted (up to MAX_FS) for shorter records; raise ECGFM_MAX_BODY_BYTES for long ones.
+BODY_SIZING_FS = 1000
+BYTES_PER_JSON_SAMPLE = 24
+MAX_BODY_BYTES = int(
+    os.environ.get("ECGFM_MAX_BODY_BYTES", MAX_DURATION_S * BODY_SIZING_FS * len(LEAD_ORDER) * BYTES_PER_JSON_SAMPLE)
+)
+MAX_CONCURRENCY = int(os.environ.get("ECGFM_MAX_CONCURRENCY", "64"))  # POSTs in flight in the API process; 429 above
+RETRY_AFTER_S = 2  # the Retry-After of every 429 and 503
+JSON_MEDIA_TYPE = "application/json"
 PAD_VALUE = float("nan")  # padded samples in the model-service input; see the module docstring
 INVALID_INPUT_STATUS = 422  # a well-formed request that is not a usable ECG
 
@@ -105,9 +125,28 @@ class ECGRequest(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    """A 422 (or 503) body: one message an integrator can act on."""
+    """A 401, 413, 415, 422, 429 or 503 body: one message an integrator can act on."""
 
     error: str = Field(description="What is wrong with the request and how to fix it.")
+
+
+class ValidationErrorResponse(BaseModel):
+    """A 400 body (written by BentoML from pydantic's errors; the posted values are never included)."""
+
+    error: str = Field(description="'<n> validation error(s) for ...'")
+    detail: list[dict[str, Any]] = Field(description="One item per problem: loc (where), msg (what), type.")
+
+
+# Statuses every POST may answer besides 200 and 400 (see the module docstring), and what each means.
+POST_ERROR_STATUSES: dict[int, str] = {
+    401: "Missing or wrong API key (only when ECGFM_API_KEY is set)",
+    413: "Body larger than ECGFM_MAX_BODY_BYTES",
+    415: "Content-Type is not application/json",
+    INVALID_INPUT_STATUS: "Well-formed, but not a usable ECG",
+    429: "Too many requests in flight (ECGFM_MAX_CONCURRENCY); see Retry-After",
+    503: "A model service is not loaded or is overloaded; see Retry-After",
+}
+GET_ERROR_STATUSES: dict[int, str] = {401: "Missing or wrong API key (only when ECGFM_API_KEY is set)"}
 
 
 class CheckpointInfo(BaseModel):
@@ -286,3 +325,33 @@ def input_contract() -> dict[str, Any]:
         "max_duration_s": MAX_DURATION_S,
         "padding": "records shorter than one segment are zero-padded to 5 s and the padding is masked",
     }
+
+
+def document_error_responses(spec: dict[str, Any], post_paths: tuple[str, ...], public_paths: tuple[str, ...]) -> dict:
+    """Add the error responses of the contract to BentoML's OpenAPI document (``@bentoml.api`` cannot declare them).
+
+    POSTs get :data:`POST_ERROR_STATUSES` with :class:`ErrorResponse` and their 400 becomes
+    :class:`ValidationErrorResponse` (BentoML documents ``detail`` as a string, but sends a list); every other
+    operation outside ``public_paths`` gets :data:`GET_ERROR_STATUSES`. ``spec`` is changed in place and returned.
+    """
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ErrorResponse, ValidationErrorResponse):
+        schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+
+    def response(description: str, model: type[BaseModel]) -> dict[str, Any]:
+        schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+        return {"description": description, "content": {JSON_MEDIA_TYPE: {"schema": schema}}}
+
+    for path, operations in spec.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            if method == "post" and path in post_paths:
+                responses["400"] = response("Not JSON, or does not match the request schema", ValidationErrorResponse)
+                extra = POST_ERROR_STATUSES
+            elif path not in public_paths:
+                extra = GET_ERROR_STATUSES
+            else:
+                continue
+            for status, description in extra.items():
+                responses.setdefault(str(status), response(description, ErrorResponse))
+    return spec

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hmac
+import json
 import os
 import platform
 import threading
@@ -38,6 +40,10 @@ from starlette.responses import JSONResponse
 
 from contract import (
     INVALID_INPUT_STATUS,
+    JSON_MEDIA_TYPE,
+    MAX_BODY_BYTES,
+    MAX_CONCURRENCY,
+    RETRY_AFTER_S,
     BothResponse,
     ClinicalResponse,
     ECGRequest,
@@ -49,6 +55,7 @@ from contract import (
     Signal,
     StatusResponse,
     decode_segments,
+    document_error_responses,
     input_contract,
     prepare,
 )
@@ -74,6 +81,11 @@ REQUEST_TIMEOUT_S = int(os.environ.get("ECGFM_REQUEST_TIMEOUT_S", "300"))  # a 6
 PROBE_TIMEOUT_S = 3.0  # /health, /info, /status and /readyz give up on a model service after this long
 MODEL_RESOURCES: dict[str, Any] = {"gpu": 1} if CUDA else {"cpu": "1"}
 ENDPOINTS = ("/clinical", "/features", "/both", "/health", "/info", "/status")
+POST_ENDPOINTS = ENDPOINTS[:3]
+# ECGFM_API_KEY, when set, is required as "Authorization: Bearer <key>" on every path but these probes.
+API_KEY_ENV_VAR = "ECGFM_API_KEY"
+PUBLIC_PATHS = ("/health", "/livez", "/healthz", "/readyz")  # /healthz is BentoML's alias of /livez
+OVERLOADED = "the model service is overloaded or not available; retry after the Retry-After seconds (see /health)"
 CONNECTION_RETRIES = 2  # see call_model
 LATENCY_WINDOW = 1000  # latency percentiles are over the last this many requests per endpoint
 STARTED_AT = time.time()
@@ -158,6 +170,133 @@ class RequestStatsMiddleware:
             REQUEST_STATS.observe(path, status, time.perf_counter() - started)
 
 
+async def send_json(send: Any, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    """Answer a request from a middleware with a JSON body (the app is not called)."""
+    payload = json.dumps(body).encode()
+    raw_headers = [(b"content-type", JSON_MEDIA_TYPE.encode()), (b"content-length", str(len(payload)).encode())]
+    raw_headers += [(key.lower().encode(), value.encode()) for key, value in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def read_body(receive: Any, limit: int) -> bytes | None:
+    """The whole request body, or None as soon as it passes ``limit`` bytes (the rest is never read)."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class GuardMiddleware:
+    """ASGI middleware in front of every route of the API service, in this order:
+
+    1. API key: with ``ECGFM_API_KEY`` set, 401 (``WWW-Authenticate: Bearer``) unless the request carries
+       ``Authorization: Bearer <key>`` (compared in constant time); :data:`PUBLIC_PATHS` are exempt.
+    2. POSTs to the three model endpoints: 415 unless ``Content-Type: application/json``; 413 when
+       ``Content-Length`` exceeds :data:`~contract.MAX_BODY_BYTES`; 429 when :data:`~contract.MAX_CONCURRENCY`
+       POSTs are already in flight; then the body is read here, counting bytes (chunked bodies have no
+       Content-Length), and refused with 413 as soon as it passes the limit, before BentoML parses it.
+    3. Every 429 and 503 gets ``Retry-After`` (BentoML's own 503s, e.g. a full batching queue, have none).
+    4. ``GET /docs.json``: the error responses of the contract are added (:func:`contract.document_error_responses`).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        key = os.environ.get(API_KEY_ENV_VAR, "")
+        self.expected_authorization = f"Bearer {key}".encode() if key else None
+        self.in_flight = 0
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path, method = scope.get("path", ""), scope.get("method", "")
+        headers = {key.decode("latin-1").lower(): value for key, value in scope.get("headers", [])}
+        if self.expected_authorization is not None and path not in PUBLIC_PATHS:
+            given = headers.get("authorization", b"")
+            if not hmac.compare_digest(given, self.expected_authorization):
+                error = "missing or wrong API key: send the header 'Authorization: Bearer <key>'"
+                await send_json(send, 401, {"error": error}, {"WWW-Authenticate": "Bearer"})
+                return
+
+        async def send_with_retry_after(message: dict) -> None:
+            if message["type"] == "http.response.start" and message["status"] in (429, 503):
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"retry-after"]
+                message = {**message, "headers": [*headers, (b"retry-after", str(RETRY_AFTER_S).encode())]}
+            await send(message)
+
+        if method == "GET" and path == "/docs.json":
+            await self.app(scope, receive, documenting_errors(send))
+        elif method == "POST" and path in POST_ENDPOINTS:
+            await self.guard_post(scope, receive, send_with_retry_after, headers)
+        else:
+            await self.app(scope, receive, send_with_retry_after)
+
+    async def guard_post(self, scope: dict, receive: Any, send: Any, headers: dict[str, bytes]) -> None:
+        media_type = headers.get("content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+        if media_type != JSON_MEDIA_TYPE:
+            error = f"the body must be JSON, sent with 'Content-Type: {JSON_MEDIA_TYPE}'"
+            await send_json(send, 415, {"error": error})
+            return
+        too_large = {"error": f"the body is larger than {MAX_BODY_BYTES} bytes (ECGFM_MAX_BODY_BYTES)"}
+        length = headers.get("content-length", b"")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            await send_json(send, 413, too_large)
+            return
+        if self.in_flight >= MAX_CONCURRENCY:
+            error = f"more than {MAX_CONCURRENCY} requests in flight (ECGFM_MAX_CONCURRENCY); retry later"
+            await send_json(send, 429, {"error": error})
+            return
+        self.in_flight += 1
+        try:
+            body = await read_body(receive, MAX_BODY_BYTES)
+            if body is None:
+                await send_json(send, 413, too_large)  # a disconnected client never reads it
+                return
+            replayed = False
+
+            async def replay() -> dict:
+                nonlocal replayed
+                if replayed:
+                    return await receive()
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            await self.app(scope, replay, send)
+        finally:
+            self.in_flight -= 1
+
+
+def documenting_errors(send: Any) -> Any:
+    """A ``send`` that adds the contract's error responses to the OpenAPI document passing through it."""
+    start: dict = {}
+    chunks: list[bytes] = []
+
+    async def send_documented(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = b"".join(chunks)
+        if start["status"] == 200:
+            body = json.dumps(document_error_responses(json.loads(body), POST_ENDPOINTS, PUBLIC_PATHS)).encode()
+        headers = [(key, value) for key, value in start.get("headers", []) if key.lower() != b"content-length"]
+        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return send_documented
+
+
 def run_model(fn: Any, handle: ModelHandle, encoded: np.ndarray, stats: BatchStats) -> np.ndarray:
     """Run ``classify_segments`` / ``embed_segments`` on one batch from the dispatcher.
 
@@ -192,6 +331,19 @@ async def call_model(method: Any, *args: Any) -> Any:
             if attempt == CONNECTION_RETRIES:  # the model service is down or restarting: 503, not 500
                 raise ServiceUnavailable("a model service is not reachable; see /health") from exc
     raise AssertionError("unreachable")
+
+
+async def answer(build: Any, signal: Signal, fs: Hz, lead_names: list[str] | None) -> JSONResponse:
+    """Preprocess a request (422 with the message when it is not a usable ECG), then ``await build(prep, segments)``
+    (503 with Retry-After, from :class:`GuardMiddleware`, when a model service refuses or is down)."""
+    try:
+        prep, segments = await anyio.to_thread.run_sync(prepare, signal, fs, lead_names)
+    except ECGInputError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=INVALID_INPUT_STATUS)
+    try:
+        return JSONResponse(await build(prep, segments))
+    except ServiceUnavailable:
+        return JSONResponse({"error": OVERLOADED}, status_code=503)
 
 
 def describe(handle: ModelHandle, stats: BatchStats) -> dict[str, Any]:
@@ -260,43 +412,41 @@ class ECGFMService:
         self, signal: Signal, fs: Hz, lead_names: list[str] | None = None, per_segment: bool = False
     ) -> ClinicalResponse:
         """Probabilities of the 17 ECG-FM labels (finetuned model); raw outputs, no thresholds."""
-        try:
-            prep, segments = await anyio.to_thread.run_sync(prepare, signal, fs, lead_names)
-        except ECGInputError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=INVALID_INPUT_STATUS)
-        probabilities, info = await self._classify(segments)
-        return JSONResponse(clinical_response(probabilities, prep, info, per_segment))
+
+        async def build(prep: Any, segments: np.ndarray) -> dict[str, Any]:
+            probabilities, info = await self._classify(segments)
+            return clinical_response(probabilities, prep, info, per_segment)
+
+        return await answer(build, signal, fs, lead_names)
 
     @bentoml.api(route="/features", input_spec=ECGRequest)
     async def features(
         self, signal: Signal, fs: Hz, lead_names: list[str] | None = None, per_segment: bool = False
     ) -> FeaturesResponse:
         """The record's embedding from the pretrained encoder."""
-        try:
-            prep, segments = await anyio.to_thread.run_sync(prepare, signal, fs, lead_names)
-        except ECGInputError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=INVALID_INPUT_STATUS)
-        embeddings, info = await self._embed(segments)
-        return JSONResponse(features_response(embeddings, prep, info, per_segment))
+
+        async def build(prep: Any, segments: np.ndarray) -> dict[str, Any]:
+            embeddings, info = await self._embed(segments)
+            return features_response(embeddings, prep, info, per_segment)
+
+        return await answer(build, signal, fs, lead_names)
 
     @bentoml.api(route="/both", input_spec=ECGRequest)
     async def both(
         self, signal: Signal, fs: Hz, lead_names: list[str] | None = None, per_segment: bool = False
     ) -> BothResponse:
         """/clinical and /features of one record; the two models run at the same time."""
-        try:
-            prep, segments = await anyio.to_thread.run_sync(prepare, signal, fs, lead_names)
-        except ECGInputError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=INVALID_INPUT_STATUS)
-        (probabilities, clinical_info), (embeddings, features_info) = await asyncio.gather(
-            self._classify(segments), self._embed(segments)
-        )
-        return JSONResponse(
-            {
+
+        async def build(prep: Any, segments: np.ndarray) -> dict[str, Any]:
+            (probabilities, clinical_info), (embeddings, features_info) = await asyncio.gather(
+                self._classify(segments), self._embed(segments)
+            )
+            return {
                 "clinical": clinical_response(probabilities, prep, clinical_info, per_segment),
                 "features": features_response(embeddings, prep, features_info, per_segment),
             }
-        )
+
+        return await answer(build, signal, fs, lead_names)
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health(self) -> JSONResponse:
@@ -343,7 +493,8 @@ class ECGFMService:
         return dict(zip(kinds, answers, strict=True))
 
 
-ECGFMService.add_asgi_middleware(RequestStatsMiddleware)
+ECGFMService.add_asgi_middleware(RequestStatsMiddleware)  # outermost of the two: counts 401/413/415/429 too
+ECGFMService.add_asgi_middleware(GuardMiddleware)
 
 
 def health_body(described: dict[str, dict[str, Any] | BaseException]) -> dict[str, Any]:

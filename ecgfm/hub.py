@@ -11,7 +11,8 @@ Resolution order for each model:
    ``HF_HUB_OFFLINE=1`` to forbid network access).
 
 There is no silent fallback: when none of these yields a file, :class:`WeightsNotFoundError` says which
-variables to set.
+variables to set. A file whose sha256 differs from its pin (``ECGFM_PRETRAINED_SHA256`` /
+``ECGFM_FINETUNED_SHA256``, or :data:`HF_FILE_SHA256` for a Hub download) raises :class:`ChecksumError`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ecgfm.checkpoint import ModelKind
+from ecgfm.checkpoint import ModelKind, file_sha256
 
 HF_REPO_ID = "wanglab/ecg-fm"
 # The Hub revision the files are downloaded at. Pin it to a commit hash for a reproducible deployment
@@ -32,6 +33,11 @@ HF_FILENAMES: dict[str, str] = {
 }
 # Known file sizes of the published files (Git LFS pointer), to catch a truncated download early.
 HF_FILE_SIZES: dict[str, int] = {"pretrained": 1_090_825_421}
+# Known sha256 of the published files at the pinned revision, checked after every Hub download when listed.
+# Empty on purpose: the hashes could not be read offline when this was written, and an invented value would
+# refuse the real file. Fill them in from the Hub's file pages (the LFS "SHA256") when HF_REVISION is pinned.
+HF_FILE_SHA256: dict[str, str] = {}
+SHA256_ENV_VARS: dict[str, str] = {"pretrained": "ECGFM_PRETRAINED_SHA256", "finetuned": "ECGFM_FINETUNED_SHA256"}
 
 CHECKPOINT_ENV_VARS: dict[str, str] = {
     "pretrained": "ECGFM_PRETRAINED_CHECKPOINT",
@@ -45,6 +51,10 @@ REVISION_ENV_VAR = "ECGFM_HF_REVISION"
 
 class WeightsNotFoundError(RuntimeError):
     """No checkpoint could be found; the message says how to provide one."""
+
+
+class ChecksumError(WeightsNotFoundError):
+    """A checkpoint file does not have its pinned sha256 (truncated, corrupt or another version)."""
 
 
 @dataclass(frozen=True)
@@ -73,10 +83,29 @@ def resolve_checkpoint(kind: ModelKind, explicit_path: str | os.PathLike | None 
         path = Path(local).expanduser()
         if not path.is_file():
             raise WeightsNotFoundError(f"{kind} checkpoint {path} does not exist ({CHECKPOINT_ENV_VARS[kind]})")
-        return CheckpointSource(str(path.resolve()), "local")
+        return verify_sha256(kind, CheckpointSource(str(path.resolve()), "local"))
     if demo_requested():
         return _demo_checkpoint(kind)
-    return _hub_checkpoint(kind)
+    return verify_sha256(kind, _hub_checkpoint(kind))
+
+
+def verify_sha256(kind: ModelKind, source: CheckpointSource) -> CheckpointSource:
+    """``source`` when its file has the pinned sha256 or no hash is pinned, else :class:`ChecksumError`.
+
+    The pin is ``ECGFM_<KIND>_SHA256`` when set, else :data:`HF_FILE_SHA256` for a Hub download.
+    """
+    expected, pinned_by = os.environ.get(SHA256_ENV_VARS[kind], "").strip().lower(), SHA256_ENV_VARS[kind]
+    if not expected and source.origin == "huggingface" and kind in HF_FILE_SHA256:
+        expected, pinned_by = HF_FILE_SHA256[kind].lower(), f"the known hash of {HF_REPO_ID}/{HF_FILENAMES[kind]}"
+    if not expected:
+        return source
+    actual = file_sha256(source.path)
+    if actual != expected:
+        raise ChecksumError(
+            f"{kind} checkpoint {source.path}: sha256 is {actual}, but {pinned_by} expects {expected}: "
+            "the file is truncated, corrupt or another version; download it again or fix the pin"
+        )
+    return source
 
 
 def _demo_checkpoint(kind: ModelKind) -> CheckpointSource:

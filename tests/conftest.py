@@ -52,9 +52,12 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def bentoml_server(env: dict[str, str], log_path: Path, ready_path: str = "/readyz") -> Iterator[str]:
-    """Run ``bentoml serve service:ECGFMService`` on a free loopback port with ``env`` added; yield its URL once
-    ``ready_path`` answers 200; stop the whole process group afterwards. Output goes to ``log_path``."""
+def bentoml_server(
+    env: dict[str, str], log_path: Path, ready_path: str = "/readyz", extra_args: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """Run ``bentoml serve service:ECGFMService`` (plus ``extra_args``) on a free loopback port with ``env`` added;
+    yield its URL once ``ready_path`` answers 200 (with ``ECGFM_API_KEY`` in ``env``, ready_path must be public);
+    stop the whole process group afterwards. Output goes to ``log_path``."""
     import httpx
 
     port = _free_port()
@@ -63,7 +66,7 @@ def bentoml_server(env: dict[str, str], log_path: Path, ready_path: str = "/read
     # Its own BentoML home: servers sharing one wipe each other's Prometheus files (/metrics) at start.
     env["BENTOML_HOME"] = str(log_path.parent / "bentoml_home")
     command = [str(REPO_DIR / ".venv" / "bin" / "bentoml"), "serve", "service:ECGFMService"]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
+    command += ["--host", "127.0.0.1", "--port", str(port), *extra_args]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command, cwd=REPO_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -1,0 +1,81 @@
+"""Hardening pieces that need no server: pinned checkpoint hashes, and the error responses in the OpenAPI document."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from contract import POST_ERROR_STATUSES, document_error_responses
+from ecgfm import hub
+from service import POST_ENDPOINTS, PUBLIC_PATHS
+from tests.conftest import FINETUNED_CKPT
+
+
+@pytest.fixture()
+def weights(tmp_path: Path) -> Path:
+    path = tmp_path / "weights.pt"
+    path.write_bytes(b"pretend weights")
+    return path
+
+
+def test_local_checkpoint_with_the_pinned_sha256_resolves(weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECGFM_FINETUNED_CHECKPOINT", str(weights))
+    monkeypatch.setenv("ECGFM_FINETUNED_SHA256", hashlib.sha256(weights.read_bytes()).hexdigest().upper())
+    assert hub.resolve_checkpoint("finetuned").path == str(weights.resolve())
+
+
+def test_local_checkpoint_with_another_sha256_fails_naming_file_and_pin(
+    weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ECGFM_FINETUNED_CHECKPOINT", str(weights))
+    monkeypatch.setenv("ECGFM_FINETUNED_SHA256", "0" * 64)
+    with pytest.raises(hub.ChecksumError, match=r"weights\.pt: sha256 is .* ECGFM_FINETUNED_SHA256 expects 0{64}"):
+        hub.resolve_checkpoint("finetuned")
+
+
+def test_hub_download_is_checked_against_the_known_hash_table(weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ECGFM_FINETUNED_CHECKPOINT", raising=False)
+    monkeypatch.delenv("ECGFM_FINETUNED_SHA256", raising=False)
+    monkeypatch.delenv("ECGFM_DEMO", raising=False)
+    downloaded = hub.CheckpointSource(str(weights), "huggingface", hub.HF_REPO_ID, "abc123", "x.pt")
+    monkeypatch.setattr(hub, "_hub_checkpoint", lambda kind: downloaded)
+    monkeypatch.setitem(hub.HF_FILE_SHA256, "finetuned", "f" * 64)
+    with pytest.raises(hub.ChecksumError, match="truncated, corrupt or another version"):
+        hub.resolve_checkpoint("finetuned")
+    monkeypatch.setitem(hub.HF_FILE_SHA256, "finetuned", hashlib.sha256(weights.read_bytes()).hexdigest())
+    assert hub.resolve_checkpoint("finetuned") == downloaded
+
+
+def test_real_checkpoint_without_a_pin_is_not_hashed_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECGFM_FINETUNED_CHECKPOINT", str(FINETUNED_CKPT))
+    monkeypatch.delenv("ECGFM_FINETUNED_SHA256", raising=False)
+    monkeypatch.setattr(hub, "file_sha256", lambda path: pytest.fail("hashed without a pin"))
+    assert hub.resolve_checkpoint("finetuned").origin == "local"
+
+
+def openapi_fragment() -> dict:
+    ok = {"200": {"description": "ok"}}
+    return {
+        "paths": {
+            "/clinical": {"post": {"responses": {**ok, "400": {"description": "BentoML's"}}}},
+            "/info": {"get": {"responses": dict(ok)}},
+            "/readyz": {"get": {"responses": dict(ok)}},
+        }
+    }
+
+
+def test_openapi_gets_every_post_error_status_with_the_error_schema() -> None:
+    spec = document_error_responses(openapi_fragment(), POST_ENDPOINTS, PUBLIC_PATHS)
+    responses = spec["paths"]["/clinical"]["post"]["responses"]
+    assert {str(status) for status in POST_ERROR_STATUSES} <= set(responses)
+    assert responses["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+    assert responses["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ValidationErrorResponse")
+    assert spec["components"]["schemas"]["ValidationErrorResponse"]["properties"]["detail"]["type"] == "array"
+
+
+def test_openapi_gets_401_on_protected_gets_only() -> None:
+    spec = document_error_responses(openapi_fragment(), POST_ENDPOINTS, PUBLIC_PATHS)
+    assert "401" in spec["paths"]["/info"]["get"]["responses"]
+    assert set(spec["paths"]["/readyz"]["get"]["responses"]) == {"200"}
