@@ -21,6 +21,7 @@ import asyncio
 import collections
 import hmac
 import json
+import logging
 import os
 import platform
 import threading
@@ -36,6 +37,7 @@ import psutil
 import torch
 from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI
+from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from contract import (
@@ -295,6 +297,33 @@ def documenting_errors(send: Any) -> Any:
         await send({"type": "http.response.body", "body": body})
 
     return send_documented
+
+
+class ValidationTracebackFilter(logging.Filter):
+    """Replace the traceback BentoML logs for every 400 with a one-line summary.
+
+    pydantic hides input values (``hide_input_in_errors``), but its message still names each unknown key of the
+    body, and a key can carry data (``{"<patient name>": ...}``). The summary keeps the error types and the
+    known field names only.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ValidationError):
+            where = sorted(
+                {
+                    str(e["loc"][0]) if e["loc"] and e["loc"][0] in ECGRequest.model_fields else "-"
+                    for e in exc.errors(include_input=False)
+                }
+            )
+            kinds = sorted({e["type"] for e in exc.errors(include_input=False)})
+            record.msg = f"{record.msg}: 400, {exc.error_count()} validation error(s) {kinds} in fields {where}"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+# The logger of BentoML's ``log_exception`` (bentoml._internal.server.http_app), which every 400 goes through.
+logging.getLogger("bentoml._internal.server.http_app").addFilter(ValidationTracebackFilter())
 
 
 def run_model(fn: Any, handle: ModelHandle, encoded: np.ndarray, stats: BatchStats) -> np.ndarray:
