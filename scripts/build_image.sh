@@ -98,7 +98,6 @@ case "$variant" in
 esac
 
 # --- the Bento -------------------------------------------------------------------------------------------------------
-build_start=$(date +%s)
 bento_tag=$("$BENTOML" build -f "$bentofile" --output tag . | sed -n 's/^__tag__://p' | tail -1)
 [ -n "$bento_tag" ] || { log "bentoml build printed no tag"; exit 1; }
 # bentoml prints through rich, which wraps long paths at the terminal width: make it wide.
@@ -124,8 +123,10 @@ case "$base" in
 esac
 make_local_base() {
   local rootfs=${ECGFM_ROOTFS:-build/image/rootfs}
-  if buildah inspect --type image \
-    --format '{{index .OCIv1.Config.Labels "org.ecgfm-serve.stand-in"}}' "$qualified_base" 2>/dev/null | grep -q debootstrap; then
+  local label
+  label=$(buildah inspect --type image --format '{{index .OCIv1.Config.Labels "org.ecgfm-serve.stand-in"}}' \
+    "$qualified_base" 2>/dev/null || true)
+  if [ "$label" = debootstrap-bookworm ]; then
     log "reusing the local stand-in $qualified_base"
     return
   fi
@@ -133,6 +134,7 @@ make_local_base() {
     log "debootstrap of Debian bookworm into $rootfs (about a minute)"
     mkdir -p "$rootfs"
     debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates bookworm "$rootfs"
+    log "debootstrap done at ${SECONDS} s"
   fi
   local context
   context=$(mktemp -d)
@@ -158,6 +160,7 @@ CMD ["python3"]
 EOF
   buildah build -t "$qualified_base" -f "$context/Containerfile" "$context" >&2
   rm -rf "$context"
+  log "stand-in $qualified_base made at ${SECONDS} s"
 }
 
 if [ "$local_base" = 1 ]; then
@@ -173,9 +176,8 @@ fi
 containerize_opts=()
 [ -n "$ca_bundle" ] && containerize_opts+=(--opt "volume=$ca_bundle:/etc/ssl/certs/ca-certificates.crt:ro")
 "$BENTOML" containerize --backend buildah "${containerize_opts[@]}" --image-tag "$image" "$bento_tag" >&2
-build_end=$(date +%s)
 
-log "built in $((build_end - build_start)) s:"
+log "image built at ${SECONDS} s (since the start of this script):"
 buildah images "$image" >&2
 # A bare name gets buildah's localhost/ prefix; print what `buildah from` / `buildah push` accept.
 echo "$image"
