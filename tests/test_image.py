@@ -55,6 +55,17 @@ def _image_tests_requested(config: pytest.Config) -> bool:
 # --- the CPU Bento (seconds; runs with the suite) ---------------------------------------------------------------------
 
 
+def test_cpu_bentofile_packs_the_same_code_as_the_gpu_bentofile() -> None:
+    import yaml
+
+    gpu, cpu = (yaml.safe_load((REPO_DIR / name).read_text()) for name in ("bentofile.yaml", "bentofile.cpu.yaml"))
+    for key in ("service", "include", "exclude", "description"):
+        assert cpu[key] == gpu[key], key
+    assert cpu["docker"]["python_version"] == gpu["docker"]["python_version"]
+    assert cpu["docker"]["env"] == gpu["docker"]["env"]
+    assert "cuda_version" not in cpu["docker"]
+
+
 @pytest.fixture(scope="module")
 def cpu_bento_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The CPU Bento as ``build_image.sh --cpu --bento-only`` builds it into a fresh BENTOML_HOME."""
