@@ -138,12 +138,12 @@ def test_openapi_documents_the_error_statuses_of_the_posts(client: httpx.Client)
         assert {"400", "401", "413", "415", "422", "429", "503"} <= set(spec["paths"][path]["post"]["responses"])
 
 
-def test_fuzzing_finds_no_server_error_and_no_undocumented_response(server_url: str) -> None:
+def test_fuzzing_finds_no_server_error_and_no_undocumented_response(server_url: str, tmp_path: Path) -> None:
     """schemathesis against /docs.json: every operation, bounded examples, deterministic."""
     checks = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
     command = [str(REPO_DIR / ".venv" / "bin" / "st"), "run", f"{server_url}/docs.json", "--checks", checks]
     command += ["--max-examples", "30", "--generation-deterministic", "--request-timeout", "60", "--no-color"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)  # its cache: tmp
     assert result.returncode == 0, result.stdout[-6000:]
     assert "10 selected / 10 total" in result.stdout  # six endpoints plus BentoML's four
 
