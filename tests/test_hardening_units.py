@@ -79,3 +79,60 @@ def test_openapi_gets_401_on_protected_gets_only() -> None:
     spec = document_error_responses(openapi_fragment(), POST_ENDPOINTS, PUBLIC_PATHS)
     assert "401" in spec["paths"]["/info"]["get"]["responses"]
     assert set(spec["paths"]["/readyz"]["get"]["responses"]) == {"200"}
+
+
+def run_asgi(app: object, path: str = "/clinical", headers: dict[str, str] | None = None) -> list[dict]:
+    """One POST through an ASGI app; the messages it sent."""
+    import asyncio
+
+    sent: list[dict] = []
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [(k.encode(), v.encode()) for k, v in (headers or {"content-type": "application/json"}).items()],
+    }
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def test_a_503_from_behind_the_guard_gets_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service import GuardMiddleware
+
+    monkeypatch.delenv("ECGFM_API_KEY", raising=False)
+
+    async def overloaded(scope: dict, receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 503, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"error": "busy"}'})
+
+    start = run_asgi(GuardMiddleware(overloaded))[0]
+    assert (b"retry-after", b"2") in start["headers"]
+
+
+def test_a_validation_traceback_is_logged_as_a_summary_without_body_keys() -> None:
+    import logging
+
+    from pydantic import ValidationError
+
+    from contract import ECGRequest
+    from service import ValidationTracebackFilter
+
+    try:
+        ECGRequest.model_validate_json('{"signal": [[1.0]], "fs": 500, "Jane Doe": 1}')
+    except ValidationError as exc:
+        record = logging.LogRecord(
+            "x", logging.ERROR, __file__, 1, "Exception on /clinical [POST]", (), (ValidationError, exc, None)
+        )
+    ValidationTracebackFilter().filter(record)
+    assert record.exc_info is None
+    assert (
+        record.getMessage()
+        == "Exception on /clinical [POST]: 400, 1 validation error(s) ['extra_forbidden'] in fields ['-']"
+    )
