@@ -62,6 +62,11 @@ from ecgfm.preprocess import (
     preprocess,
 )
 
+ENDPOINTS = ("/clinical", "/features", "/both", "/health", "/info", "/status")
+POST_ENDPOINTS = ENDPOINTS[:3]
+# ECGFM_API_KEY, when set, is required as "Authorization: Bearer <key>" on every path but these probes.
+API_KEY_ENV_VAR = "ECGFM_API_KEY"
+PUBLIC_PATHS = ("/health", "/livez", "/healthz", "/readyz")  # /healthz is BentoML's alias of /livez
 MAX_DURATION_ENV_VAR = "ECGFM_MAX_DURATION_S"
 MAX_DURATION_S = float(os.environ.get(MAX_DURATION_ENV_VAR, DEFAULT_MAX_DURATION_S))
 # The default body limit fits the longest record at 1000 Hz written by Python's json (a float64 takes at most

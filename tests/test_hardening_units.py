@@ -9,7 +9,7 @@ import pytest
 
 from contract import POST_ERROR_STATUSES, document_error_responses
 from ecgfm import hub
-from service import POST_ENDPOINTS, PUBLIC_PATHS
+from contract import POST_ENDPOINTS, PUBLIC_PATHS
 from tests.conftest import FINETUNED_CKPT
 
 
@@ -104,7 +104,7 @@ def run_asgi(app: object, path: str = "/clinical", headers: dict[str, str] | Non
 
 
 def test_a_503_from_behind_the_guard_gets_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
-    from service import GuardMiddleware
+    from serving import GuardMiddleware
 
     monkeypatch.delenv("ECGFM_API_KEY", raising=False)
 
@@ -122,7 +122,7 @@ def test_a_validation_traceback_is_logged_as_a_summary_without_body_keys() -> No
     from pydantic import ValidationError
 
     from contract import ECGRequest
-    from service import ValidationTracebackFilter
+    from serving import ValidationTracebackFilter
 
     try:
         ECGRequest.model_validate_json('{"signal": [[1.0]], "fs": 500, "Jane Doe": 1}')
