@@ -21,6 +21,7 @@ import asyncio
 import os
 import platform
 import time
+from functools import partial
 from importlib import metadata
 from typing import Any
 
@@ -30,11 +31,13 @@ import bentoml
 import numpy as np
 import torch
 from bentoml.exceptions import ServiceUnavailable
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse
 
 from contract import (
     INVALID_INPUT_STATUS,
+    NPY_MEDIA_TYPE,
+    BadRequestError,
     BothResponse,
     ClinicalResponse,
     ECGRequest,
@@ -48,6 +51,7 @@ from contract import (
     decode_segments,
     input_contract,
     prepare,
+    read_binary_request,
 )
 from ecgfm.inference import (
     ModelHandle,
@@ -58,7 +62,7 @@ from ecgfm.inference import (
     load_model,
 )
 from ecgfm.labels import AGGREGATION, LABELS
-from ecgfm.preprocess import ECGInputError
+from ecgfm.preprocess import ECGInputError, PreprocessedECG
 from serving import REQUEST_STATS, BatchStats, GuardMiddleware, RequestStatsMiddleware, rss_mb
 
 CUDA = torch.cuda.is_available()
@@ -125,6 +129,17 @@ async def answer(build: Any, signal: Signal, fs: Hz, lead_names: list[str] | Non
         return JSONResponse({"error": OVERLOADED}, status_code=503)
 
 
+async def answer_binary(
+    body_of: Any, request: Request, fs: str | None, lead_names: str | None, per_segment: str | None
+) -> JSONResponse:
+    """:func:`answer` for a ``.npy`` body (400 with the message when the body or a query parameter is unreadable)."""
+    try:
+        signal, fs_hz, names, per_segment_flag = read_binary_request(await request.body(), fs, lead_names, per_segment)
+    except BadRequestError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    return await answer(partial(body_of, per_segment=per_segment_flag), signal, fs_hz, names)
+
+
 def describe(handle: ModelHandle, stats: BatchStats) -> dict[str, Any]:
     """What a model service tells ``/health``, ``/info`` and ``/status`` (no inputs)."""
     cuda_mb = round(torch.cuda.memory_allocated(handle.device) / 2**20, 1) if handle.device.type == "cuda" else None
@@ -171,7 +186,14 @@ class Finetuned:
         return describe(self.handle, self.stats)
 
 
-app = FastAPI(title="ecgfm-serve GET endpoints")
+app = FastAPI(title="ecgfm-serve GET endpoints and binary (.npy) POST variants")
+NPY_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "numpy.save of a [leads, samples] numeric array (12 leads in I..V6 order unless lead_names)",
+        "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 INPUT_ERROR_RESPONSES = {INVALID_INPUT_STATUS: {"model": ErrorResponse}}
 
 
@@ -191,41 +213,42 @@ class ECGFMService:
         self, signal: Signal, fs: Hz, lead_names: list[str] | None = None, per_segment: bool = False
     ) -> ClinicalResponse:
         """Probabilities of the 17 ECG-FM labels (finetuned model); raw outputs, no thresholds."""
-
-        async def build(prep: Any, segments: np.ndarray) -> dict[str, Any]:
-            probabilities, info = await self._classify(segments)
-            return clinical_response(probabilities, prep, info, per_segment)
-
-        return await answer(build, signal, fs, lead_names)
+        return await answer(partial(self._clinical_body, per_segment=per_segment), signal, fs, lead_names)
 
     @bentoml.api(route="/features", input_spec=ECGRequest)
     async def features(
         self, signal: Signal, fs: Hz, lead_names: list[str] | None = None, per_segment: bool = False
     ) -> FeaturesResponse:
         """The record's embedding from the pretrained encoder."""
-
-        async def build(prep: Any, segments: np.ndarray) -> dict[str, Any]:
-            embeddings, info = await self._embed(segments)
-            return features_response(embeddings, prep, info, per_segment)
-
-        return await answer(build, signal, fs, lead_names)
+        return await answer(partial(self._features_body, per_segment=per_segment), signal, fs, lead_names)
 
     @bentoml.api(route="/both", input_spec=ECGRequest)
     async def both(
         self, signal: Signal, fs: Hz, lead_names: list[str] | None = None, per_segment: bool = False
     ) -> BothResponse:
         """/clinical and /features of one record; the two models run at the same time."""
+        return await answer(partial(self._both_body, per_segment=per_segment), signal, fs, lead_names)
 
-        async def build(prep: Any, segments: np.ndarray) -> dict[str, Any]:
-            (probabilities, clinical_info), (embeddings, features_info) = await asyncio.gather(
-                self._classify(segments), self._embed(segments)
-            )
-            return {
-                "clinical": clinical_response(probabilities, prep, clinical_info, per_segment),
-                "features": features_response(embeddings, prep, features_info, per_segment),
-            }
+    @app.post("/clinical/npy", response_model=ClinicalResponse, openapi_extra=NPY_REQUEST_BODY)
+    async def clinical_npy(
+        self, request: Request, fs: str | None = None, lead_names: str | None = None, per_segment: str | None = None
+    ) -> JSONResponse:
+        """``/clinical`` with the signal as a NumPy ``.npy`` body ``[leads, samples]``; fields as query parameters."""
+        return await answer_binary(self._clinical_body, request, fs, lead_names, per_segment)
 
-        return await answer(build, signal, fs, lead_names)
+    @app.post("/features/npy", response_model=FeaturesResponse, openapi_extra=NPY_REQUEST_BODY)
+    async def features_npy(
+        self, request: Request, fs: str | None = None, lead_names: str | None = None, per_segment: str | None = None
+    ) -> JSONResponse:
+        """``/features`` with the signal as a NumPy ``.npy`` body ``[leads, samples]``; fields as query parameters."""
+        return await answer_binary(self._features_body, request, fs, lead_names, per_segment)
+
+    @app.post("/both/npy", response_model=BothResponse, openapi_extra=NPY_REQUEST_BODY)
+    async def both_npy(
+        self, request: Request, fs: str | None = None, lead_names: str | None = None, per_segment: str | None = None
+    ) -> JSONResponse:
+        """``/both`` with the signal as a NumPy ``.npy`` body ``[leads, samples]``; fields as query parameters."""
+        return await answer_binary(self._both_body, request, fs, lead_names, per_segment)
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health(self) -> JSONResponse:
@@ -245,6 +268,20 @@ class ECGFMService:
 
     async def __is_ready__(self) -> bool:
         return health_body(await self._describe_models())["status"] == "ok"
+
+    async def _clinical_body(self, prep: PreprocessedECG, segments: np.ndarray, per_segment: bool) -> dict[str, Any]:
+        probabilities, info = await self._classify(segments)
+        return clinical_response(probabilities, prep, info, per_segment)
+
+    async def _features_body(self, prep: PreprocessedECG, segments: np.ndarray, per_segment: bool) -> dict[str, Any]:
+        embeddings, info = await self._embed(segments)
+        return features_response(embeddings, prep, info, per_segment)
+
+    async def _both_body(self, prep: PreprocessedECG, segments: np.ndarray, per_segment: bool) -> dict[str, Any]:
+        clinical, features = await asyncio.gather(
+            self._clinical_body(prep, segments, per_segment), self._features_body(prep, segments, per_segment)
+        )
+        return {"clinical": clinical, "features": features}
 
     async def _classify(self, segments: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         return await asyncio.gather(

@@ -22,10 +22,12 @@ from pydantic import ValidationError
 
 from contract import (
     API_KEY_ENV_VAR,
+    BINARY_ENDPOINTS,
     ENDPOINTS,
     JSON_MEDIA_TYPE,
     MAX_BODY_BYTES,
     MAX_CONCURRENCY,
+    NPY_MEDIA_TYPE,
     POST_ENDPOINTS,
     PUBLIC_PATHS,
     RETRY_AFTER_S,
@@ -34,6 +36,7 @@ from contract import (
 )
 
 LATENCY_WINDOW = 1000  # latency percentiles are over the last this many requests per endpoint
+TRACKED_PATHS = ENDPOINTS + BINARY_ENDPOINTS  # what /status counts
 
 
 def rss_mb() -> float:
@@ -68,7 +71,7 @@ class RequestStats:
     def __init__(self) -> None:
         self.requests: collections.Counter[str] = collections.Counter()
         self.errors: collections.Counter[str] = collections.Counter()
-        self.latencies = {path: collections.deque(maxlen=LATENCY_WINDOW) for path in ENDPOINTS}
+        self.latencies = {path: collections.deque(maxlen=LATENCY_WINDOW) for path in TRACKED_PATHS}
 
     def observe(self, path: str, status: int, seconds: float) -> None:
         self.requests[path] += 1
@@ -77,7 +80,7 @@ class RequestStats:
 
     def to_dict(self) -> dict[str, Any]:
         result = {}
-        for path in ENDPOINTS:
+        for path in TRACKED_PATHS:
             values = np.asarray(self.latencies[path], dtype=np.float64)
             quantiles = {
                 name: round(float(np.percentile(values, q)), 3) if values.size else None
@@ -98,7 +101,7 @@ class RequestStatsMiddleware:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path not in ENDPOINTS:
+        if scope["type"] != "http" or path not in TRACKED_PATHS:
             await self.app(scope, receive, send)
             return
         started, status = time.perf_counter(), 500
@@ -145,7 +148,8 @@ class GuardMiddleware:
 
     1. API key: with ``ECGFM_API_KEY`` set, 401 (``WWW-Authenticate: Bearer``) unless the request carries
        ``Authorization: Bearer <key>`` (compared in constant time); :data:`PUBLIC_PATHS` are exempt.
-    2. POSTs to the three model endpoints: 415 unless ``Content-Type: application/json``; 413 when
+    2. POSTs to the model endpoints: 415 unless ``Content-Type: application/json`` (``application/octet-stream``
+       for the ``/npy`` variants); 413 when
        ``Content-Length`` exceeds :data:`~contract.MAX_BODY_BYTES`; 429 when :data:`~contract.MAX_CONCURRENCY`
        POSTs are already in flight; then the body is read here, counting bytes (chunked bodies have no
        Content-Length), and refused with 413 as soon as it passes the limit, before BentoML parses it.
@@ -181,14 +185,19 @@ class GuardMiddleware:
         if method == "GET" and path == "/docs.json":
             await self.app(scope, receive, documenting_errors(send))
         elif method == "POST" and path in POST_ENDPOINTS:
-            await self.guard_post(scope, receive, send_with_retry_after, headers)
+            await self.guard_post(scope, receive, send_with_retry_after, headers, JSON_MEDIA_TYPE)
+        elif method == "POST" and path in BINARY_ENDPOINTS:
+            await self.guard_post(scope, receive, send_with_retry_after, headers, NPY_MEDIA_TYPE)
         else:
             await self.app(scope, receive, send_with_retry_after)
 
-    async def guard_post(self, scope: dict, receive: Any, send: Any, headers: dict[str, bytes]) -> None:
+    async def guard_post(
+        self, scope: dict, receive: Any, send: Any, headers: dict[str, bytes], expected_media_type: str
+    ) -> None:
         media_type = headers.get("content-type", b"").decode("latin-1").split(";")[0].strip().lower()
-        if media_type != JSON_MEDIA_TYPE:
-            error = f"the body must be JSON, sent with 'Content-Type: {JSON_MEDIA_TYPE}'"
+        if media_type != expected_media_type:
+            kind = "JSON" if expected_media_type == JSON_MEDIA_TYPE else "a NumPy .npy file"
+            error = f"the body must be {kind}, sent with 'Content-Type: {expected_media_type}'"
             await send_json(send, 415, {"error": error})
             return
         too_large = {"error": f"the body is larger than {MAX_BODY_BYTES} bytes (ECGFM_MAX_BODY_BYTES)"}

@@ -145,7 +145,7 @@ def test_fuzzing_finds_no_server_error_and_no_undocumented_response(server_url: 
     command += ["--max-examples", "30", "--generation-deterministic", "--request-timeout", "60", "--no-color"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)  # its cache: tmp
     assert result.returncode == 0, result.stdout[-6000:]
-    assert "10 selected / 10 total" in result.stdout  # six endpoints plus BentoML's four
+    assert "13 selected / 13 total" in result.stdout  # six endpoints, three .npy variants, BentoML's four
 
 
 # --- one server with an API key and small limits ---------------------------------------------------------------
