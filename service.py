@@ -22,7 +22,6 @@ import os
 import platform
 import time
 from functools import partial
-from importlib import metadata
 from typing import Any
 
 import aiohttp
@@ -34,6 +33,7 @@ from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse
 
+import ecgfm
 from contract import (
     INVALID_INPUT_STATUS,
     NPY_MEDIA_TYPE,
@@ -372,14 +372,8 @@ def batching_settings() -> dict[str, int]:
 
 
 def versions() -> dict[str, str]:
-    def version(package: str) -> str:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
     return {
-        "ecgfm-serve": version("ecgfm-serve"),
+        "ecgfm-serve": ecgfm.__version__,  # the Bento ships the source, not an installed distribution
         "bentoml": bentoml.__version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
