@@ -32,8 +32,9 @@ FINETUNED_MODEL_NAMES = frozenset({"ecg_transformer_classifier"})
 # Top-level key that only `python -m ecgfm demo-checkpoints` writes: its weights are random.
 DEMO_MARKER = "ecgfm_serve_demo"
 
-# Pretraining-only parameters, unused for features or classification.
-_DROPPED = re.compile(r"^(mask_emb|quantizer\..*|project_q\..*|final_proj\..*)$")
+# Pretraining-only parameters of wav2vec2 / wav2vec2_cmsc (masking, quantizers and the contrastive heads),
+# unused for features or classification.
+_DROPPED = re.compile(r"^(mask_emb|(quantizer|project_q|final_proj|target_glu)\..*)$")
 
 # One entry per key family: (fairseq-signals name, ecgfm name). {n} is a layer index, {p} "weight" or "bias",
 # {proj} one of the attention projections. Finetuned checkpoints hold the same keys under "encoder.".
@@ -162,6 +163,8 @@ def config_from_cfg(cfg_model: dict[str, Any], kind: ModelKind) -> ECGFMConfig:
     def get(name: str) -> Any:
         return cfg_model.get(name, _CFG_DEFAULTS.get(name))
 
+    if cfg_model.get("quantize_input"):
+        raise ValueError("quantize_input=True is not supported (it changes the forward pass; ECG-FM does not use it)")
     if get("extractor_mode") != "default":
         raise ValueError(f"extractor_mode {get('extractor_mode')!r} is not supported (ECG-FM uses 'default')")
     num_labels = 0

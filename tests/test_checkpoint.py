@@ -103,6 +103,12 @@ def test_an_unknown_model_type_is_refused(tmp_path):
         load_checkpoint(path)
 
 
+def test_a_pretrained_model_that_quantizes_its_input_is_refused_not_approximated(tmp_path):
+    path = _save_modified(tmp_path, PRETRAINED_CKPT, lambda c: c["cfg"]["model"].__setitem__("quantize_input", True))
+    with pytest.raises(CheckpointError, match=r"quantize_input=True is not supported"):
+        load_checkpoint(path)
+
+
 def test_a_truncated_file_is_refused_naming_the_file(tmp_path):
     path = tmp_path / "truncated.pt"
     path.write_bytes(PRETRAINED_CKPT.read_bytes()[:200_000])
