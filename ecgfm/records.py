@@ -51,11 +51,15 @@ def read_record(path: str | Path, fs: float | None = None, lead_names: list[str]
     """Read one record, choosing the reader from the file suffix.
 
     Args:
-        path: a ``.json``, ``.csv``, ``.npy`` or ``.hea`` file.
+        path: a ``.json``, ``.csv``, ``.npy`` or ``.hea`` file; a WFDB record may also be named without suffix
+            (``data/100``) or by its ``.dat`` / ``.mat`` / ``.atr`` file.
         fs: sampling rate, required for ``.npy`` and ``.csv`` (unless the JSON/WFDB file has its own).
         lead_names: lead names for ``.npy`` (default: the standard 12-lead order).
     """
     path = Path(path)
+    header = _wfdb_header_for(path)
+    if header is not None:
+        path = header
     if not path.is_file():
         raise RecordError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -73,6 +77,16 @@ def read_record(path: str | Path, fs: float | None = None, lead_names: list[str]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RecordError(f"{path}: {exc}") from exc
     raise RecordError(f"{path}: unsupported file type {suffix!r} (supported: {', '.join(SUPPORTED_SUFFIXES)})")
+
+
+def _wfdb_header_for(path: Path) -> Path | None:
+    """The ``.hea`` of a WFDB record named without suffix (``data/100``) or by a signal/annotation file."""
+    if path.suffix.lower() in (".json", ".csv", ".npy", ".hea"):
+        return None
+    candidates = [Path(f"{path}.hea")] if not path.is_file() else []
+    if path.suffix.lower() in (".dat", ".mat", ".atr", ".xyz"):
+        candidates.append(path.with_suffix(".hea"))
+    return next((c for c in candidates if c.is_file()), None)
 
 
 def _float_signal(path: Path, signal: Any) -> np.ndarray:

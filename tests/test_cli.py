@@ -91,6 +91,16 @@ def test_a_georgia_header_that_wfdb_rejects_is_still_read():
     np.testing.assert_allclose(record.signal, reference.signal, atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    "name", ["MIT-LCP_wfdb-python/100", "MIT-LCP_wfdb-python/100.dat", "DeepPSP_cinc2021/A0689.mat"]
+)
+def test_a_wfdb_record_can_be_named_without_its_header_suffix(name):
+    record = read_record(DATA_DIR / name)
+    expected = read_record((DATA_DIR / name).with_suffix(".hea"))
+    assert record.fs == expected.fs and record.lead_names == expected.lead_names
+    np.testing.assert_array_equal(record.signal, expected.signal)
+
+
 def test_only_clinical_runs_the_finetuned_model_alone():
     result = run_cli("predict", "--finetuned", str(FINETUNED_CKPT), "--only", "clinical", str(DATA_DIR / "A0689.json"))
     assert result.returncode == 0, result.stderr

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from contract import POST_ERROR_STATUSES, document_error_responses
+from contract import POST_ENDPOINTS, POST_ERROR_STATUSES, PUBLIC_PATHS, document_error_responses
 from ecgfm import hub
-from contract import POST_ENDPOINTS, PUBLIC_PATHS
 from tests.conftest import FINETUNED_CKPT
 
 
