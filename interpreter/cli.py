@@ -50,8 +50,11 @@ def _cmd_hr(args: argparse.Namespace) -> int:
 
 def _probabilities_from(obj: dict[str, Any], where: str) -> dict[str, float]:
     """Find the 17 probabilities in one API result (``clinical.probabilities``, ``probabilities`` or flat)."""
-    for candidate in (obj.get("clinical", {}).get("probabilities") if isinstance(obj.get("clinical"), dict)
-                      else None, obj.get("probabilities"), obj):
+    for candidate in (
+        obj.get("clinical", {}).get("probabilities") if isinstance(obj.get("clinical"), dict) else None,
+        obj.get("probabilities"),
+        obj,
+    ):
         if isinstance(candidate, dict):
             probs = {}
             for label in LABELS:
@@ -61,8 +64,10 @@ def _probabilities_from(obj: dict[str, Any], where: str) -> dict[str, float]:
                         break
             if len(probs) == len(LABELS):
                 return probs
-    raise InputError(f"{where}: no probabilities for all 17 labels (expected 'clinical.probabilities', "
-                     "'probabilities' or one column per label)")
+    raise InputError(
+        f"{where}: no probabilities for all 17 labels (expected 'clinical.probabilities', "
+        "'probabilities' or one column per label)"
+    )
 
 
 def load_results(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -96,14 +101,16 @@ def load_results(path: str | Path) -> dict[str, dict[str, Any]]:
 def clinical_from_url(url: str, record: ECGRecord, timeout: float = 120.0) -> dict[str, Any]:
     """POST the record to ``{url}/clinical`` and return the JSON answer."""
     body = json.dumps({"signal": record.signal.tolist(), "fs": record.fs, "lead_names": record.lead_names})
-    request = urllib.request.Request(url.rstrip("/") + "/clinical", data=body.encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(
+        url.rstrip("/") + "/clinical", data=body.encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        raise InputError(f"{url}/clinical answered {exc.code} for {record.name}: "
-                         f"{exc.read().decode(errors='replace')[:500]}") from exc
+        raise InputError(
+            f"{url}/clinical answered {exc.code} for {record.name}: {exc.read().decode(errors='replace')[:500]}"
+        ) from exc
     except urllib.error.URLError as exc:
         raise InputError(f"cannot reach {url}: {exc.reason}") from exc
 
@@ -146,8 +153,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.results and not args.records:
         jobs = [(name, None) for name in results]
     rows = []
-    for name, path in tqdm(jobs, desc="interpreting", unit="record", file=sys.stderr,
-                           disable=args.quiet or len(jobs) < 2):
+    for name, path in tqdm(
+        jobs, desc="interpreting", unit="record", file=sys.stderr, disable=args.quiet or len(jobs) < 2
+    ):
         record = _read(path, args.fs) if path else None
         key = record.name if record else name
         if predict is not None:
@@ -173,8 +181,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m interpreter",
-                                     description="Interpret ECG-FM results. " + DISCLAIMER)
+    parser = argparse.ArgumentParser(
+        prog="python -m interpreter", description="Interpret ECG-FM results. " + DISCLAIMER
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     hr = sub.add_parser("hr", help="detect R peaks and print the heart rate of one record as JSON")
     hr.add_argument("record", help="a .json, .csv, .npy or .hea record")

@@ -162,8 +162,7 @@ def _threshold_finding(label: str, p: float, group: str, config: dict[str, Any])
     if p >= thr:
         return Finding(label, group, p, thr, "present", sev, rules=["T1"])
     if p >= low:
-        return Finding(label, group, p, thr, "possible", "normal" if sev == "normal" else "borderline",
-                       rules=["T1"])
+        return Finding(label, group, p, thr, "possible", "normal" if sev == "normal" else "borderline", rules=["T1"])
     return Finding(label, group, p, thr, "absent", "normal", rules=["T1"])
 
 
@@ -188,16 +187,20 @@ def _apply_rate_rules(f: Finding, bpm: float, band: str, config: dict[str, Any])
     if measured:
         f.status, f.source, f.severity = "present", "heart_rate", worst([band, "borderline"])
         f.rules.append(add)
-        msg = (f"{f.label}: measured heart rate {bpm:.0f} bpm ({criterion}) but the model's probability "
-               f"is {p} (below its threshold); reported from the measured rate — discordant, review the ECG")
+        msg = (
+            f"{f.label}: measured heart rate {bpm:.0f} bpm ({criterion}) but the model's probability "
+            f"is {p} (below its threshold); reported from the measured rate — discordant, review the ECG"
+        )
         f.notes.append("added from the measured heart rate; the model did not report it (discordant)")
         return msg
     if model_says:
         f.status, f.source, f.severity = "discordant", "model+heart_rate", "borderline"
         f.rules.append(override)
         f.notes.append(f"overridden: the measured heart rate {bpm:.0f} bpm does not meet {criterion}")
-        return (f"{f.label}: the model reports it (p={p}) but the measured heart rate is {bpm:.0f} bpm "
-                f"(not {criterion}); the measured rate overrides the model — discordant, review the ECG")
+        return (
+            f"{f.label}: the model reports it (p={p}) but the measured heart rate is {bpm:.0f} bpm "
+            f"(not {criterion}); the measured rate overrides the model — discordant, review the ECG"
+        )
     if f.status == "possible":
         f.status, f.severity = "absent", "normal"
         f.rules.append(override)
@@ -250,14 +253,18 @@ def interpret(
         irregular = heart_rate.get("irregular")
         af_like = any(by_label[x].reported for x in ("Atrial fibrillation", "Atrial flutter"))
         if irregular and not af_like:
-            notes.append(f"H9: RR intervals are irregular (coefficient of variation "
-                         f"{heart_rate['rr_cv']:.2f}) although the model reports no atrial "
-                         "fibrillation/flutter: consider sinus arrhythmia, ectopic beats or missed AF — "
-                         "review the rhythm strip")
+            notes.append(
+                f"H9: RR intervals are irregular (coefficient of variation "
+                f"{heart_rate['rr_cv']:.2f}) although the model reports no atrial "
+                "fibrillation/flutter: consider sinus arrhythmia, ectopic beats or missed AF — "
+                "review the rhythm strip"
+            )
     else:
         why = "no signal was given" if not heart_rate else "; ".join(heart_rate.get("quality_reasons") or [])
-        notes.append(f"H8: heart-rate rules not applied ({why or 'heart rate unavailable'}); "
-                     "tachycardia/bradycardia are the model's findings only")
+        notes.append(
+            f"H8: heart-rate rules not applied ({why or 'heart rate unavailable'}); "
+            "tachycardia/bradycardia are the model's findings only"
+        )
 
     if by_label["Poor data quality"].status == "present":
         notes.append("Q1: the model flags poor data quality; every finding is less reliable")
@@ -269,15 +276,20 @@ def interpret(
     for f in findings:
         if f.reported and f.severity != "normal":
             reasons.append(f"{f.label} ({f.status}): {f.severity}")
-    overall = worst([f.severity for f in findings if f.reported]
-                    + ([band] if band else [])
-                    + (["borderline"] if not rhythm_reported or discordances else []))
+    overall = worst(
+        [f.severity for f in findings if f.reported]
+        + ([band] if band else [])
+        + (["borderline"] if not rhythm_reported or discordances else [])
+    )
     if discordances:
         reasons.append("S3: the model and the measured heart rate disagree (at least borderline)")
 
     groups = {g: [f.label for f in findings if f.group == g and f.reported] for g in GROUP_ORDER}
-    group_notes = {g: " ".join(str(config.get("group_notes", {}).get(g, "")).split())
-                   for g in GROUP_ORDER if config.get("group_notes", {}).get(g)}
+    group_notes = {
+        g: " ".join(str(config.get("group_notes", {}).get(g, "")).split())
+        for g in GROUP_ORDER
+        if config.get("group_notes", {}).get(g)
+    }
     return Interpretation(
         record=record,
         severity=overall,

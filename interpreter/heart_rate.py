@@ -162,9 +162,7 @@ def refine_peaks(x: np.ndarray, peaks: np.ndarray, fs: float) -> np.ndarray:
     return out[keep]
 
 
-def detect_heart_rate(
-    signal: np.ndarray, fs: float, lead_names: list[str] | None = None
-) -> HeartRateResult:
+def detect_heart_rate(signal: np.ndarray, fs: float, lead_names: list[str] | None = None) -> HeartRateResult:
     """Detect R peaks on a ``[n_leads, n_samples]`` (or 1-D) ECG and measure the heart rate.
 
     Args:
@@ -180,8 +178,9 @@ def detect_heart_rate(
     usable = [i for i, d in enumerate(detections) if d.size >= 2]
     reasons: list[str] = []
     if not usable:
-        return HeartRateResult(fs, [], None, [], None, None, None, None, None, "unreliable",
-                               ["no R peaks found in any lead"])
+        return HeartRateResult(
+            fs, [], None, [], None, None, None, None, None, "unreliable", ["no R peaks found in any lead"]
+        )
     scores: dict[int, tuple[float, float]] = {}
     for i in usable:
         others = [_match_f1(detections[i], detections[j], tol) for j in usable if j != i]

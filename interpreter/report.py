@@ -17,7 +17,10 @@ from interpreter import DISCLAIMER
 from interpreter.findings import GROUP_ORDER, Interpretation
 
 SEVERITY_COLOURS = {
-    "normal": "#2e7d32", "borderline": "#b58900", "abnormal": "#d84315", "critical": "#b71c1c",
+    "normal": "#2e7d32",
+    "borderline": "#b58900",
+    "abnormal": "#d84315",
+    "critical": "#b71c1c",
 }
 
 
@@ -47,9 +50,11 @@ def _hr_lines(interp: Interpretation) -> list[str]:
     if not hr:
         return ["Heart rate: not measured (no signal given)"]
     lines = [
-        (f"Heart rate: {_fmt(hr.get('heart_rate_bpm'))} bpm from "
-         f"{hr.get('n_beats', len(hr.get('r_peaks', [])))} beats (lead {hr.get('lead')}, "
-         f"signal quality: {hr.get('quality')})"),
+        (
+            f"Heart rate: {_fmt(hr.get('heart_rate_bpm'))} bpm from "
+            f"{hr.get('n_beats', len(hr.get('r_peaks', [])))} beats (lead {hr.get('lead')}, "
+            f"signal quality: {hr.get('quality')})"
+        ),
         f"RR irregularity: CV {_fmt(hr.get('rr_cv'), 3)}, RMSSD {_fmt(hr.get('rmssd_ms'), 0)} ms"
         + (" — irregular" if hr.get("irregular") else ""),
     ]
@@ -72,8 +77,10 @@ def render_text(interp: Interpretation, meta: dict[str, Any] | None = None) -> s
         reported = [f for f in interp.findings if f.group == group and f.reported]
         for f in reported:
             p = "n/a" if f.probability is None else f"{f.probability:.2f}"
-            out.append(f"  - {f.label}: {f.status}, {f.severity} (p={p}, threshold {f.threshold:.2f}; "
-                       f"source {f.source}; rules {', '.join(f.rules)})")
+            out.append(
+                f"  - {f.label}: {f.status}, {f.severity} (p={p}, threshold {f.threshold:.2f}; "
+                f"source {f.source}; rules {', '.join(f.rules)})"
+            )
             out += [f"      {note}" for note in f.notes]
         if not reported:
             out.append("  (none)")
@@ -87,13 +94,24 @@ def render_text(interp: Interpretation, meta: dict[str, Any] | None = None) -> s
     out += ["", "Why this severity:", *[f"  - {r}" for r in reasons]]
     out += ["", "All probabilities:"]
     out += [f"  {label:<45} {interp.probabilities[label]:.3f}" for label in LABELS]
-    out += ["", f"Thresholds: {interp.thresholds_source} (see docs/clinical_methodology.md)",
-            "", f"*** {DISCLAIMER} ***", ""]
+    out += [
+        "",
+        f"Thresholds: {interp.thresholds_source} (see docs/clinical_methodology.md)",
+        "",
+        f"*** {DISCLAIMER} ***",
+        "",
+    ]
     return "\n".join(out)
 
 
-def plot_ecg_png(signal: np.ndarray, fs: float, lead_names: list[str], r_peaks: list[int] | None = None,
-                 peak_lead: str | None = None, max_seconds: float = 10.0) -> bytes:
+def plot_ecg_png(
+    signal: np.ndarray,
+    fs: float,
+    lead_names: list[str],
+    r_peaks: list[int] | None = None,
+    peak_lead: str | None = None,
+    max_seconds: float = 10.0,
+) -> bytes:
     """A PNG of every lead (the first ``max_seconds``) on ECG-paper-like axes, R peaks marked."""
     import matplotlib
 
@@ -122,8 +140,7 @@ def plot_ecg_png(signal: np.ndarray, fs: float, lead_names: list[str], r_peaks: 
         ax.tick_params(labelsize=7)
     for c in range(cols):
         axes[rows - 1][c].set_xlabel("time (s)")
-    fig.suptitle(f"ECG, first {n / fs:.1f} s at {fs:g} Hz (mV); ▼ = detected R peaks in lead {peak_lead}",
-                 fontsize=9)
+    fig.suptitle(f"ECG, first {n / fs:.1f} s at {fs:g} Hz (mV); ▼ = detected R peaks in lead {peak_lead}", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
@@ -139,22 +156,27 @@ def render_html(interp: Interpretation, png: bytes | None = None, meta: dict[str
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>ECG interpretation — {e(interp.record)}</title>",
-        ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-        ".disclaimer{background:#fff3cd;border:2px solid #b58900;padding:.7em;font-weight:bold}"
-        ".sev{color:#fff;padding:2px 8px;border-radius:4px}</style></head><body>"),
+        (
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+            ".disclaimer{background:#fff3cd;border:2px solid #b58900;padding:.7em;font-weight:bold}"
+            ".sev{color:#fff;padding:2px 8px;border-radius:4px}</style></head><body>"
+        ),
         f'<p class="disclaimer" id="disclaimer">{e(DISCLAIMER)}</p>',
         f"<h1>ECG interpretation — record {e(interp.record)}</h1>",
-        (f'<p>Overall severity: <span class="sev" style="background:{colour}" id="severity">'
-        f"{e(interp.severity)}</span></p>"),
+        (
+            f'<p>Overall severity: <span class="sev" style="background:{colour}" id="severity">'
+            f"{e(interp.severity)}</span></p>"
+        ),
     ]
     if meta:
         parts.append("<p>Source: " + e(", ".join(f"{k}={v}" for k, v in meta.items())) + "</p>")
-    parts.append("<h2>Heart rate</h2><ul>" + "".join(f"<li>{e(line)}</li>" for line in _hr_lines(interp))
-                 + "</ul>")
-    parts.append("<h2>Findings by group</h2><table><tr><th>group</th><th>finding</th><th>status</th>"
-                 "<th>severity</th><th>probability</th><th>threshold</th><th>source</th><th>rules</th>"
-                 "<th>notes</th></tr>")
+    parts.append("<h2>Heart rate</h2><ul>" + "".join(f"<li>{e(line)}</li>" for line in _hr_lines(interp)) + "</ul>")
+    parts.append(
+        "<h2>Findings by group</h2><table><tr><th>group</th><th>finding</th><th>status</th>"
+        "<th>severity</th><th>probability</th><th>threshold</th><th>source</th><th>rules</th>"
+        "<th>notes</th></tr>"
+    )
     for group in GROUP_ORDER:
         reported = [f for f in interp.findings if f.group == group and f.reported]
         if not reported:
@@ -169,25 +191,45 @@ def render_html(interp: Interpretation, png: bytes | None = None, meta: dict[str
                 f"<td>{e('; '.join(f.notes))}</td></tr>"
             )
     parts.append("</table>")
-    for title, items in (("Discordances", interp.discordances), ("Notes", interp.notes),
-                         ("Why this severity", interp.severity_reasons)):
+    for title, items in (
+        ("Discordances", interp.discordances),
+        ("Notes", interp.notes),
+        ("Why this severity", interp.severity_reasons),
+    ):
         if items:
             parts.append(f"<h2>{title}</h2><ul>" + "".join(f"<li>{e(i)}</li>" for i in items) + "</ul>")
     if png:
-        parts.append('<h2>ECG</h2><img id="ecg-plot" alt="ECG leads with detected R peaks" '
-                     'style="width:100%" '
-                     f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
-    parts.append("<h2>All probabilities</h2><table><tr><th>label</th><th>probability</th></tr>"
-                 + "".join(f"<tr><td>{e(label)}</td><td>{interp.probabilities[label]:.3f}</td></tr>"
-                           for label in LABELS) + "</table>")
-    parts.append(f"<p>Thresholds: {e(interp.thresholds_source)}; rules are described in "
-                 "docs/clinical_methodology.md.</p>")
+        parts.append(
+            '<h2>ECG</h2><img id="ecg-plot" alt="ECG leads with detected R peaks" '
+            'style="width:100%" '
+            f'src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        )
+    parts.append(
+        "<h2>All probabilities</h2><table><tr><th>label</th><th>probability</th></tr>"
+        + "".join(f"<tr><td>{e(label)}</td><td>{interp.probabilities[label]:.3f}</td></tr>" for label in LABELS)
+        + "</table>"
+    )
+    parts.append(
+        f"<p>Thresholds: {e(interp.thresholds_source)}; rules are described in docs/clinical_methodology.md.</p>"
+    )
     parts.append(f'<p class="disclaimer">{e(DISCLAIMER)}</p></body></html>')
     return "\n".join(parts) + "\n"
 
 
-CSV_FIXED = ["record", "severity", "heart_rate_bpm", "hr_quality", "n_beats", "rr_cv", "rr_irregular",
-             "rate_severity", "findings", *[f"group_{g}" for g in GROUP_ORDER], "discordances", "disclaimer"]
+CSV_FIXED = [
+    "record",
+    "severity",
+    "heart_rate_bpm",
+    "hr_quality",
+    "n_beats",
+    "rr_cv",
+    "rr_irregular",
+    "rate_severity",
+    "findings",
+    *[f"group_{g}" for g in GROUP_ORDER],
+    "discordances",
+    "disclaimer",
+]
 
 
 def summary_row(interp: Interpretation) -> dict[str, Any]:
@@ -222,8 +264,9 @@ def write_summary_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
-def write_reports(interp: Interpretation, out_dir: str | Path, record: Any | None = None,
-                  meta: dict[str, Any] | None = None) -> dict[str, Path]:
+def write_reports(
+    interp: Interpretation, out_dir: str | Path, record: Any | None = None, meta: dict[str, Any] | None = None
+) -> dict[str, Path]:
     """Write ``<record>.txt``, ``<record>.json`` and ``<record>.html`` into ``out_dir``.
 
     ``record`` (an :class:`ecgfm.records.ECGRecord`) adds the ECG plot to the HTML report.
