@@ -4,7 +4,7 @@ Examples::
 
     python -m interpreter hr ../shared/data/MIT-LCP_wfdb-python/100.hea
     python -m interpreter report rec1.json rec2.hea --url http://localhost:3000 --out reports/
-    python -m interpreter report rec1.json --pretrained pre.pt --finetuned ft.pt --out reports/
+    python -m interpreter report rec1.json --finetuned ft.pt --out reports/
     python -m interpreter report rec1.json --results results.jsonl --out reports/ --thresholds my.yaml
 """
 
@@ -115,10 +115,11 @@ def clinical_from_url(url: str, record: ECGRecord, timeout: float = 120.0) -> di
         raise InputError(f"cannot reach {url}: {exc.reason}") from exc
 
 
-def _local_predictor(pretrained: str | None, finetuned: str | None) -> Callable[[ECGRecord], dict[str, Any]]:
+def _local_predictor(finetuned: str) -> Callable[[ECGRecord], dict[str, Any]]:
+    """``/clinical`` bodies computed in process; interpretation needs the finetuned model only."""
     from ecgfm.inference import Predictor
 
-    predictor = Predictor.from_paths(pretrained, finetuned)
+    predictor = Predictor.from_paths(finetuned=finetuned, load_pretrained=False)
     return lambda record: predictor.predict(record)["clinical"]
 
 
@@ -147,7 +148,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             return clinical_from_url(url, record)
 
     else:
-        predict = _local_predictor(args.pretrained, args.finetuned)
+        predict = _local_predictor(args.finetuned)
 
     jobs: list[tuple[str, str | None]] = [(Path(p).stem, p) for p in args.records]
     if args.results and not args.records:
@@ -196,7 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--url", help="URL of a running ecgfm-serve API (POST {url}/clinical)")
     source.add_argument("--finetuned", help="local finetuned checkpoint")
     source.add_argument("--results", help="earlier API results: JSON Lines, JSON list or CSV")
-    rep.add_argument("--pretrained", help="local pretrained checkpoint (with --finetuned)")
     rep.add_argument("--out", required=True, help="output folder")
     rep.add_argument("--thresholds", help="YAML overriding interpreter/thresholds.yaml")
     rep.add_argument("--fs", type=float, help="sampling rate, for .csv/.npy records")

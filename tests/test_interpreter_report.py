@@ -22,6 +22,7 @@ from interpreter.cli import load_results, main
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
+FINETUNED_CKPT = REPO.parent / "shared" / "parity" / "ckpt" / "ecgfm_small_finetuned.pt"
 
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not checked out")
 
@@ -225,3 +226,21 @@ def test_report_command_shows_progress_on_stderr(tmp_path: Path) -> None:
     )
     assert "2/2" in proc.stderr
     assert (tmp_path / "out" / "summary.csv").is_file()
+
+
+def test_report_from_a_local_finetuned_checkpoint_alone(tmp_path: Path, monkeypatch) -> None:
+    from ecgfm.inference import Predictor
+    from ecgfm.records import read_record
+
+    for name in ("ECGFM_PRETRAINED_CHECKPOINT", "ECGFM_DEMO"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the pretrained model is not needed, so nothing is downloaded
+    out = tmp_path / "out"
+    args = ["report", str(DATA / "JS06908.json"), "--finetuned", str(FINETUNED_CKPT), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    report = json.loads((out / "JS06908.json").read_text())
+    expected = Predictor.from_paths(finetuned=str(FINETUNED_CKPT), load_pretrained=False).predict(
+        read_record(DATA / "JS06908.json")
+    )["clinical"]["probabilities"]
+    assert report["probabilities"] == pytest.approx(expected)
+    assert report["heart_rate"]["heart_rate_bpm"] > 100  # sinus tachycardia, measured from the signal
