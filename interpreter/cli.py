@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -99,11 +100,12 @@ def load_results(path: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def clinical_from_url(url: str, record: ECGRecord, timeout: float = 120.0) -> dict[str, Any]:
-    """POST the record to ``{url}/clinical`` and return the JSON answer."""
+    """POST the record to ``{url}/clinical`` and return the JSON answer (with ``$ECGFM_API_KEY`` when set)."""
     body = json.dumps({"signal": record.signal.tolist(), "fs": record.fs, "lead_names": record.lead_names})
-    request = urllib.request.Request(
-        url.rstrip("/") + "/clinical", data=body.encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get("ECGFM_API_KEY"):  # the server's optional API key (docs/security.md)
+        headers["Authorization"] = f"Bearer {os.environ['ECGFM_API_KEY']}"
+    request = urllib.request.Request(url.rstrip("/") + "/clinical", data=body.encode(), headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
