@@ -60,6 +60,7 @@ from ecgfm.inference import (
     embed_segments,
     features_response,
     load_model,
+    warm_up,
 )
 from ecgfm.labels import AGGREGATION, LABELS
 from ecgfm.preprocess import ECGInputError, PreprocessedECG
@@ -158,6 +159,7 @@ class Pretrained:
 
     def __init__(self) -> None:
         self.handle = load_model("pretrained")
+        warm_up(self.handle)
         self.stats = BatchStats()
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
@@ -175,6 +177,7 @@ class Finetuned:
 
     def __init__(self) -> None:
         self.handle = load_model("finetuned")
+        warm_up(self.handle)
         self.stats = BatchStats()
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)

@@ -20,7 +20,7 @@ from ecgfm.fast import PosConv, Precision, host_to_device, optimize_for_inferenc
 from ecgfm.hub import CheckpointSource, resolve_checkpoint
 from ecgfm.labels import LABELS, aggregate_probabilities
 from ecgfm.model import ECGFMClassifier, ECGFMEncoder, time_mean
-from ecgfm.preprocess import PreprocessedECG, preprocess
+from ecgfm.preprocess import SEGMENT_SAMPLES, PreprocessedECG, preprocess
 from ecgfm.records import ECGRecord
 
 DEFAULT_BATCH_SIZE = 32
@@ -157,6 +157,12 @@ def embed_segments(
     return _run_in_batches(
         handle, segments, padding_mask, batch_size, lambda x, m: time_mean(*model(x, m)), handle.loaded.config.embed_dim
     )
+
+
+def warm_up(handle: ModelHandle) -> None:
+    """One forward on a zero segment, so that the first request does not pay for lazy initialisation."""
+    zeros = np.zeros((1, 12, SEGMENT_SAMPLES), dtype=np.float32)
+    (classify_segments if handle.kind == "finetuned" else embed_segments)(handle, zeros)
 
 
 def _record_fields(prep: PreprocessedECG) -> dict[str, Any]:
