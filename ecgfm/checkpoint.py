@@ -13,7 +13,9 @@ of the real code in ``shared/parity``.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,15 +263,22 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def load_checkpoint(path: str | Path, expected_kind: ModelKind | None = None) -> LoadedModel:
+def load_checkpoint(
+    path: str | Path,
+    expected_kind: ModelKind | None = None,
+    cache_dir: str | Path | None = None,
+    sha256: str | None = None,
+) -> LoadedModel:
     """Build the model described by a checkpoint and load its weights strictly.
 
     Args:
         path: an official ``.pt`` file (or one from ``python -m ecgfm demo-checkpoints``).
         expected_kind: if given, a checkpoint of the other kind raises :class:`CheckpointError`.
+        cache_dir: if given, read and write a stripped copy there (:func:`read_checkpoint_cached`).
+        sha256: the file's sha256 when the caller has it already (keys the stripped copy).
     """
     path = Path(path)
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path) if cache_dir is None else read_checkpoint_cached(path, cache_dir, sha256)
     cfg_model = checkpoint["cfg"]["model"]
     model_name = str(cfg_model["_name"])
     try:
@@ -288,6 +297,58 @@ def load_checkpoint(path: str | Path, expected_kind: ModelKind | None = None) ->
     except (ValueError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
     return LoadedModel(kind, model, config, path, model_name, demo=bool(checkpoint.get(DEMO_MARKER, False)))
+
+
+def read_checkpoint_cached(path: str | Path, cache_dir: str | Path, sha256: str | None = None) -> dict[str, Any]:
+    """:func:`read_checkpoint` through a stripped copy: ``<cache_dir>/<sha256 of the file>.safetensors``.
+
+    The published files are ~1.1 GB, two thirds of it optimizer state. The stripped copy holds only ``cfg["model"]``
+    (as metadata) and the weights the models use, under their official names, so later start-ups read a third of
+    the bytes and never unpickle. It is keyed by the original file's sha256: another file never hits it. An
+    unreadable copy is rewritten; a cache folder that cannot be written only costs the speed-up.
+    """
+    path = Path(path)
+    cached = Path(cache_dir) / f"{sha256 or file_sha256(path)}.safetensors"
+    if cached.is_file():
+        try:
+            return _read_stripped(cached)
+        except Exception:  # a truncated or foreign cache file: rebuild it from the original
+            cached.unlink(missing_ok=True)
+    checkpoint = read_checkpoint(path)
+    with contextlib.suppress(OSError):  # a read-only cache folder only costs the speed-up
+        _write_stripped(checkpoint, cached)
+    return checkpoint
+
+
+def _write_stripped(checkpoint: dict[str, Any], target: Path) -> None:
+    from safetensors.torch import save_file
+
+    weights = {
+        key: tensor.contiguous()
+        for key, tensor in checkpoint["model"].items()
+        if not _DROPPED.match(key.removeprefix("encoder."))
+    }
+    metadata = {
+        "cfg_model": json.dumps(checkpoint["cfg"]["model"]),
+        DEMO_MARKER: str(bool(checkpoint.get(DEMO_MARKER))),
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    save_file(weights, str(partial), metadata=metadata)
+    partial.replace(target)
+
+
+def _read_stripped(cached: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(cached), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        weights = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
+    return {
+        "cfg": {"model": json.loads(metadata["cfg_model"])},
+        "model": weights,
+        DEMO_MARKER: metadata.get(DEMO_MARKER) == "True",
+    }
 
 
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

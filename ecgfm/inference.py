@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ from ecgfm.preprocess import SEGMENT_SAMPLES, PreprocessedECG, preprocess
 from ecgfm.records import ECGRecord
 
 DEFAULT_BATCH_SIZE = 32
+# A folder for stripped safetensors copies of the checkpoints (faster, lighter start-ups); unset: no cache.
+WEIGHTS_CACHE_ENV_VAR = "ECGFM_WEIGHTS_CACHE_DIR"
 
 
 def default_device() -> torch.device:
@@ -77,10 +80,14 @@ def load_model(
 
     ``precision`` None reads ``$ECGFM_PRECISION`` (``fp32``, ``bf16``, ``fp16`` or ``auto`` = bf16 on CUDA);
     unset means fp32, the reference. Anything but fp32 with the plain conv and no compile goes through
-    :func:`ecgfm.fast.optimize_for_inference` (see there and ``docs/performance.md`` for its tolerance).
+    :func:`ecgfm.fast.optimize_for_inference` (see there and ``docs/performance.md`` for its tolerance). With
+    ``$ECGFM_WEIGHTS_CACHE_DIR`` set, weights are read through a stripped safetensors copy kept there
+    (:func:`ecgfm.checkpoint.read_checkpoint_cached`).
     """
     source = resolve_checkpoint(kind, path)
-    loaded = load_checkpoint(source.path, expected_kind=kind)
+    sha256 = file_sha256(source.path)
+    cache_dir = os.environ.get(WEIGHTS_CACHE_ENV_VAR) or None
+    loaded = load_checkpoint(source.path, expected_kind=kind, cache_dir=cache_dir, sha256=sha256)
     target = torch.device(device) if device is not None else default_device()
     loaded.model.to(target)
     if kind == "finetuned" and loaded.config.num_labels != len(LABELS):
@@ -90,7 +97,7 @@ def load_model(
     resolved = resolve_precision(precision, target)
     if resolved != "fp32" or pos_conv != "conv" or compile:
         optimize_for_inference(loaded.model, resolved, pos_conv=pos_conv, compile=compile)
-    return ModelHandle(loaded, source, file_sha256(source.path), target, resolved)
+    return ModelHandle(loaded, source, sha256, target, resolved)
 
 
 def _batches(

@@ -171,3 +171,50 @@ def test_demo_checkpoints_load_with_the_same_loader_and_say_demo(tmp_path):
     encoder_state = finetuned.model.encoder.state_dict()
     assert all(torch.equal(v, encoder_state[k]) for k, v in pretrained.model.state_dict().items())
     assert "cfg" in _raw(pretrained_path) and _raw(pretrained_path)["cfg"]["model"]["_name"] == "wav2vec2_cmsc"
+
+
+def _state(loaded) -> dict:
+    return loaded.model.state_dict()
+
+
+@pytest.mark.parametrize("path", [PRETRAINED_CKPT, FINETUNED_CKPT])
+def test_a_stripped_copy_is_written_once_and_loads_the_same_model(tmp_path, path, monkeypatch):
+    import ecgfm.checkpoint as checkpoint_module
+
+    first = load_checkpoint(path, cache_dir=tmp_path)
+    (cached,) = tmp_path.glob("*.safetensors")
+    assert cached.stem == checkpoint_module.file_sha256(path)
+    assert cached.stat().st_size < path.stat().st_size  # no optimizer state, no pretraining heads
+
+    def no_original(_path):
+        raise AssertionError("the original .pt must not be read when its stripped copy exists")
+
+    monkeypatch.setattr(checkpoint_module, "read_checkpoint", no_original)
+    second = load_checkpoint(path, cache_dir=tmp_path)
+    assert (second.kind, second.model_name, second.config) == (first.kind, first.model_name, first.config)
+    assert all(torch.equal(v, _state(second)[k]) for k, v in _state(first).items())
+
+
+def test_a_corrupt_stripped_copy_is_rebuilt_from_the_original(tmp_path):
+    load_checkpoint(FINETUNED_CKPT, cache_dir=tmp_path)
+    (cached,) = tmp_path.glob("*.safetensors")
+    cached.write_bytes(b"not safetensors")
+    loaded = load_checkpoint(FINETUNED_CKPT, cache_dir=tmp_path)
+    reference = load_checkpoint(FINETUNED_CKPT)
+    assert all(torch.equal(v, _state(loaded)[k]) for k, v in _state(reference).items())
+    assert cached.stat().st_size > 1000  # rewritten
+
+
+def test_the_demo_flag_survives_the_stripped_copy(tmp_path):
+    _, finetuned_path = write_demo_checkpoints(tmp_path / "demo", size="small")
+    load_checkpoint(finetuned_path, cache_dir=tmp_path / "cache")
+    assert load_checkpoint(finetuned_path, cache_dir=tmp_path / "cache").demo is True
+    assert load_checkpoint(FINETUNED_CKPT, cache_dir=tmp_path / "cache").demo is False
+
+
+def test_load_model_uses_the_weights_cache_folder_from_the_environment(tmp_path, monkeypatch):
+    from ecgfm.inference import load_model
+
+    monkeypatch.setenv("ECGFM_WEIGHTS_CACHE_DIR", str(tmp_path))
+    handle = load_model("finetuned", str(FINETUNED_CKPT), device="cpu")
+    assert (tmp_path / f"{handle.sha256}.safetensors").is_file()
