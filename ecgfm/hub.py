@@ -18,7 +18,7 @@ variables to set. A file whose sha256 differs from its pin (``ECGFM_PRETRAINED_S
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ecgfm.checkpoint import ModelKind, file_sha256
@@ -66,6 +66,7 @@ class CheckpointSource:
     repo_id: str | None = None
     revision: str | None = None
     filename: str | None = None
+    sha256: str | None = None  # set when the file was hashed to check a pin (so nobody hashes it again)
 
     def to_dict(self) -> dict[str, str | None]:
         return asdict(self)
@@ -105,7 +106,7 @@ def verify_sha256(kind: ModelKind, source: CheckpointSource) -> CheckpointSource
             f"{kind} checkpoint {source.path}: sha256 is {actual}, but {pinned_by} expects {expected}: "
             "the file is truncated, corrupt or another version; download it again or fix the pin"
         )
-    return source
+    return replace(source, sha256=actual)
 
 
 def _demo_checkpoint(kind: ModelKind) -> CheckpointSource:

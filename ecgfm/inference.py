@@ -85,7 +85,7 @@ def load_model(
     (:func:`ecgfm.checkpoint.read_checkpoint_cached`).
     """
     source = resolve_checkpoint(kind, path)
-    sha256 = file_sha256(source.path)
+    sha256 = source.sha256 or file_sha256(source.path)
     cache_dir = os.environ.get(WEIGHTS_CACHE_ENV_VAR) or None
     loaded = load_checkpoint(source.path, expected_kind=kind, cache_dir=cache_dir, sha256=sha256)
     target = torch.device(device) if device is not None else default_device()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -43,8 +44,9 @@ def test_hub_download_is_checked_against_the_known_hash_table(weights: Path, mon
     monkeypatch.setitem(hub.HF_FILE_SHA256, "finetuned", "f" * 64)
     with pytest.raises(hub.ChecksumError, match="truncated, corrupt or another version"):
         hub.resolve_checkpoint("finetuned")
-    monkeypatch.setitem(hub.HF_FILE_SHA256, "finetuned", hashlib.sha256(weights.read_bytes()).hexdigest())
-    assert hub.resolve_checkpoint("finetuned") == downloaded
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    monkeypatch.setitem(hub.HF_FILE_SHA256, "finetuned", digest)
+    assert hub.resolve_checkpoint("finetuned") == dataclasses.replace(downloaded, sha256=digest)
 
 
 def test_real_checkpoint_without_a_pin_is_not_hashed_twice(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,3 +137,19 @@ def test_a_validation_traceback_is_logged_as_a_summary_without_body_keys() -> No
         record.getMessage()
         == "Exception on /clinical [POST]: 400, 1 validation error(s) ['extra_forbidden'] in fields ['-']"
     )
+
+
+def test_a_pinned_checkpoint_is_hashed_once_from_resolution_to_the_loaded_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ecgfm import checkpoint, inference
+
+    digest = hashlib.sha256(FINETUNED_CKPT.read_bytes()).hexdigest()
+    monkeypatch.setenv("ECGFM_FINETUNED_SHA256", digest)
+    calls = []
+    real_sha256 = checkpoint.file_sha256
+    counting = lambda path: calls.append(path) or real_sha256(path)  # noqa: E731
+    monkeypatch.setattr(hub, "file_sha256", counting)
+    monkeypatch.setattr(inference, "file_sha256", counting)
+    handle = inference.load_model("finetuned", str(FINETUNED_CKPT), device="cpu")
+    assert handle.sha256 == digest and len(calls) == 1
