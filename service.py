@@ -197,7 +197,6 @@ NPY_REQUEST_BODY = {
         "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
     }
 }
-INPUT_ERROR_RESPONSES = {INVALID_INPUT_STATUS: {"model": ErrorResponse}}
 
 
 @bentoml.service(name="ECGFMService", workers=1, traffic={"timeout": REQUEST_TIMEOUT_S})
