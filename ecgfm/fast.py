@@ -32,6 +32,8 @@ Precision = Literal["fp32", "bf16", "fp16"]
 PosConv = Literal["conv", "fft"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 PRECISION_ENV_VAR = "ECGFM_PRECISION"  # fp32 | bf16 | fp16 | auto (bf16 on CUDA, else fp32)
+POS_CONV_ENV_VAR = "ECGFM_POS_CONV"  # conv (the reference) | fft (the same linear map, ~35x fewer FLOPs)
+COMPILE_ENV_VAR = "ECGFM_COMPILE"  # 1: torch.compile the model (CUDA graphs on a GPU); slow start-up
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -43,6 +45,24 @@ def resolve_precision(precision: str | None, device: torch.device) -> Precision:
     if value not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} or auto, not {value!r}")
     return value  # type: ignore[return-value]
+
+
+def resolve_pos_conv(pos_conv: str | None) -> PosConv:
+    """``pos_conv``, else ``$ECGFM_POS_CONV``, else ``"conv"``."""
+    value = (pos_conv or os.environ.get(POS_CONV_ENV_VAR) or "conv").strip().lower()
+    if value not in get_args(PosConv):
+        raise ValueError(f"pos_conv must be one of {', '.join(get_args(PosConv))}, not {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def resolve_compile(compile: bool | None) -> bool:
+    """``compile``, else ``$ECGFM_COMPILE`` (1/true/yes or 0/false/no/empty), else False."""
+    if compile is not None:
+        return compile
+    value = os.environ.get(COMPILE_ENV_VAR, "").strip().lower()
+    if value not in {"", "0", "false", "no", "1", "true", "yes"}:
+        raise ValueError(f"{COMPILE_ENV_VAR} must be 1 or 0, not {value!r}")
+    return value in {"1", "true", "yes"}
 
 
 def backbone(model: ECGFMEncoder | ECGFMClassifier) -> ECGFMEncoder:

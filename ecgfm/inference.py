@@ -17,7 +17,15 @@ import numpy as np
 import torch
 
 from ecgfm.checkpoint import CheckpointError, LoadedModel, ModelKind, file_sha256, load_checkpoint
-from ecgfm.fast import PosConv, Precision, host_to_device, optimize_for_inference, resolve_precision
+from ecgfm.fast import (
+    PosConv,
+    Precision,
+    host_to_device,
+    optimize_for_inference,
+    resolve_compile,
+    resolve_pos_conv,
+    resolve_precision,
+)
 from ecgfm.hub import CheckpointSource, resolve_checkpoint
 from ecgfm.labels import LABELS, aggregate_probabilities
 from ecgfm.model import ECGFMClassifier, ECGFMEncoder, time_mean
@@ -43,6 +51,13 @@ class ModelHandle:
     sha256: str
     device: torch.device = field(default_factory=default_device)
     precision: Precision = "fp32"  # of the transformer layers; see ecgfm.fast
+    pos_conv: PosConv = "conv"
+    compiled: bool = False
+
+    def runtime(self) -> dict[str, Any]:
+        """Where and how the model runs (what ``/health`` and ``/status`` report)."""
+        return {"device": str(self.device), "precision": self.precision, "pos_conv": self.pos_conv,
+                "compiled": self.compiled}  # fmt: skip
 
     @property
     def kind(self) -> ModelKind:
@@ -73,13 +88,14 @@ def load_model(
     path: str | None = None,
     device: torch.device | str | None = None,
     precision: Precision | str | None = None,
-    pos_conv: PosConv = "conv",
-    compile: bool = False,
+    pos_conv: PosConv | str | None = None,
+    compile: bool | None = None,
 ) -> ModelHandle:
     """Resolve (explicit path, environment, demo, hub), load strictly, move to ``device``.
 
     ``precision`` None reads ``$ECGFM_PRECISION`` (``fp32``, ``bf16``, ``fp16`` or ``auto`` = bf16 on CUDA);
-    unset means fp32, the reference. Anything but fp32 with the plain conv and no compile goes through
+    unset means fp32, the reference. Likewise ``pos_conv`` None reads ``$ECGFM_POS_CONV`` (``conv`` or ``fft``)
+    and ``compile`` None reads ``$ECGFM_COMPILE``. Anything but fp32 with the plain conv and no compile goes through
     :func:`ecgfm.fast.optimize_for_inference` (see there and ``docs/performance.md`` for its tolerance). With
     ``$ECGFM_WEIGHTS_CACHE_DIR`` set, weights are read through a stripped safetensors copy kept there
     (:func:`ecgfm.checkpoint.read_checkpoint_cached`).
@@ -95,9 +111,10 @@ def load_model(
             f"{source.path}: the classifier has {loaded.config.num_labels} outputs, but ECG-FM has {len(LABELS)} labels"
         )
     resolved = resolve_precision(precision, target)
-    if resolved != "fp32" or pos_conv != "conv" or compile:
-        optimize_for_inference(loaded.model, resolved, pos_conv=pos_conv, compile=compile)
-    return ModelHandle(loaded, source, sha256, target, resolved)
+    positional, compiled = resolve_pos_conv(pos_conv), resolve_compile(compile)
+    if resolved != "fp32" or positional != "conv" or compiled:
+        optimize_for_inference(loaded.model, resolved, pos_conv=positional, compile=compiled)
+    return ModelHandle(loaded, source, sha256, target, resolved, positional, compiled)
 
 
 def _batches(

@@ -20,6 +20,8 @@ from ecgfm.fast import (
     fold_weight_norm,
     host_to_device,
     optimize_for_inference,
+    resolve_compile,
+    resolve_pos_conv,
     resolve_precision,
 )
 from ecgfm.inference import classify_segments, embed_segments, load_model
@@ -122,10 +124,37 @@ def test_half_precision_keeps_conv_extractor_positional_conv_and_head_in_fp32():
 
 
 def test_load_model_defaults_to_the_unchanged_fp32_model(monkeypatch):
-    monkeypatch.delenv("ECGFM_PRECISION", raising=False)
+    for name in ("ECGFM_PRECISION", "ECGFM_POS_CONV", "ECGFM_COMPILE"):
+        monkeypatch.delenv(name, raising=False)
     handle = load_model("finetuned", str(FINETUNED_CKPT), device="cpu")
-    assert handle.precision == "fp32"
+    assert handle.runtime() == {"device": "cpu", "precision": "fp32", "pos_conv": "conv", "compiled": False}
     assert parametrize.is_parametrized(handle.loaded.model.encoder.pos_conv.conv, "weight")
+
+
+def test_load_model_reads_the_fft_positional_conv_from_the_environment(monkeypatch, reference):
+    monkeypatch.delenv("ECGFM_PRECISION", raising=False)
+    monkeypatch.setenv("ECGFM_POS_CONV", "fft")
+    handle = load_model("finetuned", str(FINETUNED_CKPT), device="cpu")
+    assert handle.runtime()["pos_conv"] == "fft" and handle.precision == "fp32"
+    assert isinstance(handle.loaded.model.encoder.pos_conv, FFTPositionalEmbedding)
+    np.testing.assert_allclose(classify_segments(handle, reference["x"]), reference["ft_sigmoid"], **OUTPUT_TOL)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", False), ("0", False), ("no", False), ("1", True), ("TRUE", True)])
+def test_compile_flag_is_read_from_the_environment(monkeypatch, value, expected):
+    monkeypatch.setenv("ECGFM_COMPILE", value)
+    assert resolve_compile(None) is expected
+    assert resolve_compile(not expected) is (not expected)  # an explicit argument wins
+
+
+@pytest.mark.parametrize(
+    ("resolve", "name", "value"),
+    [(resolve_pos_conv, "ECGFM_POS_CONV", "fftw"), (resolve_compile, "ECGFM_COMPILE", "2")],
+)
+def test_unknown_fast_path_settings_in_the_environment_are_refused(monkeypatch, resolve, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name.removeprefix("ECGFM_").lower() + "|" + name):
+        resolve(None)
 
 
 def test_load_model_bf16_classifies_within_fast_tolerance(reference):
