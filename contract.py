@@ -273,10 +273,13 @@ class EndpointStats(BaseModel):
 class ModelServiceStats(BaseModel):
     device: str
     precision: str
+    pos_conv: str = Field(description="conv (the reference) or fft (ECGFM_POS_CONV).")
+    compiled: bool = Field(description="Whether the model runs through torch.compile (ECGFM_COMPILE).")
     calls: int = Field(description="Model calls (batches) so far.")
     segments: int = Field(description="Segments run so far.")
     max_batch_size_observed: int = Field(description="Most segments in one model call so far.")
     batch_sizes: dict[str, int] = Field(description="Histogram: segments per model call -> number of calls.")
+    busy_s: float = Field(description="Seconds spent in model calls so far (utilisation = its rate of change).")
     rss_mb: float
     cuda_memory_mb: float | None = None
 

@@ -87,17 +87,19 @@ def run_model(fn: Any, handle: ModelHandle, encoded: np.ndarray, stats: BatchSta
     Unpadded segments run together without a mask (exactly as ``ecgfm predict`` runs them); padded ones run
     with their padding mask recovered from the NaNs.
     """
-    stats.observe(len(encoded))
+    started = time.perf_counter()
     segments, mask = decode_segments(encoded)
     padded = mask.any(axis=1)
     if not padded.any():
-        return fn(handle, segments, batch_size=MAX_BATCH_SIZE)
-    whole = fn(handle, segments[~padded], batch_size=MAX_BATCH_SIZE) if (~padded).any() else None
-    short = fn(handle, segments[padded], mask[padded], batch_size=MAX_BATCH_SIZE)
-    out = np.empty((len(segments), short.shape[1]), dtype=short.dtype)
-    out[padded] = short
-    if whole is not None:
-        out[~padded] = whole
+        out = fn(handle, segments, batch_size=MAX_BATCH_SIZE)
+    else:
+        whole = fn(handle, segments[~padded], batch_size=MAX_BATCH_SIZE) if (~padded).any() else None
+        short = fn(handle, segments[padded], mask[padded], batch_size=MAX_BATCH_SIZE)
+        out = np.empty((len(segments), short.shape[1]), dtype=short.dtype)
+        out[padded] = short
+        if whole is not None:
+            out[~padded] = whole
+    stats.observe(len(encoded), time.perf_counter() - started)
     return out
 
 
@@ -144,7 +146,7 @@ async def answer_binary(
 def describe(handle: ModelHandle, stats: BatchStats) -> dict[str, Any]:
     """What a model service tells ``/health``, ``/info`` and ``/status`` (no inputs)."""
     cuda_mb = round(torch.cuda.memory_allocated(handle.device) / 2**20, 1) if handle.device.type == "cuda" else None
-    device = {"device": str(handle.device), "precision": handle.precision}
+    device = handle.runtime()
     return {
         "loaded": True,
         "checkpoint": handle.info(),

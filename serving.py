@@ -44,24 +44,28 @@ def rss_mb() -> float:
 
 
 class BatchStats:
-    """Segments per model call, as a histogram (thread-safe; no inputs are kept)."""
+    """Segments per model call, as a histogram, and the time spent in model calls (thread-safe; no inputs kept)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.histogram: collections.Counter[int] = collections.Counter()
+        self.busy_s = 0.0
 
-    def observe(self, n_segments: int) -> None:
+    def observe(self, n_segments: int, seconds: float) -> None:
         with self._lock:
             self.histogram[n_segments] += 1
+            self.busy_s += seconds
 
     def to_dict(self) -> dict[str, Any]:
         with self._lock:
             histogram = dict(sorted(self.histogram.items()))
+            busy_s = self.busy_s
         return {
             "calls": sum(histogram.values()),
             "segments": sum(size * count for size, count in histogram.items()),
             "max_batch_size_observed": max(histogram, default=0),
             "batch_sizes": {str(size): count for size, count in histogram.items()},
+            "busy_s": round(busy_s, 3),
         }
 
 

@@ -213,7 +213,8 @@ def test_info_describes_checkpoints_labels_contract_and_batching(client: httpx.C
 
 
 def test_status_counts_requests_and_errors(client: httpx.Client) -> None:
-    before = client.get("/status").json()["endpoints"]["/features"]
+    before_status = client.get("/status").json()
+    before, before_models = before_status["endpoints"]["/features"], before_status["models"]
     client.post("/features", json=request_body("JS06908.json"))
     client.post("/features", json={"signal": [[1.0] * 10] * 12, "fs": 500})
     after = client.get("/status").json()
@@ -221,6 +222,8 @@ def test_status_counts_requests_and_errors(client: httpx.Client) -> None:
     assert after["endpoints"]["/features"]["errors"] == before["errors"] + 1
     assert after["endpoints"]["/features"]["latency_ms"]["p50"] > 0
     assert after["models"]["pretrained"]["device"] == "cpu" and after["models"]["pretrained"]["precision"] == "fp32"
+    assert after["models"]["pretrained"]["pos_conv"] == "conv" and after["models"]["pretrained"]["compiled"] is False
+    assert after["models"]["pretrained"]["busy_s"] > before_models["pretrained"]["busy_s"]  # one model call ran
     assert after["rss_mb"] > 0
 
 
