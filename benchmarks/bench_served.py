@@ -5,7 +5,8 @@ service with batching off, and the BentoML service with adaptive batching.
 
 Each target is started on loopback (127.0.0.1) with the same checkpoints, driven by :mod:`benchmarks.loadgen` in
 a separate process at each concurrency level (POST ``/clinical`` with one 10 s 12-lead record of
-``../shared/data``, i.e. two 5 s segments), then stopped. Per level: records/s, p50/p95/p99 latency, errors, the
+``../shared/data``, i.e. two 5 s segments; ``--body npy``: ``POST /clinical/npy`` with the same signal as a float32
+``.npy``), then stopped. Per level: records/s, p50/p95/p99 latency, errors, the
 batch sizes the finetuned model service saw (from ``GET /status``) and the peak RSS of the server's process tree.
 "Batching off" is ``ECGFM_MAX_BATCH_SIZE=2``: every model call holds exactly one request's two segments.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import signal
@@ -27,12 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import orjson
 import psutil
 
 from benchmarks.common import DATA_DIR, PARITY_CKPT_DIR, REPO_DIR, machine_info, markdown_table, write_results
 
-RECORD = "JS01048.json"  # 10 s, 12 leads, 500 Hz
+RECORD = "JS01048.json"  # 10 s, 12 leads
+RECORD_FS = 500  # its sampling rate (the fs query parameter of /clinical/npy)
 SEGMENTS_PER_RECORD = 2
 FULL_DEMO_DIR = Path(os.environ.get("ECGFM_BENCH_FULL_DIR", Path(tempfile.gettempdir()) / "ecgfm-demo-full"))
 TARGETS = ("plain", "bentoml-nobatch", "bentoml")
@@ -121,11 +125,20 @@ class RssSampler(threading.Thread):
             time.sleep(0.2)
 
 
+def endpoint(body_path: Path) -> tuple[str, str]:
+    """(path, content type) of ``POST /clinical`` for a ``.json`` body, of ``/clinical/npy`` for a ``.npy`` one."""
+    if body_path.suffix == ".npy":
+        return f"/clinical/npy?fs={RECORD_FS}", "application/octet-stream"
+    return "/clinical", "application/json"
+
+
 def run_level(base_url: str, body_path: Path, concurrency: int, duration_s: float, max_requests: int) -> dict:
     before = batch_histogram(base_url)
+    path, content_type = endpoint(body_path)
     cmd = [
-        PYTHON, "-m", "benchmarks.loadgen", "--url", f"{base_url}/clinical", "--body", str(body_path),
-        "--concurrency", str(concurrency), "--duration-s", str(duration_s), "--max-requests", str(max_requests),
+        PYTHON, "-m", "benchmarks.loadgen", "--url", base_url + path, "--body", str(body_path),
+        "--content-type", content_type, "--concurrency", str(concurrency), "--duration-s", str(duration_s),
+        "--max-requests", str(max_requests),
     ]  # fmt: skip
     completed = subprocess.run(cmd, cwd=REPO_DIR, capture_output=True, check=True, timeout=duration_s + 900)
     result = json.loads(completed.stdout.decode().strip().splitlines()[-1])
@@ -151,9 +164,10 @@ def bench_target(
         idle_rss_mb = round(sampler.current_mb(), 1)
         sampler.start()
         # one request to warm up (first forward, connection pools)
+        path, content_type = endpoint(body_path)
         subprocess.run(
-            [PYTHON, "-m", "benchmarks.loadgen", "--url", f"{base_url}/clinical", "--body", str(body_path),
-             "--max-requests", "2", "--duration-s", "600"],
+            [PYTHON, "-m", "benchmarks.loadgen", "--url", base_url + path, "--body", str(body_path),
+             "--content-type", content_type, "--max-requests", "2", "--duration-s", "600"],
             cwd=REPO_DIR, capture_output=True, check=True, timeout=900,
         )  # fmt: skip
         results = []
@@ -176,7 +190,8 @@ def bench_target(
 def to_markdown(data: dict[str, Any]) -> str:
     machine = data["machine"]
     lines = [
-        f"# Served API, {data['size']} model, POST /clinical with one 10 s record ({SEGMENTS_PER_RECORD} segments)",
+        f"# Served API, {data['size']} model, POST {endpoint(Path('body.' + data['body']))[0]} with one 10 s record "
+        f"({SEGMENTS_PER_RECORD} segments)",
         "",
         f"Machine: {machine['cpu']}, {machine['cpu_cores']} cores, GPU: {machine['gpu'] or 'none'}; "
         f"load average before the run {machine['load_average_1m']}; {machine['date_utc']}. "
@@ -211,14 +226,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--duration-s", type=float, default=15.0)
     parser.add_argument("--max-requests", type=int, default=5000)
     parser.add_argument("--port", type=int, default=3170)
+    parser.add_argument("--body", choices=["json", "npy"], default="json", help="POST /clinical or /clinical/npy")
     parser.add_argument("--name", default=None)
     args = parser.parse_args(argv)
     record = json.loads((DATA_DIR / RECORD).read_text())
-    data: dict[str, Any] = {"size": args.size, "record": RECORD, "duration_s": args.duration_s,
+    data: dict[str, Any] = {"size": args.size, "record": RECORD, "body": args.body, "duration_s": args.duration_s,
                             "max_requests": args.max_requests, "machine": machine_info(), "targets": {}}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        body_path = Path(tmp) / "body.json"
-        body_path.write_bytes(orjson.dumps({"signal": record["signal"], "fs": record["fs"]}))
+        body_path = Path(tmp) / f"body.{args.body}"
+        if args.body == "npy":
+            buffer = io.BytesIO()
+            np.save(buffer, np.asarray(record["signal"], dtype=np.float32))
+            body_path.write_bytes(buffer.getvalue())
+        else:
+            body_path.write_bytes(orjson.dumps({"signal": record["signal"], "fs": record["fs"]}))
         levels = [int(c) for c in args.concurrency.split(",")]
         for offset, target in enumerate(args.targets.split(",")):
             try:
