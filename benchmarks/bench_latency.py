@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 
 from benchmarks.bench_served import RECORD, checkpoints, start_server, stop_server, wait_healthy
-from benchmarks.common import DATA_DIR, machine_info, markdown_table, write_results
+from benchmarks.common import DATA_DIR, machine_info, machine_line, markdown_table, write_results
 from contract import prepare
 from ecgfm.inference import classify_segments, load_model
 
@@ -95,12 +95,10 @@ def measure(target: str, port: int, size: str, record: dict[str, Any], requests:
 
 
 def to_markdown(data: dict[str, Any]) -> str:
-    machine = data["machine"]
     lines = [
         f"# One-client latency vs raw forward, {data['size']} model, one 10 s record ({RECORD}, 2 segments)",
         "",
-        f"Machine: {machine['cpu']}, {machine['cpu_cores']} cores, GPU: {machine['gpu'] or 'none'}; load average "
-        f"before the run {machine['load_average_1m']}; {machine['date_utc']}. {data['requests']} rounds after "
+        f"{machine_line(data['machine'])} {data['requests']} rounds after "
         f"{data['warmup']} warm-up rounds; each round: one raw forward, then one request per endpoint, sequentially.",
         "",
     ]

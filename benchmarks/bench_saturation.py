@@ -42,7 +42,7 @@ from benchmarks.bench_served import (
     stop_server,
     wait_healthy,
 )
-from benchmarks.common import DATA_DIR, REPO_DIR, machine_info, markdown_table, write_results
+from benchmarks.common import DATA_DIR, REPO_DIR, machine_info, machine_line, markdown_table, write_results
 
 PYTHON = sys.executable
 SUMMARY_KEYS = ("raw_segments_per_s", "segments_per_s", "served_over_raw", "utilisation", "in_service_model_over_raw",
@@ -151,12 +151,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def to_markdown(data: dict[str, Any]) -> str:
-    machine = data["machine"]
     lines = [
         f"# Served vs raw throughput in alternating windows, {data['size']} model, {data['concurrency']} clients",
         "",
-        f"Machine: {machine['cpu']}, {machine['cpu_cores']} cores, GPU: {machine['gpu'] or 'none'}; load average "
-        f"before the run {machine['load_average_1m']}; {machine['date_utc']}. Raw: batch {data['raw_batch_size']}; "
+        f"{machine_line(data['machine'])} Raw: batch {data['raw_batch_size']}; "
         f"served: POST one 10 s record ({SEGMENTS_PER_RECORD} segments) per request; {data['window_s']} s windows, "
         f"{data['n_pairs']} raw/served pairs per body.",
         "",

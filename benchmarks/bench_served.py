@@ -33,7 +33,15 @@ import numpy as np
 import orjson
 import psutil
 
-from benchmarks.common import DATA_DIR, PARITY_CKPT_DIR, REPO_DIR, machine_info, markdown_table, write_results
+from benchmarks.common import (
+    DATA_DIR,
+    PARITY_CKPT_DIR,
+    REPO_DIR,
+    machine_info,
+    machine_line,
+    markdown_table,
+    write_results,
+)
 
 RECORD = "JS01048.json"  # 10 s, 12 leads
 RECORD_FS = 500  # its sampling rate (the fs query parameter of /clinical/npy)
@@ -188,14 +196,12 @@ def bench_target(
 
 
 def to_markdown(data: dict[str, Any]) -> str:
-    machine = data["machine"]
     lines = [
         f"# Served API, {data['size']} model, POST {endpoint(Path('body.' + data['body']))[0]} with one 10 s record "
         f"({SEGMENTS_PER_RECORD} segments)",
         "",
-        f"Machine: {machine['cpu']}, {machine['cpu_cores']} cores, GPU: {machine['gpu'] or 'none'}; "
-        f"load average before the run {machine['load_average_1m']}; {machine['date_utc']}. "
-        f"{data['duration_s']} s per level (at most {data['max_requests']} requests), closed loop.",
+        f"{machine_line(data['machine'])} {data['duration_s']} s per level (at most {data['max_requests']} "
+        "requests), closed loop.",
         "",
     ]
     rows = []

@@ -50,6 +50,14 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def machine_line(machine: dict[str, Any]) -> str:
+    """One sentence naming the machine of a results file (from :func:`machine_info`)."""
+    return (
+        f"Machine: {machine['cpu']}, {machine['cpu_cores']} cores, GPU: {machine['gpu'] or 'none'}; "
+        f"load average before the run {machine['load_average_1m']}; {machine['date_utc']}."
+    )
+
+
 def percentiles(values_ms: list[float]) -> dict[str, float | None]:
     """p50/p95/p99/mean of a list of milliseconds (None when empty)."""
     if not values_ms:
