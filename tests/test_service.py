@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -202,7 +203,7 @@ def test_health_is_200_with_both_models_loaded(client: httpx.Client) -> None:
 def test_info_describes_checkpoints_labels_contract_and_batching(client: httpx.Client) -> None:
     info = client.get("/info").json()
     assert info["demo"] is False
-    assert info["models"]["finetuned"]["path"] == str(FINETUNED_CKPT)
+    assert Path(info["models"]["finetuned"]["path"]).resolve() == FINETUNED_CKPT.resolve()  # ../shared may be a link
     assert len(info["models"]["pretrained"]["sha256"]) == 64
     assert info["labels"] == list(LABELS)
     assert info["aggregation"]["Poor data quality"] == "max"
