@@ -65,7 +65,7 @@ class BatchStats:
             "segments": sum(size * count for size, count in histogram.items()),
             "max_batch_size_observed": max(histogram, default=0),
             "batch_sizes": {str(size): count for size, count in histogram.items()},
-            "busy_s": round(busy_s, 3),
+            "busy_s": round(busy_s, 6),
         }
 
 
