@@ -14,30 +14,27 @@ cancels the drift of a shared machine; the overhead reported is the median of th
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import time
 from typing import Any
 
 import httpx
-import numpy as np
-import orjson
 
-from benchmarks.bench_served import RECORD, checkpoints, start_server, stop_server, wait_healthy
+from benchmarks.bench_served import (
+    BODY_ENDPOINTS,
+    RECORD,
+    checkpoints,
+    record_bodies,
+    start_server,
+    stop_server,
+    wait_healthy,
+)
 from benchmarks.common import DATA_DIR, machine_info, machine_line, markdown_table, write_results
 from contract import prepare
 from ecgfm.inference import classify_segments, load_model
 
 SETTLE_S = 0.2  # pause before each timed call, so that no call competes with the tail of the previous one
-ENDPOINTS = {"json": ("/clinical", "application/json"), "npy": ("/clinical/npy?fs={fs}", "application/octet-stream")}
-
-
-def bodies(record: dict[str, Any]) -> dict[str, bytes]:
-    """The record as a JSON body and as an ``.npy`` body."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.asarray(record["signal"], dtype=np.float32))
-    return {"json": orjson.dumps({"signal": record["signal"], "fs": record["fs"]}), "npy": buffer.getvalue()}
 
 
 def summary(values_ms: list[float]) -> dict[str, float]:
@@ -48,8 +45,8 @@ def measure(target: str, port: int, size: str, record: dict[str, Any], requests:
     pretrained, finetuned = checkpoints(size)
     handle = load_model("finetuned", finetuned)
     _, segments = prepare(record["signal"], record["fs"])
-    payloads = bodies(record)
-    endpoints = {"json": ENDPOINTS["json"]} if target == "plain" else ENDPOINTS  # the baseline has no .npy route
+    payloads = record_bodies(record)
+    endpoints = BODY_ENDPOINTS
     process = start_server(target, port, pretrained, finetuned)
     base_url = f"http://127.0.0.1:{port}"
     raw_ms: list[float] = []
@@ -73,9 +70,7 @@ def measure(target: str, port: int, size: str, record: dict[str, Any], requests:
                     busy_before = busy_s()
                     time.sleep(SETTLE_S)
                     started = time.perf_counter()
-                    response = http.post(
-                        path.format(fs=record["fs"]), content=payloads[name], headers={"content-type": content_type}
-                    )
+                    response = http.post(path, content=payloads[name], headers={"content-type": content_type})
                     elapsed = (time.perf_counter() - started) * 1000.0
                     response.raise_for_status()
                     busy_after = busy_s()

@@ -19,7 +19,6 @@ running slower in the service than alone (the API process and the load generator
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import subprocess
@@ -31,13 +30,13 @@ from typing import Any
 
 import httpx
 import numpy as np
-import orjson
 
 from benchmarks.bench_served import (
+    BODY_ENDPOINTS,
     RECORD,
-    RECORD_FS,
     SEGMENTS_PER_RECORD,
     checkpoints,
+    record_bodies,
     start_server,
     stop_server,
     wait_healthy,
@@ -47,7 +46,6 @@ from benchmarks.common import DATA_DIR, REPO_DIR, machine_info, machine_line, ma
 PYTHON = sys.executable
 SUMMARY_KEYS = ("raw_segments_per_s", "segments_per_s", "served_over_raw", "utilisation", "in_service_model_over_raw",
                 "p50_ms")  # fmt: skip
-BODIES = {"json": ("/clinical", "application/json"), "npy": ("/clinical/npy?fs={fs}", "application/octet-stream")}
 
 
 def raw_worker(checkpoint: Path, batch_size: int) -> None:
@@ -97,11 +95,10 @@ def served_window(
 
 def write_bodies(directory: Path) -> dict[str, Path]:
     record = json.loads((DATA_DIR / RECORD).read_text())
-    paths = {"json": directory / "body.json", "npy": directory / "body.npy"}
-    paths["json"].write_bytes(orjson.dumps({"signal": record["signal"], "fs": record["fs"]}))
-    buffer = io.BytesIO()
-    np.save(buffer, np.asarray(record["signal"], dtype=np.float32))
-    paths["npy"].write_bytes(buffer.getvalue())
+    paths = {}
+    for kind, body in record_bodies(record).items():
+        paths[kind] = directory / f"body.{kind}"
+        paths[kind].write_bytes(body)
     return paths
 
 
@@ -122,17 +119,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp, httpx.Client(base_url=base_url, timeout=600) as http:
             paths = write_bodies(Path(tmp))
             for name in data["pairs"]:  # warm-up: the batcher trains on its first ~10 calls
-                path, content_type = BODIES[name]
-                url = base_url + path.format(fs=RECORD_FS)
-                served_window(http, url, paths[name], content_type, args.concurrency, 10)
+                path, content_type = BODY_ENDPOINTS[name]
+                served_window(http, base_url + path, paths[name], content_type, args.concurrency, 10)
             for pair in range(args.pairs):
                 for name, pairs in data["pairs"].items():
                     raw.stdin.write(f"{args.window_s}\n")
                     raw.stdin.flush()
                     raw_result = json.loads(raw.stdout.readline())
                     raw_rate = raw_result["segments"] / raw_result["elapsed_s"]
-                    path, content_type = BODIES[name]
-                    url = base_url + path.format(fs=RECORD_FS)
+                    path, content_type = BODY_ENDPOINTS[name]
+                    url = base_url + path
                     served = served_window(http, url, paths[name], content_type, args.concurrency, args.window_s)
                     row = {"raw_segments_per_s": round(raw_rate, 3), **served}
                     row["served_over_raw"] = round(served["segments_per_s"] / raw_rate, 3)

@@ -45,6 +45,10 @@ from benchmarks.common import (
 
 RECORD = "JS01048.json"  # 10 s, 12 leads
 RECORD_FS = 500  # its sampling rate (the fs query parameter of /clinical/npy)
+BODY_ENDPOINTS = {  # request body kind -> (path, content type)
+    "json": ("/clinical", "application/json"),
+    "npy": (f"/clinical/npy?fs={RECORD_FS}", "application/octet-stream"),
+}
 SEGMENTS_PER_RECORD = 2
 FULL_DEMO_DIR = Path(os.environ.get("ECGFM_BENCH_FULL_DIR", Path(tempfile.gettempdir()) / "ecgfm-demo-full"))
 TARGETS = ("plain", "bentoml-nobatch", "bentoml")
@@ -133,11 +137,16 @@ class RssSampler(threading.Thread):
             time.sleep(0.2)
 
 
+def record_bodies(record: dict[str, Any]) -> dict[str, bytes]:
+    """A record as each kind of request body: ``json`` (``{"signal", "fs"}``) and ``npy`` (the signal, float32)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(record["signal"], dtype=np.float32))
+    return {"json": orjson.dumps({"signal": record["signal"], "fs": record["fs"]}), "npy": buffer.getvalue()}
+
+
 def endpoint(body_path: Path) -> tuple[str, str]:
     """(path, content type) of ``POST /clinical`` for a ``.json`` body, of ``/clinical/npy`` for a ``.npy`` one."""
-    if body_path.suffix == ".npy":
-        return f"/clinical/npy?fs={RECORD_FS}", "application/octet-stream"
-    return "/clinical", "application/json"
+    return BODY_ENDPOINTS[body_path.suffix.removeprefix(".")]
 
 
 def run_level(base_url: str, body_path: Path, concurrency: int, duration_s: float, max_requests: int) -> dict:
@@ -240,12 +249,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "max_requests": args.max_requests, "machine": machine_info(), "targets": {}}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         body_path = Path(tmp) / f"body.{args.body}"
-        if args.body == "npy":
-            buffer = io.BytesIO()
-            np.save(buffer, np.asarray(record["signal"], dtype=np.float32))
-            body_path.write_bytes(buffer.getvalue())
-        else:
-            body_path.write_bytes(orjson.dumps({"signal": record["signal"], "fs": record["fs"]}))
+        body_path.write_bytes(record_bodies(record)[args.body])
         levels = [int(c) for c in args.concurrency.split(",")]
         for offset, target in enumerate(args.targets.split(",")):
             try:

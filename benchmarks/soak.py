@@ -17,13 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from benchmarks.bench_served import (
     PYTHON,
     RECORD,
     RssSampler,
     checkpoints,
+    record_bodies,
     start_server,
     stop_server,
     wait_healthy,
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     samples: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         body_path = Path(tmp) / "body.json"
-        body_path.write_bytes(orjson.dumps({"signal": record["signal"], "fs": record["fs"]}))
+        body_path.write_bytes(record_bodies(record)["json"])
         try:
             wait_healthy(base_url, process, timeout_s=300)
             sampler = RssSampler(process.pid)
