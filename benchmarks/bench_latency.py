@@ -46,11 +46,10 @@ def measure(target: str, port: int, size: str, record: dict[str, Any], requests:
     handle = load_model("finetuned", finetuned)
     _, segments = prepare(record["signal"], record["fs"])
     payloads = record_bodies(record)
-    endpoints = BODY_ENDPOINTS
     process = start_server(target, port, pretrained, finetuned)
     base_url = f"http://127.0.0.1:{port}"
     raw_ms: list[float] = []
-    served_ms: dict[str, list[float]] = {name: [] for name in endpoints}
+    served_ms: dict[str, list[float]] = {name: [] for name in BODY_ENDPOINTS}
     model_ms: list[float] = []  # the finetuned model service's own time per call (BentoML targets)
     try:
         wait_healthy(base_url, process, timeout_s=300)
@@ -66,7 +65,7 @@ def measure(target: str, port: int, size: str, record: dict[str, Any], requests:
                 classify_segments(handle, segments)
                 if counted:
                     raw_ms.append((time.perf_counter() - started) * 1000.0)
-                for name, (path, content_type) in endpoints.items():
+                for name, (path, content_type) in BODY_ENDPOINTS.items():
                     busy_before = busy_s()
                     time.sleep(SETTLE_S)
                     started = time.perf_counter()

@@ -28,15 +28,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from benchmarks.bench_served import (
-    BODY_ENDPOINTS,
     RECORD,
     SEGMENTS_PER_RECORD,
     checkpoints,
     record_bodies,
+    run_level,
     start_server,
     stop_server,
     wait_healthy,
@@ -66,31 +65,10 @@ def raw_worker(checkpoint: Path, batch_size: int) -> None:
         print(json.dumps({"segments": segments, "elapsed_s": time.perf_counter() - started}), flush=True)
 
 
-def finetuned_stats(http: httpx.Client) -> dict[str, Any]:
-    return http.get("/status").json()["models"]["finetuned"]
-
-
-def served_window(
-    http: httpx.Client, url: str, body_path: Path, content_type: str, concurrency: int, window_s: float
-) -> dict[str, Any]:
-    before = finetuned_stats(http)
-    cmd = [
-        PYTHON, "-m", "benchmarks.loadgen", "--url", url, "--body", str(body_path), "--content-type", content_type,
-        "--concurrency", str(concurrency), "--duration-s", str(window_s),
-    ]  # fmt: skip
-    completed = subprocess.run(cmd, cwd=REPO_DIR, capture_output=True, check=True, timeout=window_s + 900)
-    result = json.loads(completed.stdout.decode().strip().splitlines()[-1])
-    after = finetuned_stats(http)
-    busy_s = after["busy_s"] - before["busy_s"]
-    segments = after["segments"] - before["segments"]
-    return {
-        "segments_per_s": round(result["records_per_s"] * SEGMENTS_PER_RECORD, 3),
-        "p50_ms": result["latency_ms"]["p50"],
-        "errors": result["errors"],
-        "utilisation": round(busy_s / result["elapsed_s"], 3),
-        "model_segments_per_busy_s": round(segments / busy_s, 3) if busy_s else None,
-        "mean_batch_size": round(segments / (after["calls"] - before["calls"]), 2) if segments else None,
-    }
+def served_window(base_url: str, body_path: Path, concurrency: int, window_s: float) -> dict[str, Any]:
+    level = run_level(base_url, body_path, concurrency, window_s, max_requests=10**9)
+    kept = ("segments_per_s", "errors", "utilisation", "model_segments_per_busy_s", "mean_batch_size")
+    return {"p50_ms": level["latency_ms"]["p50"], **{key: level[key] for key in kept}}
 
 
 def write_bodies(directory: Path) -> dict[str, Path]:
@@ -116,20 +94,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data: dict[str, Any] = {"pairs": {name: [] for name in args.bodies.split(",")}}
     try:
         wait_healthy(base_url, server, timeout_s=300)
-        with tempfile.TemporaryDirectory() as tmp, httpx.Client(base_url=base_url, timeout=600) as http:
+        with tempfile.TemporaryDirectory() as tmp:
             paths = write_bodies(Path(tmp))
             for name in data["pairs"]:  # warm-up: the batcher trains on its first ~10 calls
-                path, content_type = BODY_ENDPOINTS[name]
-                served_window(http, base_url + path, paths[name], content_type, args.concurrency, 10)
+                served_window(base_url, paths[name], args.concurrency, 10)
             for pair in range(args.pairs):
                 for name, pairs in data["pairs"].items():
                     raw.stdin.write(f"{args.window_s}\n")
                     raw.stdin.flush()
                     raw_result = json.loads(raw.stdout.readline())
                     raw_rate = raw_result["segments"] / raw_result["elapsed_s"]
-                    path, content_type = BODY_ENDPOINTS[name]
-                    url = base_url + path
-                    served = served_window(http, url, paths[name], content_type, args.concurrency, args.window_s)
+                    served = served_window(base_url, paths[name], args.concurrency, args.window_s)
                     row = {"raw_segments_per_s": round(raw_rate, 3), **served}
                     row["served_over_raw"] = round(served["segments_per_s"] / raw_rate, 3)
                     row["in_service_model_over_raw"] = round((served["model_segments_per_busy_s"] or 0) / raw_rate, 3)

@@ -6,8 +6,8 @@ service with batching off, and the BentoML service with adaptive batching.
 Each target is started on loopback (127.0.0.1) with the same checkpoints, driven by :mod:`benchmarks.loadgen` in
 a separate process at each concurrency level (POST ``/clinical`` with one 10 s 12-lead record of
 ``../shared/data``, i.e. two 5 s segments; ``--body npy``: ``POST /clinical/npy`` with the same signal as a float32
-``.npy``), then stopped. Per level: records/s, p50/p95/p99 latency, errors, the
-batch sizes the finetuned model service saw (from ``GET /status``) and the peak RSS of the server's process tree.
+``.npy``), then stopped. Per level: records/s, p50/p95/p99 latency, errors, the batch sizes and the busy share
+(utilisation) of the finetuned model service (from ``GET /status``) and the peak RSS of the server's process tree.
 "Batching off" is ``ECGFM_MAX_BATCH_SIZE=2``: every model call holds exactly one request's two segments.
 """
 
@@ -110,9 +110,9 @@ def wait_healthy(base_url: str, process: subprocess.Popen, timeout_s: float) -> 
     raise TimeoutError(f"{base_url} was not healthy after {timeout_s} s")
 
 
-def batch_histogram(base_url: str) -> Counter[str]:
-    status = httpx.get(f"{base_url}/status", timeout=30).json()
-    return Counter(status["models"]["finetuned"]["batch_sizes"])
+def finetuned_stats(base_url: str) -> dict[str, Any]:
+    """The finetuned model service's counters from ``GET /status`` (batch-size histogram, busy time, ...)."""
+    return httpx.get(f"{base_url}/status", timeout=30).json()["models"]["finetuned"]
 
 
 class RssSampler(threading.Thread):
@@ -150,7 +150,9 @@ def endpoint(body_path: Path) -> tuple[str, str]:
 
 
 def run_level(base_url: str, body_path: Path, concurrency: int, duration_s: float, max_requests: int) -> dict:
-    before = batch_histogram(base_url)
+    """One closed-loop load level; adds what the finetuned model service saw meanwhile: batch sizes, and its busy
+    share of the level (utilisation) and segments per busy second."""
+    before = finetuned_stats(base_url)
     path, content_type = endpoint(body_path)
     cmd = [
         PYTHON, "-m", "benchmarks.loadgen", "--url", base_url + path, "--body", str(body_path),
@@ -159,11 +161,16 @@ def run_level(base_url: str, body_path: Path, concurrency: int, duration_s: floa
     ]  # fmt: skip
     completed = subprocess.run(cmd, cwd=REPO_DIR, capture_output=True, check=True, timeout=duration_s + 900)
     result = json.loads(completed.stdout.decode().strip().splitlines()[-1])
-    observed = batch_histogram(base_url) - before
+    after = finetuned_stats(base_url)
+    observed = Counter(after["batch_sizes"]) - Counter(before["batch_sizes"])
     result["segments_per_s"] = round(result["records_per_s"] * SEGMENTS_PER_RECORD, 3)
     result["batch_sizes"] = dict(sorted(observed.items(), key=lambda kv: int(kv[0])))
     calls = sum(observed.values())
-    result["mean_batch_size"] = round(sum(int(k) * v for k, v in observed.items()) / calls, 2) if calls else None
+    segments = sum(int(k) * v for k, v in observed.items())
+    result["mean_batch_size"] = round(segments / calls, 2) if calls else None
+    busy_s = after["busy_s"] - before["busy_s"]
+    result["utilisation"] = round(busy_s / result["elapsed_s"], 3)
+    result["model_segments_per_busy_s"] = round(segments / busy_s, 3) if busy_s else None
     return result
 
 
