@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -54,7 +57,7 @@ def machine_line(machine: dict[str, Any]) -> str:
     """One sentence naming the machine of a results file (from :func:`machine_info`)."""
     return (
         f"Machine: {machine['cpu']}, {machine['cpu_cores']} cores, GPU: {machine['gpu'] or 'none'}; "
-        f"load average before the run {machine['load_average_1m']}; {machine['date_utc']}."
+        f"1-minute load average {machine['load_average_1m']} at {machine['date_utc']}."
     )
 
 
@@ -78,11 +81,75 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")  # environment variables never written to a results file
+
+
+def git_commit(repo: Path = REPO_DIR) -> dict[str, Any]:
+    """Short hash of HEAD, whether tracked files differ from it, and which (None where git cannot tell)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    head = git("rev-parse", "--short", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    changed = None if status is None else [line[3:] for line in status.splitlines() if line.strip()]
+    return {
+        "commit": head.strip() if head else None,
+        "dirty": None if changed is None else bool(changed),
+        "changed_files": changed,
+    }
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that runs this process: ``python -m <module> <args>`` for a module, else ``python <argv>``."""
+    argv = list(sys.argv if argv is None else argv)
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name not in ("__main__", None):
+        return shlex.join(["python", "-m", spec.name.removesuffix(".__main__"), *argv[1:]])
+    return shlex.join(["python", *argv])
+
+
+def provenance(machine: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a results file needs to be traced: commit, command line, ECGFM_* settings and the machine line."""
+    environment = {
+        name: value
+        for name, value in sorted(os.environ.items())
+        if name.startswith("ECGFM_") and not any(word in name for word in SECRET_WORDS)
+    }
+    return {
+        **git_commit(),
+        "command": command_line(),
+        "environment": environment,
+        "machine": machine_line(machine or machine_info()),
+    }
+
+
+def provenance_markdown(record: dict[str, Any]) -> str:
+    """The provenance of a results file as one Markdown paragraph."""
+    if record.get("commit") is None:
+        commit = "commit unknown"
+    elif record.get("dirty"):
+        commit = f"commit `{record['commit']}` with uncommitted changes in {', '.join(record['changed_files'])}"
+    else:
+        commit = f"commit `{record['commit']}` (clean tree)"
+    settings = " ".join(f"{name}={value}" for name, value in record.get("environment", {}).items())
+    return (
+        f"Provenance: {commit}; command `{record['command']}`"
+        + (f" with `{settings}`" if settings else "")
+        + f". {record['machine']}"
+    )
+
+
 def write_results(name: str, data: dict[str, Any], markdown: str, out_dir: Path = RESULTS_DIR) -> Path:
-    """``<out_dir>/<name>.json`` and ``<name>.md``; returns the JSON path."""
+    """``<out_dir>/<name>.json`` and ``<name>.md``, both with the run's :func:`provenance`; returns the JSON path."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    data = {**data, "provenance": provenance(data.get("machine"))}
     json_path = out_dir / f"{name}.json"
     json_path.write_text(json.dumps(data, indent=2) + "\n")
-    (out_dir / f"{name}.md").write_text(markdown.rstrip() + "\n")
+    (out_dir / f"{name}.md").write_text(markdown.rstrip() + "\n\n" + provenance_markdown(data["provenance"]) + "\n")
     print(f"wrote {json_path} and {json_path.with_suffix('.md')}")
     return json_path
