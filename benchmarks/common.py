@@ -85,7 +85,7 @@ SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")  # environment variables n
 
 
 def git_commit(repo: Path = REPO_DIR) -> dict[str, Any]:
-    """Short hash of HEAD, whether tracked files differ from it, and which (None where git cannot tell)."""
+    """Short hash of HEAD, whether tracked files (results files aside) differ from it, and which (None: unknown)."""
 
     def git(*args: str) -> str | None:
         try:
@@ -96,7 +96,8 @@ def git_commit(repo: Path = REPO_DIR) -> dict[str, Any]:
 
     head = git("rev-parse", "--short", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
-    changed = None if status is None else [line[3:] for line in status.splitlines() if line.strip()]
+    lines = [] if status is None else [line[3:] for line in status.splitlines() if line.strip()]
+    changed = None if status is None else [path for path in lines if not path.startswith("benchmarks/results/")]
     return {
         "commit": head.strip() if head else None,
         "dirty": None if changed is None else bool(changed),
