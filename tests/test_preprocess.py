@@ -164,3 +164,124 @@ def test_the_tail_shorter_than_a_segment_is_dropped():
 def test_malformed_signals_are_refused(signal, message):
     with pytest.raises(ECGInputError, match=message):
         preprocess(signal, 500)
+
+
+# --- Length boundaries (docs/api.md, docs/model.md): at least 2 s, at most 600 s by default, 5 s segments of 2500
+# samples at 500 Hz; a record shorter than 5 s is one zero-padded segment, the tail after whole segments is dropped.
+# Each boundary is tested at, just below and just above it.
+
+# The quickstart's ECG_FM_LEAD_ORDER (bowang-lab/ECG-FM notebooks/infer_quickstart.ipynb).
+QUICKSTART_LEAD_ORDER = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+def noise(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(12, n))
+
+
+def test_the_lead_order_is_the_quickstart_s():
+    assert LEAD_ORDER == QUICKSTART_LEAD_ORDER
+
+
+@pytest.mark.parametrize(("fs", "n"), [(500, 2500), (250, 1250), (1000, 5000), (360, 1800)])
+def test_a_record_of_exactly_5_s_is_one_segment_without_padding(fs, n):
+    result = preprocess(noise(n), fs)
+    assert result.padding_mask is None
+    assert result.segments.shape == (1, 12, 2500) and result.segments.dtype == np.float32
+    assert (result.duration_s, result.used_duration_s) == (5.0, 5.0)
+
+
+@pytest.mark.parametrize(("fs", "n", "padded_samples"), [(500, 2499, 1), (250, 1249, 2)])
+def test_a_record_just_under_5_s_is_padded_at_its_end(fs, n, padded_samples):
+    result = preprocess(noise(n), fs)
+    assert result.segments.shape == (1, 12, 2500)
+    assert result.padding_mask is not None and result.padding_mask.shape == (1, 2500)
+    np.testing.assert_array_equal(result.padding_mask[0], np.arange(2500) >= 2500 - padded_samples)
+    assert np.all(result.segments[0, :, 2500 - padded_samples :] == 0)
+    assert np.all(result.segments[0, :, : 2500 - padded_samples] != 0)
+    assert result.used_duration_s == pytest.approx((2500 - padded_samples) / 500)
+
+
+def test_a_padded_record_is_standardised_over_its_real_samples_only():
+    signal = noise(1500) * 3.0 + 7.0
+    result = preprocess(signal, 500)
+    real = result.segments[0, :, :1500].astype(np.float64)
+    np.testing.assert_allclose(real.mean(axis=1), 0.0, atol=1e-6)
+    np.testing.assert_allclose(real.std(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("fs", "n", "accepted"),
+    [(500, 999, False), (500, 1000, True), (500, 1001, True), (250, 499, False), (250, 500, True)],
+)
+def test_the_minimum_duration_is_2_s_inclusive(fs, n, accepted):
+    if accepted:
+        result = preprocess(noise(n), fs)
+        assert result.padding_mask is not None and result.duration_s == pytest.approx(n / fs)
+    else:
+        with pytest.raises(ECGInputError, match="at least 2 s is needed"):
+            preprocess(noise(n), fs)
+
+
+@pytest.mark.parametrize(("n", "accepted"), [(59_999, True), (60_000, True), (60_001, False)])
+def test_the_default_maximum_duration_is_600_s_inclusive(n, accepted):
+    signal = noise(n)  # at 100 Hz, the lowest accepted rate
+    if accepted:
+        assert preprocess(signal, 100).duration_s == pytest.approx(n / 100)
+    else:
+        with pytest.raises(ECGInputError, match=r"the record is 600\.0 s long; at most 600 s is accepted"):
+            preprocess(signal, 100)
+
+
+@pytest.mark.parametrize(("n", "accepted"), [(3999, True), (4000, True), (4001, False)])
+def test_a_given_maximum_duration_is_inclusive(n, accepted):
+    if accepted:
+        assert preprocess(noise(n), 500, max_duration_s=8).n_segments == 1
+    else:
+        with pytest.raises(ECGInputError, match="at most 8 s"):
+            preprocess(noise(n), 500, max_duration_s=8)
+
+
+def test_no_maximum_duration_when_it_is_none():
+    assert preprocess(noise(60_100), 100, max_duration_s=None).duration_s == pytest.approx(601.0)
+
+
+@pytest.mark.parametrize(
+    ("n", "segments", "used_s"),
+    [(4999, 1, 5.0), (5000, 2, 10.0), (5001, 2, 10.0), (7450, 2, 10.0), (7499, 2, 10.0), (7500, 3, 15.0)],
+)
+def test_records_are_cut_into_whole_5_s_segments_and_the_tail_is_dropped(n, segments, used_s):
+    signal = noise(n)
+    result = preprocess(signal, 500)
+    assert result.padding_mask is None
+    assert (result.n_segments, result.used_duration_s, result.duration_s) == (segments, used_s, n / 500)
+    standardised = (signal - signal.mean(axis=1, keepdims=True)) / signal.std(axis=1, keepdims=True)
+    for k in range(segments):  # segment k is samples [2500 k, 2500 (k + 1)) of the whole standardised record
+        np.testing.assert_allclose(result.segments[k], standardised[:, 2500 * k : 2500 * (k + 1)], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("fs", "accepted"), [(99.9, False), (100, True), (100.1, True), (4999.9, True), (5000, True), (5000.1, False)]
+)
+def test_the_sampling_rate_must_be_between_100_and_5000_hz_inclusive(fs, accepted):
+    signal = noise(int(3 * fs))
+    if accepted:
+        assert preprocess(signal, fs).duration_s == pytest.approx(3.0, abs=0.01)
+    else:
+        with pytest.raises(ECGInputError, match="fs must be between 100 and 5000 Hz"):
+            preprocess(signal, fs)
+
+
+def test_a_lead_with_a_small_real_signal_is_not_treated_as_constant():
+    signal = noise(2500)
+    signal[4] = 5.0 + 1e-3 * signal[4]  # aVL: 1 µV-scale wiggle on a 5 mV offset, far above float rounding
+    result = preprocess(signal, 500)
+    assert result.constant_leads == ()
+    assert result.segments[0, 4].std() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_an_all_zero_lead_is_constant_and_stays_zero():
+    signal = noise(2500)
+    signal[0] = 0.0
+    result = preprocess(signal, 500)
+    assert result.constant_leads == ("I",)
+    assert np.all(result.segments[0, 0] == 0)
