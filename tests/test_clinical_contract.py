@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from ecgfm.labels import LABELS
-from interpreter.findings import interpret, load_config, rate_severity
+from interpreter.findings import ConfigError, interpret, load_config, rate_severity
 
 # docs/clinical_methodology.md §2, "Groups and thresholds" (Structural is empty).
 DOC_GROUPS: dict[str, tuple[str, ...]] = {
@@ -362,3 +362,54 @@ def test_h9_no_note_for_a_regular_rhythm_or_an_unreliable_rate(heart_rate: dict)
 def test_q1_poor_data_quality_present_adds_a_caution(p: float, noted: bool) -> None:
     interp = interpret(probs(Sinus_rhythm=0.95, Poor_data_quality=p), hr(75))
     assert any(note.startswith("Q1") for note in interp.notes) is noted
+
+
+# --- What the report says about the rate rules: the measured rate, the documented criterion, the probability.
+
+
+def test_h1_the_confirmation_names_the_rate_and_the_criterion() -> None:
+    f = finding(interpret(probs(Sinus_rhythm=0.95, Tachycardia=0.95), hr(127)), "Tachycardia")
+    assert f.notes == ["confirmed by the measured heart rate 127 bpm (> 100 bpm)"]
+
+
+def test_h2_the_discordance_names_the_probability_the_rate_and_the_criterion() -> None:
+    interp = interpret(probs(Sinus_rhythm=0.95, Tachycardia=0.87), hr(72))
+    assert interp.discordances == [
+        "Tachycardia: the model reports it (p=0.87) but the measured heart rate is 72 bpm (not > 100 bpm); "
+        "the measured rate overrides the model — discordant, review the ECG"
+    ]
+    assert finding(interp, "Tachycardia").notes == [
+        "overridden: the measured heart rate 72 bpm does not meet > 100 bpm"
+    ]
+
+
+def test_h6_the_added_finding_says_the_model_did_not_report_it() -> None:
+    interp = interpret(probs(Sinus_rhythm=0.95, Bradycardia=0.12), hr(48))
+    assert interp.discordances == [
+        "Bradycardia: measured heart rate 48 bpm (< 60 bpm) but the model's probability is 0.12 (below its "
+        "threshold); reported from the measured rate — discordant, review the ECG"
+    ]
+    assert finding(interp, "Bradycardia").notes == [
+        "added from the measured heart rate; the model did not report it (discordant)"
+    ]
+
+
+def test_h5_a_dropped_possible_finding_says_why_and_is_normal() -> None:
+    f = finding(interpret(probs(Sinus_rhythm=0.95, Bradycardia=0.4), hr(72)), "Bradycardia")
+    assert (f.status, f.severity) == ("absent", "normal")
+    assert f.notes == ["not supported by the measured heart rate 72 bpm"]
+
+
+def test_a_user_file_that_gives_a_label_a_number_instead_of_settings_is_refused(tmp_path) -> None:
+    user = tmp_path / "bad.yaml"
+    user.write_text("labels:\n  Infarction: 0.4\n")
+    with pytest.raises(ConfigError, match="no settings for 'Infarction'"):
+        load_config(user)
+
+
+def test_a_user_file_does_not_change_the_defaults_of_a_later_load(tmp_path) -> None:
+    user = tmp_path / "my.yaml"
+    user.write_text("labels:\n  Infarction: {threshold: 0.7}\nheart_rate:\n  low: [{below: 30, severity: critical}]\n")
+    assert load_config(user)["labels"]["Infarction"]["threshold"] == 0.7
+    assert load_config()["labels"]["Infarction"]["threshold"] == 0.5
+    assert rate_severity(35, load_config(user)) == "normal" and rate_severity(35, load_config()) == "critical"

@@ -10,7 +10,7 @@ from ecg_transform.t.common import HandleConstantLeads, LinearResample, ReorderL
 from ecg_transform.t.cut import SegmentNonoverlapping
 from ecg_transform.t.scale import Standardize
 
-from ecgfm.preprocess import LEAD_ORDER, ECGInputError, linear_resample, preprocess
+from ecgfm.preprocess import LEAD_ORDER, ECGInputError, constant_lead_mask, linear_resample, preprocess
 from tests.conftest import TWELVE_LEAD_RECORDS, load_json_record
 
 
@@ -285,3 +285,38 @@ def test_an_all_zero_lead_is_constant_and_stays_zero():
     result = preprocess(signal, 500)
     assert result.constant_leads == ("I",)
     assert np.all(result.segments[0, 0] == 0)
+
+
+@pytest.mark.parametrize(
+    ("lead", "constant"),
+    [
+        ([0.0, 1e-5], True),  # peak-to-peak at the absolute floor 1e-5 (magnitudes below 1)
+        ([0.0, 1.5e-5], False),
+        ([1.5, 1.5 + 1e-5], True),  # below 1.5e-5 of its magnitude 1.5
+        ([1.5, 1.5 + 2e-5], False),
+        ([1000.0, 1000.0 + 5e-3], True),  # float rounding of a large offset
+        ([1000.0, 1000.0 + 2e-2], False),
+    ],
+)
+def test_a_lead_is_constant_when_its_range_is_within_1e_5_of_its_magnitude(lead, constant):
+    signal = np.tile(np.array(lead), 50)[None, :]
+    assert constant_lead_mask(signal).tolist() == [constant]
+
+
+def test_a_large_lead_does_not_make_a_quiet_lead_constant():
+    signal = np.vstack([1e-3 * noise(2500)[0], 1000.0 + noise(2500)[1]])  # magnitudes are per lead
+    assert constant_lead_mask(signal).tolist() == [False, False]
+
+
+def test_a_padded_segment_is_float32_with_a_boolean_mask():
+    result = preprocess(noise(1500), 500)
+    assert result.segments.dtype == np.float32 and result.padding_mask.dtype == np.bool_
+
+
+def test_resampling_needs_two_samples_in_and_out():
+    with pytest.raises(ECGInputError, match="too short to resample"):
+        linear_resample(np.zeros((12, 1)), 250)
+    with pytest.raises(ECGInputError, match="too short to resample"):
+        linear_resample(np.zeros((12, 3)), 2000)  # 3 samples at 2000 Hz -> 0 at 500 Hz
+    three = np.tile([0.0, 1.0, 2.0], (12, 1))
+    np.testing.assert_array_equal(linear_resample(three, 750), np.tile([0.0, 2.0], (12, 1)))  # 2 out: the ends
