@@ -10,7 +10,14 @@ from ecg_transform.t.common import HandleConstantLeads, LinearResample, ReorderL
 from ecg_transform.t.cut import SegmentNonoverlapping
 from ecg_transform.t.scale import Standardize
 
-from ecgfm.preprocess import LEAD_ORDER, ECGInputError, constant_lead_mask, linear_resample, preprocess
+from ecgfm.preprocess import (
+    LEAD_ORDER,
+    ECGInputError,
+    constant_lead_mask,
+    linear_resample,
+    order_leads,
+    preprocess,
+)
 from tests.conftest import TWELVE_LEAD_RECORDS, load_json_record
 
 
@@ -320,3 +327,54 @@ def test_resampling_needs_two_samples_in_and_out():
         linear_resample(np.zeros((12, 3)), 2000)  # 3 samples at 2000 Hz -> 0 at 500 Hz
     three = np.tile([0.0, 1.0, 2.0], (12, 1))
     np.testing.assert_array_equal(linear_resample(three, 750), np.tile([0.0, 2.0], (12, 1)))  # 2 out: the ends
+
+
+# --- Messages an integrator acts on: they name the leads and counts.
+
+
+def test_unnamed_leads_of_the_wrong_count_are_refused_with_the_count():
+    with pytest.raises(ECGInputError, match=r"expected 12 leads \(I, II, III, aVR, aVL, aVF, V1, .*V6\), got 11; pass"):
+        preprocess(noise(2500)[:11], 500)
+
+
+def test_a_lead_name_count_that_does_not_match_the_signal_is_refused_with_both_counts():
+    with pytest.raises(ECGInputError, match=r"^11 lead names for 12 leads$"):
+        preprocess(noise(2500), 500, list(LEAD_ORDER[:11]))
+
+
+def test_several_missing_leads_are_all_named():
+    names = [name for name in LEAD_ORDER if name not in ("V4", "V5")]
+    with pytest.raises(ECGInputError, match=r"^missing leads V4, V5: ECG-FM needs all 12$"):
+        preprocess(noise(2500)[:10], 500, names)
+
+
+def test_an_unknown_lead_name_lists_the_expected_ones():
+    with pytest.raises(
+        ECGInputError, match=r"^unknown lead name 'V7'; expected I, II, III, aVR, aVL, aVF, V1, V2, V3, V4"
+    ):
+        preprocess(noise(2500), 500, [*LEAD_ORDER[:11], "V7"])
+
+
+def test_non_finite_values_in_several_leads_name_them_all():
+    signal = noise(2500)
+    signal[3, 10], signal[6, 20] = np.nan, np.inf
+    with pytest.raises(ECGInputError, match=r"^non-finite values \(NaN or infinity\) in leads aVR, V1$"):
+        preprocess(signal, 500)
+
+
+def test_a_sampling_rate_of_the_wrong_type_is_refused_naming_the_type():
+    with pytest.raises(ECGInputError, match=r"^fs must be a number \(Hz\), got str$"):
+        preprocess(noise(2500), "500")
+
+
+def test_extra_leads_anywhere_are_ignored_when_asked():
+    signal = noise(2500)
+    extra = np.vstack([signal[:1] * 2, signal])  # the extra lead comes first
+    result = preprocess(extra, 500, ["pacer", *LEAD_ORDER], ignore_extra_leads=True)
+    assert result.ignored_leads == ("pacer",)
+    np.testing.assert_array_equal(result.segments, preprocess(signal, 500).segments)
+
+
+def test_ordering_leads_refuses_unknown_names_unless_asked():
+    with pytest.raises(ECGInputError, match="unknown lead name 'pacer'"):
+        order_leads(np.zeros((13, 10)), ["pacer", *LEAD_ORDER])
