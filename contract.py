@@ -1,92 +1,143 @@
-"""The HTTP contract of ecgfm-serve: every request field, limit, response body and status code.
+"""The HTTP contract of ecgfm-serve: routes, request and response schemas, and every error status.
 
-Endpoints (served by ``service.ECGFMService``):
+Routes (served by ``service.ECGFMService``):
 
-=========  ======  ==========================  =====================================================
-path       method  request                     response (200)
-=========  ======  ==========================  =====================================================
-/clinical  POST    :class:`ECGRequest`         :class:`ClinicalResponse` (finetuned model, 17 labels)
-/features  POST    :class:`ECGRequest`         :class:`FeaturesResponse` (pretrained model, D floats)
-/both      POST    :class:`ECGRequest`         :class:`BothResponse` (both models, run concurrently)
-/health    GET     -                           :class:`HealthResponse` (503 with the same body when not ready)
-/info      GET     -                           :class:`InfoResponse` (503 :class:`ErrorResponse` when a model is down)
-/status    GET     -                           :class:`StatusResponse` (503 :class:`ErrorResponse` likewise)
-=========  ======  ==========================  =====================================================
+==============  ======  ==========================  ===============================================================
+path            method  request                     response (200)
+==============  ======  ==========================  ===============================================================
+/clinical       POST    :class:`ECGRequest`         :class:`ClinicalResponse` (finetuned model, 17 labels)
+/features       POST    :class:`ECGRequest`         :class:`FeaturesResponse` (pretrained model, D floats)
+/both           POST    :class:`ECGRequest`         :class:`BothResponse` (both models, run concurrently)
+/<post>/npy     POST    ``numpy.save`` body         the same as ``/<post>``; fields as query parameters
+/health         GET     -                           :class:`HealthResponse` (503 with the same body when not ready)
+/info           GET     -                           :class:`InfoResponse` (503 :class:`ErrorResponse` when a model
+                                                    is down)
+/status         GET     -                           :class:`StatusResponse` (503 :class:`ErrorResponse` likewise)
+==============  ======  ==========================  ===============================================================
 
-Status codes of the POST endpoints:
-
-* 200: the body above. Outputs are raw model outputs (probabilities / embeddings): no thresholds, no diagnosis.
-* 400: the body is not valid JSON or does not match :class:`ECGRequest` (wrong types, a bool or string or null
-  among the samples, an unknown extra field, a missing field). BentoML's body:
-  ``{"error": "<n> validation error for ...", "detail": [{"loc": [...], "msg": ..., "type": ...}]}`` (the
-  offending values are never echoed).
-* 422: the body is well-formed but is not a usable ECG (:class:`ErrorResponse`, ``{"error": "<message>"}``):
-  a missing/duplicate/unknown lead, ragged leads, NaN/infinite samples, fs outside ``[MIN_FS, MAX_FS]``,
-  shorter than ``MIN_DURATION_S`` or longer than ``MAX_DURATION_S``. The message says what to fix.
-* 401: ``ECGFM_API_KEY`` is set and the request lacks ``Authorization: Bearer <key>`` (every path but
-  ``/health``, ``/livez`` and ``/readyz``).
-* 413: the body is larger than ``ECGFM_MAX_BODY_BYTES`` (:data:`MAX_BODY_BYTES`); refused before it is read whole.
-* 415: the body is not declared ``Content-Type: application/json``.
-* 429: more than ``ECGFM_MAX_CONCURRENCY`` POSTs are in flight; ``Retry-After`` says when to try again.
-* 503: a model service is not loaded yet, or a request queued for a model longer than ``ECGFM_MAX_LATENCY_MS``
-  (retry later; ``Retry-After`` is set); 500: a bug (see the server log).
-
-Every 4xx/5xx body above is ``{"error": "<message>"}`` (the 400 adds ``detail``); :func:`document_error_responses`
-adds them to the OpenAPI document BentoML generates (``/docs.json``).
-
-Inside the service (not part of the public contract, but documented here because it is the one place the
-padding convention lives): the API service sends each model service one ``float32`` array ``[N, 12, 2500]``.
-Records shorter than one 5 s segment (at least ``MIN_DURATION_S``) are padded; their padded samples are sent as
-``NaN`` (:data:`PAD_VALUE`) in every lead. Preprocessing guarantees real samples are finite, so the model service
-recovers the padding mask as ``np.isnan(x[:, 0, :])`` and sets the padded samples back to 0 before the model runs.
+200 bodies are raw model outputs (probabilities / embeddings): no thresholds, no diagnosis. Their schemas are
+the typed results of :mod:`ecgfm.outputs` (the CLI prints the same objects). Every error is one row of
+:data:`ERRORS` (exception -> status -> description): the handlers answer from it (:func:`error_response`) and
+``/docs.json`` documents it (``serving.OpenAPIErrorsMiddleware``). The body is ``{"error": "<message>"}``, the
+message says what to fix; the one exception is BentoML's own 400 for a JSON body that does not match
+:class:`ECGRequest` (:class:`ValidationErrorResponse`, which adds ``detail``; posted values are never echoed).
+A 500 is a bug (see the server log).
 """
 
 from __future__ import annotations
 
-import io
-import os
+import time
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-import numpy as np
+from bentoml.exceptions import ServiceUnavailable
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from starlette.responses import JSONResponse
 
-from ecgfm.labels import LABELS
-from ecgfm.preprocess import (
-    DEFAULT_MAX_DURATION_S,
-    LEAD_ORDER,
-    MAX_FS,
-    MIN_DURATION_S,
-    MIN_FS,
-    SEGMENT_SAMPLES,
-    TARGET_FS,
-    PreprocessedECG,
-    preprocess,
-)
+from ecgfm.labels import AGGREGATION, LABELS
+from ecgfm.outputs import BothOutput, ClinicalOutput, FeaturesOutput, LoadedCheckpoint
+from ecgfm.preprocess import LEAD_ORDER, MAX_FS, MIN_DURATION_S, MIN_FS, SEGMENT_SAMPLES, TARGET_FS, ECGInputError
 
-ENDPOINTS = ("/clinical", "/features", "/both", "/health", "/info", "/status")
-POST_ENDPOINTS = ENDPOINTS[:3]
-# The same three with the signal as a binary NumPy .npy body (application/octet-stream) and the other fields as
-# query parameters: decoding is ~16x cheaper than JSON (docs/performance.md, "Request path").
-BINARY_ENDPOINTS = tuple(f"{path}/npy" for path in POST_ENDPOINTS)
-# ECGFM_API_KEY, when set, is required as "Authorization: Bearer <key>" on every path but these probes.
-API_KEY_ENV_VAR = "ECGFM_API_KEY"
-PUBLIC_PATHS = ("/health", "/livez", "/healthz", "/readyz")  # /healthz is BentoML's alias of /livez
-MAX_DURATION_ENV_VAR = "ECGFM_MAX_DURATION_S"
-MAX_DURATION_S = float(os.environ.get(MAX_DURATION_ENV_VAR, DEFAULT_MAX_DURATION_S))
-# The default body limit fits the longest record at 1000 Hz written by Python's json (a float64 takes at most
-# 24 bytes: 17 significant digits, sign, point, exponent, ", "): 600 s * 1000 Hz * 12 leads * 24 B = 172.8 MB.
-# Higher rates are accepted (up to MAX_FS) for shorter records; raise ECGFM_MAX_BODY_BYTES for long ones.
-BODY_SIZING_FS = 1000
-BYTES_PER_JSON_SAMPLE = 24
-MAX_BODY_BYTES = int(
-    os.environ.get("ECGFM_MAX_BODY_BYTES", MAX_DURATION_S * BODY_SIZING_FS * len(LEAD_ORDER) * BYTES_PER_JSON_SAMPLE)
-)
-MAX_CONCURRENCY = int(os.environ.get("ECGFM_MAX_CONCURRENCY", "64"))  # POSTs in flight in the API process; 429 above
-RETRY_AFTER_S = 2  # the Retry-After of every 429 and 503
 JSON_MEDIA_TYPE = "application/json"
 NPY_MEDIA_TYPE = "application/octet-stream"
-PAD_VALUE = float("nan")  # padded samples in the model-service input; see the module docstring
-INVALID_INPUT_STATUS = 422  # a well-formed request that is not a usable ECG
+# POST routes and the body each takes. The /npy variants carry the signal as a binary NumPy .npy body and the
+# other fields as query parameters: decoding is ~16x cheaper than JSON (docs/performance.md, "Request path").
+JSON_POST_ROUTES = ("/clinical", "/features", "/both")
+NPY_POST_ROUTES = tuple(f"{path}/npy" for path in JSON_POST_ROUTES)
+POST_MEDIA_TYPES: dict[str, str] = dict.fromkeys(JSON_POST_ROUTES, JSON_MEDIA_TYPE) | dict.fromkeys(
+    NPY_POST_ROUTES, NPY_MEDIA_TYPE
+)
+GET_ROUTES = ("/health", "/info", "/status")
+# With ECGFM_API_KEY set, "Authorization: Bearer <key>" is required on every path but these probes.
+PUBLIC_PATHS = ("/health", "/livez", "/healthz", "/readyz")  # /healthz is BentoML's alias of /livez
+RETRY_AFTER_S = 2  # the Retry-After of every 429 and 503
+
+
+# ---- errors ---------------------------------------------------------------------------------------------------
+
+
+class BadRequestError(ValueError):
+    """A ``.npy`` request whose body or query parameters cannot be read."""
+
+
+class MissingAPIKeyError(Exception):
+    """No or a wrong ``Authorization: Bearer <key>`` while ``ECGFM_API_KEY`` is set."""
+
+
+class UnsupportedMediaTypeError(Exception):
+    """A POST body without the route's ``Content-Type``."""
+
+
+class BodyTooLargeError(Exception):
+    """A POST body over ``ECGFM_MAX_BODY_BYTES``."""
+
+
+class TooManyRequestsError(Exception):
+    """More than ``ECGFM_MAX_CONCURRENCY`` POSTs in flight."""
+
+
+class ModelsUnavailableError(Exception):
+    """A model service did not answer a probe (``/info``, ``/status``); the message names it."""
+
+
+@dataclass(frozen=True)
+class ErrorStatus:
+    """How one kind of error is answered: its status, what it means and which operations ``/docs.json`` lists it
+    on (``"post"``: the six POST routes; ``"get"``: every other protected operation), and the message sent instead
+    of the exception's own text when that is not for callers."""
+
+    status: int
+    description: str
+    documented_on: tuple[str, ...] = ("post",)
+    message: str | None = None
+
+
+# exception -> status -> description, the one place a status code is decided (BentoML's own 400 aside).
+ERRORS: dict[type[Exception], ErrorStatus] = {
+    BadRequestError: ErrorStatus(400, "The body is not an .npy array, or a query parameter is wrong"),
+    MissingAPIKeyError: ErrorStatus(401, "Missing or wrong API key (only when ECGFM_API_KEY is set)", ("post", "get")),
+    BodyTooLargeError: ErrorStatus(413, "Body larger than ECGFM_MAX_BODY_BYTES"),
+    UnsupportedMediaTypeError: ErrorStatus(
+        415, "Content-Type is not application/json (application/octet-stream for the /npy variants)"
+    ),
+    ECGInputError: ErrorStatus(422, "Well-formed, but not a usable ECG"),
+    TooManyRequestsError: ErrorStatus(429, "Too many requests in flight (ECGFM_MAX_CONCURRENCY); see Retry-After"),
+    ModelsUnavailableError: ErrorStatus(  # declared on the routes of /info and /status
+        503, "A model service is not loaded (still loading or failed); see /health", documented_on=()
+    ),
+    ServiceUnavailable: ErrorStatus(
+        503,
+        "A model service is not loaded or is overloaded; see Retry-After",
+        message="the model service is overloaded or not available; retry after the Retry-After seconds (see /health)",
+    ),
+}
+ANSWERED_ERRORS = tuple(ERRORS)  # what a handler catches and answers from ERRORS
+RETRY_AFTER_STATUSES = (429, 503)
+
+
+def error_status(exc: Exception) -> ErrorStatus:
+    """The row of :data:`ERRORS` for ``exc`` (its class or the nearest base class listed)."""
+    return next(row for kind, row in ERRORS.items() if isinstance(exc, kind))
+
+
+def error_body(exc: Exception) -> dict[str, str]:
+    return {"error": error_status(exc).message or str(exc)}
+
+
+def error_headers(status: int) -> dict[str, str]:
+    """Retry-After on 429 and 503; ``WWW-Authenticate`` on 401."""
+    if status in RETRY_AFTER_STATUSES:
+        return {"Retry-After": str(RETRY_AFTER_S)}
+    return {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """The HTTP answer to an error of :data:`ERRORS`."""
+    status = error_status(exc).status
+    return JSONResponse(error_body(exc), status_code=status, headers=error_headers(status))
+
+
+# ---- requests -------------------------------------------------------------------------------------------------
 
 _JSON_NAMES = {bool: "a boolean", str: "a string", type(None): "null", list: "a list", dict: "an object"}
 
@@ -134,88 +185,26 @@ class ECGRequest(BaseModel):
     )
 
 
+# ---- responses ------------------------------------------------------------------------------------------------
+
+
 class ErrorResponse(BaseModel):
-    """A 401, 413, 415, 422, 429 or 503 body: one message an integrator can act on."""
+    """A 400 (``.npy``), 401, 413, 415, 422, 429 or 503 body: one message an integrator can act on."""
 
     error: str = Field(description="What is wrong with the request and how to fix it.")
 
 
 class ValidationErrorResponse(BaseModel):
-    """A 400 body (written by BentoML from pydantic's errors; the posted values are never included)."""
+    """A 400 body for JSON (written by BentoML from pydantic's errors; the posted values are never included)."""
 
     error: str = Field(description="'<n> validation error(s) for ...'")
     detail: list[dict[str, Any]] = Field(description="One item per problem: loc (where), msg (what), type.")
 
 
-# Statuses every POST may answer besides 200 and 400 (see the module docstring), and what each means.
-POST_ERROR_STATUSES: dict[int, str] = {
-    401: "Missing or wrong API key (only when ECGFM_API_KEY is set)",
-    413: "Body larger than ECGFM_MAX_BODY_BYTES",
-    415: "Content-Type is not application/json (application/octet-stream for the /npy variants)",
-    INVALID_INPUT_STATUS: "Well-formed, but not a usable ECG",
-    429: "Too many requests in flight (ECGFM_MAX_CONCURRENCY); see Retry-After",
-    503: "A model service is not loaded or is overloaded; see Retry-After",
-}
-GET_ERROR_STATUSES: dict[int, str] = {401: "Missing or wrong API key (only when ECGFM_API_KEY is set)"}
-
-
-class CheckpointInfo(BaseModel):
-    """Which weights produced a response."""
-
-    kind: Literal["pretrained", "finetuned"]
-    model_type: str
-    demo: bool = Field(description="True when the weights are random demo weights: outputs are meaningless.")
-    path: str
-    origin: Literal["local", "huggingface", "demo"]
-    repo_id: str | None = None
-    revision: str | None = None
-    filename: str | None = None
-    sha256: str
-    parameters: int
-    embed_dim: int
-    layers: int
-    num_labels: int | None = None
-
-
-class _RecordFields(BaseModel):
-    demo: bool = Field(description="True when the model has random demo weights.")
-    n_segments: int = Field(description="Number of 5 s segments the record was cut into.")
-    duration_s: float = Field(description="Duration of the posted record.")
-    used_duration_s: float = Field(description="Seconds covered by the segments (a tail shorter than 5 s is dropped).")
-    padded: bool = Field(description="True when the record was shorter than 5 s and was padded (with a mask).")
-    constant_leads: list[str] = Field(description="Leads that were constant (e.g. disconnected) and set to 0.")
-    checkpoint: CheckpointInfo
-
-
-class ClinicalResponse(_RecordFields):
-    """``POST /clinical``: sigmoid outputs of the finetuned model, aggregated over segments."""
-
-    model: Literal["finetuned"]
-    probabilities: dict[str, float] = Field(
-        description=f"One probability per label, in label order ({len(LABELS)} labels; see /info for "
-        "how each label aggregates over segments: max or mean). Raw outputs, no thresholds.",
-    )
-    segments: list[list[float]] | None = Field(
-        default=None, description="Only with per_segment: [n_segments][17] probabilities in label order."
-    )
-
-
-class FeaturesResponse(_RecordFields):
-    """``POST /features``: the pretrained encoder's embedding (mean over frames, then over segments)."""
-
-    model: Literal["pretrained"]
-    features: list[float] = Field(description="The record's embedding, dim floats.")
-    dim: int
-    segments: list[list[float]] | None = Field(
-        default=None, description="Only with per_segment: [n_segments][dim] embeddings."
-    )
-
-
-class BothResponse(BaseModel):
-    """``POST /both``: both bodies; the two models run at the same time."""
-
-    clinical: ClinicalResponse
-    features: FeaturesResponse
+# The 200 bodies of the POSTs are the typed results of ecgfm.outputs.
+ClinicalResponse = ClinicalOutput
+FeaturesResponse = FeaturesOutput
+BothResponse = BothOutput
 
 
 class ModelState(BaseModel):
@@ -224,50 +213,6 @@ class ModelState(BaseModel):
     device: str | None = None
     precision: str | None = Field(default=None, description="fp32 (the reference), bf16 or fp16 (ECGFM_PRECISION).")
     error: str | None = None
-
-
-class HealthResponse(BaseModel):
-    """``GET /health``: 200 when both models are loaded, else 503 with the same body."""
-
-    status: Literal["ok", "unavailable"]
-    models: dict[str, ModelState]
-
-
-class InputContract(BaseModel):
-    lead_order: list[str]
-    sample_rate_hz: int = Field(description="Model sample rate; other rates are resampled linearly.")
-    segment_samples: int
-    segment_seconds: float
-    min_fs: float
-    max_fs: float
-    min_duration_s: float
-    max_duration_s: float
-    padding: str
-
-
-class BatchingSettings(BaseModel):
-    max_batch_size: int = Field(description="Most segments in one model call (across requests).")
-    max_latency_ms: int = Field(description="Longest a queued request may wait before it is refused (503).")
-
-
-class InfoResponse(BaseModel):
-    """``GET /info``: what is being served."""
-
-    service: str
-    demo: bool = Field(description="True when any model has random demo weights.")
-    models: dict[str, CheckpointInfo]
-    labels: list[str]
-    aggregation: dict[str, Literal["max", "mean"]]
-    feature_dim: int
-    input: InputContract
-    batching: BatchingSettings
-    versions: dict[str, str]
-
-
-class EndpointStats(BaseModel):
-    requests: int
-    errors: int = Field(description="Responses with a status >= 400.")
-    latency_ms: dict[str, float | None] = Field(description="p50, p90, p99 and max over the last requests.")
 
 
 class ModelServiceStats(BaseModel):
@@ -284,6 +229,111 @@ class ModelServiceStats(BaseModel):
     cuda_memory_mb: float | None = None
 
 
+class ModelDescription(BaseModel):
+    """What a model service says about itself (``describe``): the source of /health, /info and /status."""
+
+    checkpoint: LoadedCheckpoint
+    device: str
+    precision: str
+    stats: ModelServiceStats
+
+
+# What a model service answered, or the exception when it did not answer in time.
+Described = dict[str, ModelDescription | BaseException]
+
+
+class HealthResponse(BaseModel):
+    """``GET /health``: 200 when both models are loaded, else 503 with the same body."""
+
+    status: Literal["ok", "unavailable"]
+    models: dict[str, ModelState]
+
+    @classmethod
+    def of(cls, described: Described) -> HealthResponse:
+        models = {
+            kind: ModelState(loaded=True, demo=answer.checkpoint.demo, device=answer.device, precision=answer.precision)
+            if isinstance(answer, ModelDescription)
+            else ModelState(
+                loaded=False,
+                error=f"not available (still loading, or failed: see the server log): {type(answer).__name__}",
+            )
+            for kind, answer in described.items()
+        }
+        return cls(status="ok" if all(m.loaded for m in models.values()) else "unavailable", models=models)
+
+
+class InputContract(BaseModel):
+    lead_order: list[str]
+    sample_rate_hz: int = Field(description="Model sample rate; other rates are resampled linearly.")
+    segment_samples: int
+    segment_seconds: float
+    min_fs: float
+    max_fs: float
+    min_duration_s: float
+    max_duration_s: float
+    padding: str
+
+    @classmethod
+    def of(cls, max_duration_s: float) -> InputContract:
+        return cls(
+            lead_order=list(LEAD_ORDER),
+            sample_rate_hz=TARGET_FS,
+            segment_samples=SEGMENT_SAMPLES,
+            segment_seconds=SEGMENT_SAMPLES / TARGET_FS,
+            min_fs=MIN_FS,
+            max_fs=MAX_FS,
+            min_duration_s=MIN_DURATION_S,
+            max_duration_s=max_duration_s,
+            padding="records shorter than one segment are zero-padded to 5 s and the padding is masked",
+        )
+
+
+class BatchingSettings(BaseModel):
+    max_batch_size: int = Field(description="Most segments in one model call (across requests).")
+    max_latency_ms: int = Field(description="Longest a queued request may wait before it is refused (503).")
+
+
+class InfoResponse(BaseModel):
+    """``GET /info``: what is being served, and the effective settings (the API key only as set / not set)."""
+
+    service: str
+    demo: bool = Field(description="True when any model has random demo weights.")
+    models: dict[str, LoadedCheckpoint]
+    labels: list[str]
+    aggregation: dict[str, Literal["max", "mean"]]
+    feature_dim: int
+    input: InputContract
+    batching: BatchingSettings
+    settings: dict[str, dict[str, Any]] = Field(description="weights, runtime and serving settings (ecgfm.settings).")
+    versions: dict[str, str]
+
+    @classmethod
+    def of(
+        cls, pretrained: ModelDescription, finetuned: ModelDescription, settings: dict[str, dict[str, Any]], **rest: Any
+    ) -> InfoResponse:
+        return cls(
+            service="ECGFMService",
+            demo=pretrained.checkpoint.demo or finetuned.checkpoint.demo,
+            models={"pretrained": pretrained.checkpoint, "finetuned": finetuned.checkpoint},
+            labels=list(LABELS),
+            aggregation=dict(AGGREGATION),
+            feature_dim=pretrained.checkpoint.embed_dim,
+            input=InputContract.of(settings["serving"]["max_duration_s"]),
+            batching=BatchingSettings(
+                max_batch_size=settings["serving"]["max_batch_size"],
+                max_latency_ms=settings["serving"]["max_latency_ms"],
+            ),
+            settings=settings,
+            **rest,
+        )
+
+
+class EndpointStats(BaseModel):
+    requests: int
+    errors: int = Field(description="Responses with a status >= 400.")
+    latency_ms: dict[str, float | None] = Field(description="p50, p90, p99 and max over the last requests.")
+
+
 class StatusResponse(BaseModel):
     """``GET /status``: counters only, never signal values or request bodies."""
 
@@ -294,119 +344,23 @@ class StatusResponse(BaseModel):
     batching: BatchingSettings
     rss_mb: float = Field(description="Resident memory of the API process.")
 
-
-def prepare(
-    signal: list[list[float]] | np.ndarray, fs: float, lead_names: list[str] | None = None
-) -> tuple[PreprocessedECG, np.ndarray]:
-    """Validate and preprocess a request's ECG once; returns the record and the model-service input.
-
-    Raises:
-        ECGInputError: the message goes back to the caller with status 422.
-    """
-    prep = preprocess(signal, fs, lead_names, max_duration_s=MAX_DURATION_S)
-    return prep, encode_segments(prep)
-
-
-class BadRequestError(ValueError):
-    """A binary request whose body or query parameters cannot be read (status 400); the message says why."""
+    @classmethod
+    def of(
+        cls, pretrained: ModelDescription, finetuned: ModelDescription, started_at: float, **rest: Any
+    ) -> StatusResponse:
+        return cls(
+            uptime_s=round(time.time() - started_at, 3),
+            demo=pretrained.checkpoint.demo or finetuned.checkpoint.demo,
+            models={"pretrained": pretrained.stats, "finetuned": finetuned.stats},
+            **rest,
+        )
 
 
-def read_binary_request(
-    body: bytes, fs: str | None, lead_names: str | None, per_segment: str | None
-) -> tuple[np.ndarray, float, list[str] | None, bool]:
-    """Decode a ``POST /<endpoint>/npy`` request: the body is ``np.save`` of a ``[leads, samples]`` numeric array.
-
-    Query parameters: ``fs`` (required, Hz), ``lead_names`` (comma-separated, optional), ``per_segment``
-    (``true``/``false``, optional). Returns what :func:`prepare` takes, plus ``per_segment``.
-
-    Raises:
-        BadRequestError: not an ``.npy`` array, a pickled object array, or unreadable query parameters.
-    """
-    if fs is None:
-        raise BadRequestError("the query parameter fs (sampling rate in Hz) is required, e.g. ?fs=500")
-    try:
-        fs_hz = float(fs)
-    except ValueError:
-        raise BadRequestError("the query parameter fs must be a number (Hz)") from None
-    flags = {"true": True, "1": True, "false": False, "0": False, None: False}
-    if per_segment is not None and per_segment.lower() not in flags:
-        raise BadRequestError("the query parameter per_segment must be true or false")
-    names = [name.strip() for name in lead_names.split(",")] if lead_names else None
-    try:
-        signal = np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise BadRequestError(
-            f"the body is not a NumPy .npy array written by numpy.save ({type(exc).__name__})"
-        ) from None
-    if not isinstance(signal, np.ndarray) or signal.dtype.kind not in "iuf":
-        raise BadRequestError("the .npy array must hold numbers (integer or float)")
-    return signal, fs_hz, names, flags[per_segment.lower() if per_segment else None]
-
-
-def encode_segments(prep: PreprocessedECG) -> np.ndarray:
-    """``[N, 12, 2500]`` float32 with padded samples set to :data:`PAD_VALUE` (NaN)."""
-    segments = prep.segments
-    if prep.padding_mask is not None and prep.padding_mask.any():
-        segments = segments.copy()
-        segments[np.broadcast_to(prep.padding_mask[:, None, :], segments.shape)] = PAD_VALUE
-    return segments
-
-
-def decode_segments(segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The inverse of :func:`encode_segments` for a batch: finite segments and the padding mask ``[N, 2500]``."""
-    segments = np.asarray(segments, dtype=np.float32)
-    mask = np.isnan(segments[:, 0, :])
-    if mask.any():
-        segments = np.where(np.isnan(segments), np.float32(0.0), segments)
-    return segments, mask
-
-
-def input_contract() -> dict[str, Any]:
-    """The ``input`` section of ``/info``."""
-    return {
-        "lead_order": list(LEAD_ORDER),
-        "sample_rate_hz": TARGET_FS,
-        "segment_samples": SEGMENT_SAMPLES,
-        "segment_seconds": SEGMENT_SAMPLES / TARGET_FS,
-        "min_fs": MIN_FS,
-        "max_fs": MAX_FS,
-        "min_duration_s": MIN_DURATION_S,
-        "max_duration_s": MAX_DURATION_S,
-        "padding": "records shorter than one segment are zero-padded to 5 s and the padding is masked",
-    }
-
-
-def document_error_responses(spec: dict[str, Any], post_paths: tuple[str, ...], public_paths: tuple[str, ...]) -> dict:
-    """Add the error responses of the contract to BentoML's OpenAPI document (``@bentoml.api`` cannot declare them).
-
-    POSTs get :data:`POST_ERROR_STATUSES` with :class:`ErrorResponse` and their 400 becomes
-    :class:`ValidationErrorResponse` (BentoML documents ``detail`` as a string, but sends a list); every other
-    operation outside ``public_paths`` gets :data:`GET_ERROR_STATUSES`. ``spec`` is changed in place and returned.
-    """
-    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ErrorResponse, ValidationErrorResponse):
-        schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
-
-    def response(description: str, model: type[BaseModel]) -> dict[str, Any]:
-        schema = {"$ref": f"#/components/schemas/{model.__name__}"}
-        return {"description": description, "content": {JSON_MEDIA_TYPE: {"schema": schema}}}
-
-    for path, operations in spec.get("paths", {}).items():
-        for method, operation in operations.items():
-            responses = operation.setdefault("responses", {})
-            if method == "post" and path in post_paths:
-                responses["400"] = response("Not JSON, or does not match the request schema", ValidationErrorResponse)
-                extra = POST_ERROR_STATUSES
-            elif method == "post" and path in BINARY_ENDPOINTS:
-                responses["400"] = response(
-                    "The body is not an .npy array, or a query parameter is wrong", ErrorResponse
-                )
-                responses["422"] = response(POST_ERROR_STATUSES[422], ErrorResponse)  # not FastAPI's own 422
-                extra = POST_ERROR_STATUSES
-            elif path not in public_paths:
-                extra = GET_ERROR_STATUSES
-            else:
-                continue
-            for status, description in extra.items():
-                responses.setdefault(str(status), response(description, ErrorResponse))
-    return spec
+def models_unavailable(described: Described) -> ModelsUnavailableError | None:
+    """The error naming the model services that did not answer, or None when both did."""
+    missing = [kind for kind, answer in described.items() if not isinstance(answer, ModelDescription)]
+    if not missing:
+        return None
+    return ModelsUnavailableError(
+        f"the {' and '.join(missing)} model service is not available (still loading or failed); see /health"
+    )

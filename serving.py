@@ -1,8 +1,18 @@
-"""HTTP plumbing of the API service: the guard in front of every route, request and batch statistics, log hygiene.
+"""HTTP plumbing of the API service: one ASGI middleware per job, request and batch statistics, log hygiene.
 
-Nothing here knows about ECGs: :mod:`service` wires these into ``ECGFMService`` and the model services, and
-:mod:`contract` holds the limits and status codes they enforce. No request body or signal value is ever logged
-or kept: the statistics hold counts, sizes and latencies only.
+Nothing here knows about ECGs. ``service.py`` registers the middlewares explicitly, outermost first:
+
+1. :class:`RequestStatsMiddleware`: counts every response of the routes (``/status``);
+2. :class:`ApiKeyMiddleware`: 401 without ``Authorization: Bearer <key>`` (when a key is set);
+3. :class:`RetryAfterMiddleware`: ``Retry-After`` on every 429 and 503 (BentoML's own 503s included);
+4. :class:`OpenAPIErrorsMiddleware`: adds ``contract.ERRORS`` to the OpenAPI document (``/docs.json``);
+5. :class:`MediaTypeMiddleware`: 415 for a POST body without its route's ``Content-Type``;
+6. :class:`ConcurrencyLimitMiddleware`: 429 when too many POSTs are in flight (bodies being read included);
+7. :class:`BodySizeLimitMiddleware`: 413 for a POST body over the limit, before BentoML parses it.
+
+Every refusal is an error of ``contract.ERRORS``, answered by :func:`send_error`. :func:`install_log_filter` is
+called once at start-up. No request body or signal value is ever logged or kept: the statistics hold counts,
+sizes and latencies only.
 """
 
 from __future__ import annotations
@@ -11,9 +21,9 @@ import collections
 import hmac
 import json
 import logging
-import os
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 import numpy as np
@@ -21,26 +31,54 @@ import psutil
 from pydantic import ValidationError
 
 from contract import (
-    API_KEY_ENV_VAR,
-    BINARY_ENDPOINTS,
-    ENDPOINTS,
+    ERRORS,
     JSON_MEDIA_TYPE,
-    MAX_BODY_BYTES,
-    MAX_CONCURRENCY,
-    NPY_MEDIA_TYPE,
-    POST_ENDPOINTS,
-    PUBLIC_PATHS,
     RETRY_AFTER_S,
-    ECGRequest,
-    document_error_responses,
+    RETRY_AFTER_STATUSES,
+    BodyTooLargeError,
+    ErrorResponse,
+    MissingAPIKeyError,
+    TooManyRequestsError,
+    UnsupportedMediaTypeError,
+    ValidationErrorResponse,
+    error_body,
+    error_headers,
+    error_status,
 )
 
-LATENCY_WINDOW = 1000  # latency percentiles are over the last this many requests per endpoint
-TRACKED_PATHS = ENDPOINTS + BINARY_ENDPOINTS  # what /status counts
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+LATENCY_WINDOW = 1000  # latency percentiles are over the last this many requests per route
 
 
 def rss_mb() -> float:
     return round(psutil.Process().memory_info().rss / 2**20, 1)
+
+
+async def send_error(send: Send, exc: Exception) -> None:
+    """Answer a request from a middleware with the JSON error of ``contract.ERRORS`` (the app is not called)."""
+    status = error_status(exc).status
+    payload = json.dumps(error_body(exc)).encode()
+    headers = [(b"content-type", JSON_MEDIA_TYPE.encode()), (b"content-length", str(len(payload)).encode())]
+    headers += [(key.lower().encode(), value.encode()) for key, value in error_headers(status).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def header(scope: Scope, name: bytes) -> bytes:
+    """A request header's value (``b""`` when absent); ``name`` in lower case."""
+    return next((value for key, value in scope.get("headers", []) if key.lower() == name), b"")
+
+
+def is_post_to(scope: Scope, paths: Iterable[str]) -> bool:
+    return scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path") in paths
+
+
+# ---- statistics -----------------------------------------------------------------------------------------------
 
 
 class BatchStats:
@@ -70,12 +108,13 @@ class BatchStats:
 
 
 class RequestStats:
-    """Per-endpoint request and error counts and recent latencies of the API process."""
+    """Per-route request and error counts and recent latencies of the API process."""
 
-    def __init__(self) -> None:
+    def __init__(self, paths: Iterable[str]) -> None:
+        self.paths = tuple(paths)
         self.requests: collections.Counter[str] = collections.Counter()
         self.errors: collections.Counter[str] = collections.Counter()
-        self.latencies = {path: collections.deque(maxlen=LATENCY_WINDOW) for path in TRACKED_PATHS}
+        self.latencies = {path: collections.deque(maxlen=LATENCY_WINDOW) for path in self.paths}
 
     def observe(self, path: str, status: int, seconds: float) -> None:
         self.requests[path] += 1
@@ -84,7 +123,7 @@ class RequestStats:
 
     def to_dict(self) -> dict[str, Any]:
         result = {}
-        for path in TRACKED_PATHS:
+        for path in self.paths:
             values = np.asarray(self.latencies[path], dtype=np.float64)
             quantiles = {
                 name: round(float(np.percentile(values, q)), 3) if values.size else None
@@ -94,165 +133,241 @@ class RequestStats:
         return result
 
 
-REQUEST_STATS = RequestStats()
-
-
 class RequestStatsMiddleware:
-    """ASGI middleware counting every response of the six endpoints (validation errors included)."""
+    """Counts every response of the tracked routes into ``stats`` (refusals and validation errors included)."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, stats: RequestStats) -> None:
+        self.app, self.stats = app, stats
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path not in TRACKED_PATHS:
+        if scope["type"] != "http" or path not in self.stats.paths:
             await self.app(scope, receive, send)
             return
         started, status = time.perf_counter(), 500
 
-        async def send_wrapper(message: dict) -> None:
+        async def send_counted(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, send_counted)
         finally:
-            REQUEST_STATS.observe(path, status, time.perf_counter() - started)
+            self.stats.observe(path, status, time.perf_counter() - started)
 
 
-async def send_json(send: Any, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-    """Answer a request from a middleware with a JSON body (the app is not called)."""
-    payload = json.dumps(body).encode()
-    raw_headers = [(b"content-type", JSON_MEDIA_TYPE.encode()), (b"content-length", str(len(payload)).encode())]
-    raw_headers += [(key.lower().encode(), value.encode()) for key, value in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": payload})
+# ---- guards ---------------------------------------------------------------------------------------------------
 
 
-async def read_body(receive: Any, limit: int) -> bytes | None:
-    """The whole request body, or None as soon as it passes ``limit`` bytes (the rest is never read)."""
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+class ApiKeyMiddleware:
+    """With ``api_key`` set, 401 (``WWW-Authenticate: Bearer``) unless the request carries
+    ``Authorization: Bearer <key>`` (compared in constant time); ``public_paths`` are exempt."""
 
-
-class GuardMiddleware:
-    """ASGI middleware in front of every route of the API service, in this order:
-
-    1. API key: with ``ECGFM_API_KEY`` set, 401 (``WWW-Authenticate: Bearer``) unless the request carries
-       ``Authorization: Bearer <key>`` (compared in constant time); :data:`PUBLIC_PATHS` are exempt.
-    2. POSTs to the model endpoints: 415 unless ``Content-Type: application/json`` (``application/octet-stream``
-       for the ``/npy`` variants); 413 when
-       ``Content-Length`` exceeds :data:`~contract.MAX_BODY_BYTES`; 429 when :data:`~contract.MAX_CONCURRENCY`
-       POSTs are already in flight; then the body is read here, counting bytes (chunked bodies have no
-       Content-Length), and refused with 413 as soon as it passes the limit, before BentoML parses it.
-    3. Every 429 and 503 gets ``Retry-After`` (BentoML's own 503s, e.g. a full batching queue, have none).
-    4. ``GET /docs.json``: the error responses of the contract are added (:func:`contract.document_error_responses`).
-    """
-
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp, api_key: str, public_paths: Iterable[str]) -> None:
         self.app = app
-        key = os.environ.get(API_KEY_ENV_VAR, "")
-        self.expected_authorization = f"Bearer {key}".encode() if key else None
-        self.in_flight = 0
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.public_paths = frozenset(public_paths)
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        protected = self.expected is not None and scope["type"] == "http" and scope.get("path") not in self.public_paths
+        if protected and not hmac.compare_digest(header(scope, b"authorization"), self.expected):
+            error = "missing or wrong API key: send the header 'Authorization: Bearer <key>'"
+            await send_error(send, MissingAPIKeyError(error))
+            return
+        await self.app(scope, receive, send)
+
+
+class RetryAfterMiddleware:
+    """Every 429 and 503 leaves with ``Retry-After`` (BentoML's own 503s, e.g. a full batching queue, have none)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path, method = scope.get("path", ""), scope.get("method", "")
-        headers = {key.decode("latin-1").lower(): value for key, value in scope.get("headers", [])}
-        if self.expected_authorization is not None and path not in PUBLIC_PATHS:
-            given = headers.get("authorization", b"")
-            if not hmac.compare_digest(given, self.expected_authorization):
-                error = "missing or wrong API key: send the header 'Authorization: Bearer <key>'"
-                await send_json(send, 401, {"error": error}, {"WWW-Authenticate": "Bearer"})
-                return
 
-        async def send_with_retry_after(message: dict) -> None:
-            if message["type"] == "http.response.start" and message["status"] in (429, 503):
+        async def send_with_retry_after(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] in RETRY_AFTER_STATUSES:
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"retry-after"]
                 message = {**message, "headers": [*headers, (b"retry-after", str(RETRY_AFTER_S).encode())]}
             await send(message)
 
-        if method == "GET" and path == "/docs.json":
-            await self.app(scope, receive, documenting_errors(send))
-        elif method == "POST" and path in POST_ENDPOINTS:
-            await self.guard_post(scope, receive, send_with_retry_after, headers, JSON_MEDIA_TYPE)
-        elif method == "POST" and path in BINARY_ENDPOINTS:
-            await self.guard_post(scope, receive, send_with_retry_after, headers, NPY_MEDIA_TYPE)
-        else:
-            await self.app(scope, receive, send_with_retry_after)
+        await self.app(scope, receive, send_with_retry_after)
 
-    async def guard_post(
-        self, scope: dict, receive: Any, send: Any, headers: dict[str, bytes], expected_media_type: str
-    ) -> None:
-        media_type = headers.get("content-type", b"").decode("latin-1").split(";")[0].strip().lower()
-        if media_type != expected_media_type:
-            kind = "JSON" if expected_media_type == JSON_MEDIA_TYPE else "a NumPy .npy file"
-            error = f"the body must be {kind}, sent with 'Content-Type: {expected_media_type}'"
-            await send_json(send, 415, {"error": error})
+
+class MediaTypeMiddleware:
+    """415 for a POST to one of ``media_types``' routes without that route's ``Content-Type``."""
+
+    def __init__(self, app: ASGIApp, media_types: dict[str, str]) -> None:
+        self.app, self.media_types = app, media_types
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if is_post_to(scope, self.media_types):
+            expected = self.media_types[scope["path"]]
+            given = header(scope, b"content-type").decode("latin-1").split(";")[0].strip().lower()
+            if given != expected:
+                kind = "JSON" if expected == JSON_MEDIA_TYPE else "a NumPy .npy file"
+                error = f"the body must be {kind}, sent with 'Content-Type: {expected}'"
+                await send_error(send, UnsupportedMediaTypeError(error))
+                return
+        await self.app(scope, receive, send)
+
+
+class ConcurrencyLimitMiddleware:
+    """429 when ``max_concurrency`` POSTs to ``paths`` are already in flight (reading their body counts)."""
+
+    def __init__(self, app: ASGIApp, paths: Iterable[str], max_concurrency: int) -> None:
+        self.app, self.paths, self.max_concurrency = app, frozenset(paths), max_concurrency
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not is_post_to(scope, self.paths):
+            await self.app(scope, receive, send)
             return
-        too_large = {"error": f"the body is larger than {MAX_BODY_BYTES} bytes (ECGFM_MAX_BODY_BYTES)"}
-        length = headers.get("content-length", b"")
-        if length.isdigit() and int(length) > MAX_BODY_BYTES:
-            await send_json(send, 413, too_large)
-            return
-        if self.in_flight >= MAX_CONCURRENCY:
-            error = f"more than {MAX_CONCURRENCY} requests in flight (ECGFM_MAX_CONCURRENCY); retry later"
-            await send_json(send, 429, {"error": error})
+        if self.in_flight >= self.max_concurrency:
+            error = f"more than {self.max_concurrency} requests in flight (ECGFM_MAX_CONCURRENCY); retry later"
+            await send_error(send, TooManyRequestsError(error))
             return
         self.in_flight += 1
         try:
-            body = await read_body(receive, MAX_BODY_BYTES)
-            if body is None:
-                await send_json(send, 413, too_large)  # a disconnected client never reads it
-                return
-            replayed = False
-
-            async def replay() -> dict:
-                nonlocal replayed
-                if replayed:
-                    return await receive()
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            await self.app(scope, replay, send)
+            await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
 
 
-def documenting_errors(send: Any) -> Any:
-    """A ``send`` that adds the contract's error responses to the OpenAPI document passing through it."""
-    start: dict = {}
-    chunks: list[bytes] = []
+class BodySizeLimitMiddleware:
+    """413 for a POST to ``paths`` whose body passes ``max_body_bytes``: by its ``Content-Length`` at once, else
+    while it is read here (chunked bodies have none); the rest of an oversized body is never read. The app gets
+    the body replayed whole."""
 
-    async def send_documented(message: dict) -> None:
-        if message["type"] == "http.response.start":
-            start.update(message)
-            return
-        chunks.append(message.get("body", b""))
-        if message.get("more_body", False):
-            return
-        body = b"".join(chunks)
-        if start["status"] == 200:
-            body = json.dumps(document_error_responses(json.loads(body), POST_ENDPOINTS, PUBLIC_PATHS)).encode()
-        headers = [(key, value) for key, value in start.get("headers", []) if key.lower() != b"content-length"]
-        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+    def __init__(self, app: ASGIApp, paths: Iterable[str], max_body_bytes: int) -> None:
+        self.app, self.paths, self.max_body_bytes = app, frozenset(paths), max_body_bytes
 
-    return send_documented
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not is_post_to(scope, self.paths):
+            await self.app(scope, receive, send)
+            return
+        too_large = BodyTooLargeError(f"the body is larger than {self.max_body_bytes} bytes (ECGFM_MAX_BODY_BYTES)")
+        length = header(scope, b"content-length")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            await send_error(send, too_large)
+            return
+        body = await self.read_body(receive)
+        if body is None:
+            await send_error(send, too_large)  # a disconnected client never reads it
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def read_body(self, receive: Receive) -> bytes | None:
+        """The whole body, or None as soon as it passes the limit or the client disconnects."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+# ---- OpenAPI --------------------------------------------------------------------------------------------------
+
+
+def document_error_responses(
+    spec: dict[str, Any], media_types: dict[str, str], public_paths: Iterable[str]
+) -> dict[str, Any]:
+    """Add ``contract.ERRORS`` to BentoML's OpenAPI document (``@bentoml.api`` cannot declare them).
+
+    The POSTs of ``media_types`` get every error documented on ``"post"``; their 400 is
+    :class:`~contract.ValidationErrorResponse` for JSON (BentoML documents ``detail`` as a string, but sends a
+    list) and their 422 is the contract's (not FastAPI's own). Every other operation outside ``public_paths``
+    gets the errors documented on ``"get"``. ``spec`` is changed in place and returned.
+    """
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ErrorResponse, ValidationErrorResponse):
+        schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+
+    def response(description: str, model: type) -> dict[str, Any]:
+        schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+        return {"description": description, "content": {JSON_MEDIA_TYPE: {"schema": schema}}}
+
+    public = frozenset(public_paths)
+    for path, operations in spec.get("paths", {}).items():
+        for method, operation in operations.items():
+            if method == "post" and path in media_types:
+                on = "post"
+            elif path not in public:
+                on = "get"
+            else:
+                continue
+            responses = operation.setdefault("responses", {})
+            for row in ERRORS.values():
+                if on not in row.documented_on:
+                    continue
+                if on == "post" and row.status in (400, 422):  # replace FastAPI's and BentoML's own
+                    json_400 = row.status == 400 and media_types[path] == JSON_MEDIA_TYPE
+                    responses[str(row.status)] = (
+                        response("Not JSON, or does not match the request schema", ValidationErrorResponse)
+                        if json_400
+                        else response(row.description, ErrorResponse)
+                    )
+                else:
+                    responses.setdefault(str(row.status), response(row.description, ErrorResponse))
+    return spec
+
+
+class OpenAPIErrorsMiddleware:
+    """``GET /docs.json`` leaves with the contract's error responses added (:func:`document_error_responses`)."""
+
+    def __init__(self, app: ASGIApp, media_types: dict[str, str], public_paths: Iterable[str]) -> None:
+        self.app, self.media_types, self.public_paths = app, media_types, tuple(public_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "GET" or scope.get("path") != "/docs.json":
+            await self.app(scope, receive, send)
+            return
+        start: Message = {}
+        chunks: list[bytes] = []
+
+        async def send_documented(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = b"".join(chunks)
+            if start["status"] == 200:
+                spec = document_error_responses(json.loads(body), self.media_types, self.public_paths)
+                body = json.dumps(spec).encode()
+            headers = [(key, value) for key, value in start.get("headers", []) if key.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, send_documented)
+
+
+# ---- logs -----------------------------------------------------------------------------------------------------
+
+# The logger of BentoML's ``log_exception`` (bentoml._internal.server.http_app), which every 400 goes through.
+BENTOML_HTTP_LOGGER = "bentoml._internal.server.http_app"
 
 
 class ValidationTracebackFilter(logging.Filter):
@@ -263,20 +378,23 @@ class ValidationTracebackFilter(logging.Filter):
     known field names only.
     """
 
+    def __init__(self, known_fields: Iterable[str]) -> None:
+        super().__init__()
+        self.known_fields = frozenset(known_fields)
+
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, ValidationError):
-            where = sorted(
-                {
-                    str(e["loc"][0]) if e["loc"] and e["loc"][0] in ECGRequest.model_fields else "-"
-                    for e in exc.errors(include_input=False)
-                }
-            )
-            kinds = sorted({e["type"] for e in exc.errors(include_input=False)})
+            errors = exc.errors(include_input=False)
+            where = sorted({str(e["loc"][0]) if e["loc"] and e["loc"][0] in self.known_fields else "-" for e in errors})
+            kinds = sorted({e["type"] for e in errors})
             record.msg = f"{record.msg}: 400, {exc.error_count()} validation error(s) {kinds} in fields {where}"
             record.exc_info, record.exc_text = None, None
         return True
 
 
-# The logger of BentoML's ``log_exception`` (bentoml._internal.server.http_app), which every 400 goes through.
-logging.getLogger("bentoml._internal.server.http_app").addFilter(ValidationTracebackFilter())
+def install_log_filter(known_fields: Iterable[str]) -> None:
+    """Attach :class:`ValidationTracebackFilter` to BentoML's HTTP logger (once per process)."""
+    logger = logging.getLogger(BENTOML_HTTP_LOGGER)
+    if not any(isinstance(existing, ValidationTracebackFilter) for existing in logger.filters):
+        logger.addFilter(ValidationTracebackFilter(known_fields))

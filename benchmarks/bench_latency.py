@@ -5,7 +5,7 @@
 The issue's CPU latency target is "p50 at one client <= raw forward + 15 ms". This measures it directly: a server
 (``bentoml serve service:ECGFMService``; with ``--targets`` also the BentoML service with batching off and the plain
 FastAPI baseline) runs on 127.0.0.1 while this process, a synchronous ``httpx.Client`` with pre-encoded bodies,
-alternates one raw in-process ``classify_segments`` of the record's two preprocessed segments (the same model
+alternates one raw in-process ``ModelHandle.run`` of the record's two preprocessed segments (the same model
 weights, loaded here) with one ``POST /clinical`` (JSON) and one ``POST /clinical/npy`` (binary). Interleaving
 cancels the drift of a shared machine; the overhead reported is the median of the per-round differences
 (served - raw) besides the two medians.
@@ -31,8 +31,9 @@ from benchmarks.bench_served import (
     wait_healthy,
 )
 from benchmarks.common import DATA_DIR, machine_info, machine_line, markdown_table, write_results
-from contract import prepare
-from ecgfm.inference import classify_segments, load_model
+from decoding import prepare
+from ecgfm.inference import load_model
+from ecgfm.preprocess import DEFAULT_MAX_DURATION_S
 
 SETTLE_S = 0.2  # pause before each timed call, so that no call competes with the tail of the previous one
 
@@ -44,7 +45,9 @@ def summary(values_ms: list[float]) -> dict[str, float]:
 def measure(target: str, port: int, size: str, record: dict[str, Any], requests: int, warmup: int) -> dict[str, Any]:
     pretrained, finetuned = checkpoints(size)
     handle = load_model("finetuned", finetuned)
-    _, segments = prepare(record["signal"], record["fs"])
+    segments = prepare(
+        record["signal"], record["fs"], None, False, max_duration_s=DEFAULT_MAX_DURATION_S
+    ).record.segments
     payloads = record_bodies(record)
     process = start_server(target, port, pretrained, finetuned)
     base_url = f"http://127.0.0.1:{port}"
@@ -62,7 +65,7 @@ def measure(target: str, port: int, size: str, record: dict[str, Any], requests:
                 counted = round_index >= warmup
                 time.sleep(SETTLE_S)
                 started = time.perf_counter()
-                classify_segments(handle, segments)
+                handle.run(segments)
                 if counted:
                     raw_ms.append((time.perf_counter() - started) * 1000.0)
                 for name, (path, content_type) in BODY_ENDPOINTS.items():

@@ -8,7 +8,7 @@ with the record's own numbers) and times, single-threaded (records/s per CPU cor
 * ``json.loads`` and ``orjson.loads`` of the body (bare decoding);
 * ``ECGRequest.model_validate_json``: what BentoML does with the body of ``/clinical`` (pydantic-core's JSON
   parser plus the contract's checks), and ``model_validate(orjson.loads(...))`` as the alternative;
-* ``contract.prepare``: lists -> array, validation, resampling, standardisation, segmentation;
+* ``decoding.prepare``: lists -> array, validation, resampling, standardisation, segmentation;
 * the binary alternative: ``np.load`` of the same signal as ``.npy`` bytes, then ``prepare`` on the array.
 """
 
@@ -26,7 +26,9 @@ import numpy as np
 import orjson
 
 from benchmarks.common import DATA_DIR, machine_info, markdown_table, write_results
-from contract import ECGRequest, prepare
+from contract import ECGRequest
+from decoding import prepare
+from ecgfm.preprocess import DEFAULT_MAX_DURATION_S as MAX_DURATION_S
 
 
 def time_ms(fn: Callable[[], Any], repeats: int) -> float:
@@ -63,9 +65,11 @@ def stages(record: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         "orjson.loads": lambda: orjson.loads(body),
         "ECGRequest.model_validate_json (BentoML's path)": lambda: ECGRequest.model_validate_json(body),
         "ECGRequest.model_validate(orjson.loads)": lambda: ECGRequest.model_validate(orjson.loads(body)),
-        "prepare(lists)": lambda: prepare(signal, fs),
+        "prepare(lists)": lambda: prepare(signal, fs, None, False, max_duration_s=MAX_DURATION_S),
         "np.load(.npy)": lambda: np.load(io.BytesIO(binary), allow_pickle=False),
-        "np.load(.npy) + prepare(array)": lambda: prepare(np.load(io.BytesIO(binary), allow_pickle=False), fs),
+        "np.load(.npy) + prepare(array)": lambda: prepare(
+            np.load(io.BytesIO(binary), allow_pickle=False), fs, None, False, max_duration_s=MAX_DURATION_S
+        ),
     }
 
 

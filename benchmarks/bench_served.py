@@ -72,7 +72,6 @@ def start_server(target: str, port: int, pretrained: Path, finetuned: Path) -> s
         **os.environ,
         "ECGFM_PRETRAINED_CHECKPOINT": str(pretrained),
         "ECGFM_FINETUNED_CHECKPOINT": str(finetuned),
-        "ECGFM_CHECKPOINT": str(finetuned),
     }
     if target == "plain":
         cmd = [PYTHON, "-m", "uvicorn", "benchmarks.plain_fastapi_app:app", "--host", "127.0.0.1", "--port", str(port)]

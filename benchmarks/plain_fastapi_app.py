@@ -1,17 +1,18 @@
 """The original architecture, as the baseline of ``bench_served``: FastAPI, one forward per request, no batching.
 
-    ECGFM_CHECKPOINT=... uvicorn benchmarks.plain_fastapi_app:app --host 127.0.0.1 --port 3100
+    ECGFM_FINETUNED_CHECKPOINT=... uvicorn benchmarks.plain_fastapi_app:app --host 127.0.0.1 --port 3100
 
-Same request body, validation and preprocessing as the BentoML service (``contract.ECGRequest``,
-``contract.prepare``; ``POST /clinical/npy`` as the service's binary variant); the finetuned model runs in the
-API process, in a worker thread, one request at a time.
+Same request body, validation, preprocessing and result as the BentoML service (``contract.ECGRequest``,
+``decoding.prepare`` / ``decoding.decode_npy``, ``ecgfm.outputs.ClinicalOutput``); the finetuned model runs in the
+API process, in a worker thread, one request at a time. Settings as for the service (``ecgfm.settings``).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -19,52 +20,53 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from contract import BadRequestError, ECGRequest, prepare, read_binary_request
-from ecgfm.inference import classify_segments, clinical_response, load_model
-from ecgfm.preprocess import ECGInputError
+from contract import ANSWERED_ERRORS, ECGRequest, error_response
+from decoding import PreparedRequest, decode_npy, prepare
+from ecgfm.inference import decode_batch, load_model
+from ecgfm.outputs import ClinicalOutput
+from ecgfm.settings import Settings
 
-CHECKPOINT = os.environ.get("ECGFM_CHECKPOINT") or os.environ.get("ECGFM_FINETUNED_CHECKPOINT")
-HANDLE = load_model("finetuned", CHECKPOINT, device=os.environ.get("ECGFM_DEVICE"))
+SETTINGS = Settings.from_env()
+HANDLE = load_model("finetuned", weights=SETTINGS.weights, runtime=SETTINGS.runtime)
+CHECKPOINT = HANDLE.checkpoint().public()
 MODEL_LOCK = threading.Lock()  # one forward at a time, as the original service did
-CALLS: list[int] = []
+CALLS: list[tuple[int, float]] = []
 
 app = FastAPI(title="ECG-FM, one forward per request (benchmark baseline)")
 
 
-def _clinical(signal: Any, fs: float, lead_names: list[str] | None, per_segment: bool) -> tuple[int, dict[str, Any]]:
-    try:
-        prep, _ = prepare(signal, fs, lead_names)
-    except ECGInputError as exc:
-        return 422, {"error": str(exc)}
+def _clinical(decode: Callable[..., PreparedRequest]) -> dict[str, Any]:
+    prepared = decode(max_duration_s=SETTINGS.serving.max_duration_s)
     with MODEL_LOCK:
         started = time.perf_counter()
-        probabilities = classify_segments(HANDLE, prep.segments, prep.padding_mask)
-        CALLS.append((prep.n_segments, time.perf_counter() - started))
-    return 200, clinical_response(probabilities, prep, HANDLE.info(), per_segment)
+        probabilities = HANDLE.run(*decode_batch(prepared.batch))
+        CALLS.append((prepared.record.n_segments, time.perf_counter() - started))
+    return ClinicalOutput.from_segments(probabilities, prepared.record, CHECKPOINT, prepared.per_segment).to_json()
 
 
-def _clinical_json(body: bytes) -> tuple[int, dict[str, Any]]:
+def _clinical_json(body: bytes) -> dict[str, Any]:
     request = ECGRequest.model_validate_json(body)
-    return _clinical(request.signal, request.fs, request.lead_names, request.per_segment)
+    return _clinical(partial(prepare, request.signal, request.fs, request.lead_names, request.per_segment))
+
+
+async def _answer(fn: Callable[..., dict[str, Any]], *args: Any) -> Response:
+    try:
+        return JSONResponse(await anyio.to_thread.run_sync(fn, *args))
+    except ANSWERED_ERRORS as exc:
+        return error_response(exc)
 
 
 @app.post("/clinical")
 async def clinical(request: Request) -> Response:
-    status, body = await anyio.to_thread.run_sync(_clinical_json, await request.body())
-    return JSONResponse(body, status_code=status)
+    return await _answer(_clinical_json, await request.body())
 
 
 @app.post("/clinical/npy")
 async def clinical_npy(
     request: Request, fs: str | None = None, lead_names: str | None = None, per_segment: str | None = None
 ) -> Response:
-    """The same with a ``.npy`` body, as the BentoML service's binary variant (``contract.read_binary_request``)."""
-    try:
-        signal, fs_hz, names, per_segment_flag = read_binary_request(await request.body(), fs, lead_names, per_segment)
-    except BadRequestError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=400)
-    status, body = await anyio.to_thread.run_sync(_clinical, signal, fs_hz, names, per_segment_flag)
-    return JSONResponse(body, status_code=status)
+    """The same with a ``.npy`` body, as the BentoML service's binary variant (``decoding.decode_npy``)."""
+    return await _answer(_clinical, partial(decode_npy, await request.body(), fs, lead_names, per_segment))
 
 
 @app.get("/status")

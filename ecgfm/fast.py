@@ -17,7 +17,6 @@ fp32 is documented in ``docs/performance.md`` and tested in ``tests/test_fast_pa
 
 from __future__ import annotations
 
-import os
 from typing import Literal, get_args
 
 import numpy as np
@@ -27,19 +26,17 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ecgfm.model import ConvolutionalPositionalEmbedding, ECGFMClassifier, ECGFMEncoder, TransformerEncoder
+from ecgfm.settings import RuntimeSettings
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PosConv = Literal["conv", "fft"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
-PRECISION_ENV_VAR = "ECGFM_PRECISION"  # fp32 | bf16 | fp16 | auto (bf16 on CUDA, else fp32)
-POS_CONV_ENV_VAR = "ECGFM_POS_CONV"  # conv (the reference) | fft (the same linear map, ~35x fewer FLOPs)
-COMPILE_ENV_VAR = "ECGFM_COMPILE"  # 1: torch.compile the model (CUDA graphs on a GPU); slow start-up
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_precision(precision: str | None, device: torch.device) -> Precision:
-    """``precision``, else ``$ECGFM_PRECISION``, else fp32; ``"auto"`` means bf16 on CUDA and fp32 elsewhere."""
-    value = (precision or os.environ.get(PRECISION_ENV_VAR) or "fp32").strip().lower()
+    """``precision`` (else ``ECGFM_PRECISION``, else fp32) for ``device``; ``auto`` is bf16 on CUDA, else fp32."""
+    value = (precision or RuntimeSettings.from_env().precision).strip().lower()
     if value == "auto":
         value = "bf16" if device.type == "cuda" else "fp32"
     if value not in PRECISIONS:
@@ -48,21 +45,16 @@ def resolve_precision(precision: str | None, device: torch.device) -> Precision:
 
 
 def resolve_pos_conv(pos_conv: str | None) -> PosConv:
-    """``pos_conv``, else ``$ECGFM_POS_CONV``, else ``"conv"``."""
-    value = (pos_conv or os.environ.get(POS_CONV_ENV_VAR) or "conv").strip().lower()
+    """``pos_conv``, else ``ECGFM_POS_CONV``, else ``"conv"``."""
+    value = (pos_conv or RuntimeSettings.from_env().pos_conv).strip().lower()
     if value not in get_args(PosConv):
         raise ValueError(f"pos_conv must be one of {', '.join(get_args(PosConv))}, not {value!r}")
     return value  # type: ignore[return-value]
 
 
 def resolve_compile(compile: bool | None) -> bool:
-    """``compile``, else ``$ECGFM_COMPILE`` (1/true/yes or 0/false/no/empty), else False."""
-    if compile is not None:
-        return compile
-    value = os.environ.get(COMPILE_ENV_VAR, "").strip().lower()
-    if value not in {"", "0", "false", "no", "1", "true", "yes"}:
-        raise ValueError(f"{COMPILE_ENV_VAR} must be 1 or 0, not {value!r}")
-    return value in {"1", "true", "yes"}
+    """``compile``, else ``ECGFM_COMPILE``, else False."""
+    return RuntimeSettings.from_env().compile if compile is None else compile
 
 
 def backbone(model: ECGFMEncoder | ECGFMClassifier) -> ECGFMEncoder:

@@ -2,13 +2,16 @@
 
 Resolution order for each model:
 
-1. ``ECGFM_PRETRAINED_CHECKPOINT`` / ``ECGFM_FINETUNED_CHECKPOINT`` (path to a ``.pt`` file), or an explicit
-   path given by the caller;
+1. an explicit path given by the caller, else ``ECGFM_PRETRAINED_CHECKPOINT`` / ``ECGFM_FINETUNED_CHECKPOINT``
+   (path to a ``.pt`` file);
 2. demo mode, only when ``ECGFM_DEMO=1`` is set: random-init checkpoints in the official format are written
    to ``ECGFM_DEMO_DIR`` (default ``~/.cache/ecgfm-serve/demo``) and everything that reports on the model says
    "demo";
-3. ``huggingface_hub.hf_hub_download`` from ``wanglab/ecg-fm`` at ``HF_REVISION`` (uses the local HF cache; set
-   ``HF_HUB_OFFLINE=1`` to forbid network access).
+3. ``huggingface_hub.hf_hub_download`` from ``wanglab/ecg-fm`` at ``ECGFM_HF_REVISION`` (uses the local HF cache;
+   set ``HF_HUB_OFFLINE=1`` to forbid network access).
+
+The variables are read by :class:`ecgfm.settings.WeightsSettings`; every function here takes one (default: read
+from the environment at the call).
 
 There is no silent fallback: when none of these yields a file, :class:`WeightsNotFoundError` says which
 variables to set. A file whose sha256 differs from its pin (``ECGFM_PRETRAINED_SHA256`` /
@@ -22,11 +25,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ecgfm.checkpoint import ModelKind, file_sha256
+from ecgfm.settings import WeightsSettings
 
 HF_REPO_ID = "wanglab/ecg-fm"
-# The Hub revision the files are downloaded at. Pin it to a commit hash for a reproducible deployment
-# (override with ECGFM_HF_REVISION); see docs/deployment.md.
-HF_REVISION = "main"
 HF_FILENAMES: dict[str, str] = {
     "pretrained": "mimic_iv_ecg_physionet_pretrained.pt",
     "finetuned": "mimic_iv_ecg_finetuned.pt",
@@ -35,18 +36,9 @@ HF_FILENAMES: dict[str, str] = {
 HF_FILE_SIZES: dict[str, int] = {"pretrained": 1_090_825_421}
 # Known sha256 of the published files at the pinned revision, checked after every Hub download when listed.
 # Empty on purpose: the hashes could not be read offline when this was written, and an invented value would
-# refuse the real file. Fill them in from the Hub's file pages (the LFS "SHA256") when HF_REVISION is pinned.
+# refuse the real file. Fill them in from the Hub's file pages (the LFS "SHA256") when the default revision
+# (ecgfm.settings.DEFAULT_HF_REVISION) is pinned.
 HF_FILE_SHA256: dict[str, str] = {}
-SHA256_ENV_VARS: dict[str, str] = {"pretrained": "ECGFM_PRETRAINED_SHA256", "finetuned": "ECGFM_FINETUNED_SHA256"}
-
-CHECKPOINT_ENV_VARS: dict[str, str] = {
-    "pretrained": "ECGFM_PRETRAINED_CHECKPOINT",
-    "finetuned": "ECGFM_FINETUNED_CHECKPOINT",
-}
-DEMO_ENV_VAR = "ECGFM_DEMO"
-DEMO_DIR_ENV_VAR = "ECGFM_DEMO_DIR"
-DEMO_SIZE_ENV_VAR = "ECGFM_DEMO_SIZE"
-REVISION_ENV_VAR = "ECGFM_HF_REVISION"
 
 
 class WeightsNotFoundError(RuntimeError):
@@ -72,30 +64,32 @@ class CheckpointSource:
         return asdict(self)
 
 
-def demo_requested() -> bool:
-    """True when ``ECGFM_DEMO`` is set to 1/true/yes."""
-    return os.environ.get(DEMO_ENV_VAR, "").strip().lower() in {"1", "true", "yes"}
-
-
-def resolve_checkpoint(kind: ModelKind, explicit_path: str | os.PathLike | None = None) -> CheckpointSource:
+def resolve_checkpoint(
+    kind: ModelKind, explicit_path: str | os.PathLike | None = None, weights: WeightsSettings | None = None
+) -> CheckpointSource:
     """Find the checkpoint file for ``kind`` (see the module docstring for the order)."""
-    local = explicit_path or os.environ.get(CHECKPOINT_ENV_VARS[kind])
+    weights = weights or WeightsSettings.from_env()
+    local = explicit_path or weights.checkpoint(kind)
     if local:
         path = Path(local).expanduser()
         if not path.is_file():
-            raise WeightsNotFoundError(f"{kind} checkpoint {path} does not exist ({CHECKPOINT_ENV_VARS[kind]})")
-        return verify_sha256(kind, CheckpointSource(str(path.resolve()), "local"))
-    if demo_requested():
-        return _demo_checkpoint(kind)
-    return verify_sha256(kind, _hub_checkpoint(kind))
+            variable = WeightsSettings.env_var(f"{kind}_checkpoint")
+            raise WeightsNotFoundError(f"{kind} checkpoint {path} does not exist ({variable})")
+        return verify_sha256(kind, CheckpointSource(str(path.resolve()), "local"), weights)
+    if weights.demo:
+        return _demo_checkpoint(kind, weights)
+    return verify_sha256(kind, _hub_checkpoint(kind, weights), weights)
 
 
-def verify_sha256(kind: ModelKind, source: CheckpointSource) -> CheckpointSource:
+def verify_sha256(
+    kind: ModelKind, source: CheckpointSource, weights: WeightsSettings | None = None
+) -> CheckpointSource:
     """``source`` when its file has the pinned sha256 or no hash is pinned, else :class:`ChecksumError`.
 
     The pin is ``ECGFM_<KIND>_SHA256`` when set, else :data:`HF_FILE_SHA256` for a Hub download.
     """
-    expected, pinned_by = os.environ.get(SHA256_ENV_VARS[kind], "").strip().lower(), SHA256_ENV_VARS[kind]
+    weights = weights or WeightsSettings.from_env()
+    expected, pinned_by = weights.sha256(kind), WeightsSettings.env_var(f"{kind}_sha256")
     if not expected and source.origin == "huggingface" and kind in HF_FILE_SHA256:
         expected, pinned_by = HF_FILE_SHA256[kind].lower(), f"the known hash of {HF_REPO_ID}/{HF_FILENAMES[kind]}"
     if not expected:
@@ -109,29 +103,29 @@ def verify_sha256(kind: ModelKind, source: CheckpointSource) -> CheckpointSource
     return replace(source, sha256=actual)
 
 
-def _demo_checkpoint(kind: ModelKind) -> CheckpointSource:
+def _demo_checkpoint(kind: ModelKind, weights: WeightsSettings) -> CheckpointSource:
     from ecgfm.demo import write_demo_checkpoints
 
-    size = os.environ.get(DEMO_SIZE_ENV_VAR, "full")
-    directory = Path(os.environ.get(DEMO_DIR_ENV_VAR, Path.home() / ".cache" / "ecgfm-serve" / "demo")) / size
+    directory = Path(weights.demo_dir).expanduser() / weights.demo_size
     path = directory / f"{kind}.pt"
     if not path.is_file():
-        write_demo_checkpoints(directory, size=size)
+        write_demo_checkpoints(directory, size=weights.demo_size)
     return CheckpointSource(str(path), "demo")
 
 
-def _hub_checkpoint(kind: ModelKind) -> CheckpointSource:
+def _hub_checkpoint(kind: ModelKind, weights: WeightsSettings) -> CheckpointSource:
     from huggingface_hub import hf_hub_download
 
-    revision = os.environ.get(REVISION_ENV_VAR, HF_REVISION)
+    revision = weights.hf_revision
     filename = HF_FILENAMES[kind]
     try:
         path = hf_hub_download(repo_id=HF_REPO_ID, filename=filename, revision=revision)
     except Exception as exc:  # offline, no cache, auth or network errors all end here
         raise WeightsNotFoundError(
             f"could not get the {kind} ECG-FM weights ({HF_REPO_ID}/{filename}@{revision}) from the Hugging Face "
-            f"Hub or its local cache ({type(exc).__name__}). Set {CHECKPOINT_ENV_VARS[kind]} to a local .pt file, "
-            f"or set {DEMO_ENV_VAR}=1 to try the service with random demo weights."
+            f"Hub or its local cache ({type(exc).__name__}). Set {WeightsSettings.env_var(f'{kind}_checkpoint')} "
+            f"to a local .pt file, or set {WeightsSettings.env_var('demo')}=1 to try the service with random demo "
+            "weights."
         ) from exc
     expected_size = HF_FILE_SIZES.get(kind)
     if expected_size is not None and Path(path).stat().st_size != expected_size:

@@ -1,16 +1,18 @@
-"""From preprocessed segments to the response bodies that the CLI and the HTTP API return.
+"""Running a loaded ECG-FM: one call for either model, padding carried as lengths, and the wire format of batches.
 
-* :func:`load_model` resolves and loads one checkpoint (:mod:`ecgfm.hub`, :mod:`ecgfm.checkpoint`);
-* :func:`classify_segments` / :func:`embed_segments` run batches of segments through a model;
-* :func:`clinical_response` / :func:`features_response` aggregate segments into a record and build the body;
-* :class:`Predictor` chains all of it for whole records (used by ``ecgfm predict``).
+* :func:`load_model` resolves one checkpoint (:mod:`ecgfm.hub`), loads it strictly (:mod:`ecgfm.checkpoint`) and
+  applies the runtime settings (:class:`ecgfm.settings.RuntimeSettings`: device, precision, fast path);
+* :meth:`ModelHandle.run` is *the* way to run a model: ``[N, 12, 2500]`` segments and their valid lengths in,
+  ``[N, 17]`` probabilities (finetuned) or ``[N, D]`` embeddings (pretrained) out, in chunks;
+* :func:`encode_batch` / :func:`decode_batch` carry segments and lengths in one float32 array between processes
+  (the service's model services take one array per request, batched across requests);
+* :class:`Predictor` runs whole records in process (``ecgfm predict``), producing :mod:`ecgfm.outputs`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,14 +29,15 @@ from ecgfm.fast import (
     resolve_precision,
 )
 from ecgfm.hub import CheckpointSource, resolve_checkpoint
-from ecgfm.labels import LABELS, aggregate_probabilities
-from ecgfm.model import ECGFMClassifier, ECGFMEncoder, time_mean
+from ecgfm.labels import LABELS
+from ecgfm.model import ECGFMClassifier, time_mean
+from ecgfm.outputs import CheckpointInfo, ClinicalOutput, FeaturesOutput, LoadedCheckpoint
 from ecgfm.preprocess import SEGMENT_SAMPLES, PreprocessedECG, preprocess
 from ecgfm.records import ECGRecord
+from ecgfm.settings import RuntimeSettings, WeightsSettings
 
 DEFAULT_BATCH_SIZE = 32
-# A folder for stripped safetensors copies of the checkpoints (faster, lighter start-ups); unset: no cache.
-WEIGHTS_CACHE_ENV_VAR = "ECGFM_WEIGHTS_CACHE_DIR"
+PAD_VALUE = np.float32("nan")  # padded samples on the wire (see encode_batch)
 
 
 def default_device() -> torch.device:
@@ -42,22 +45,22 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def padding_mask_from_lengths(lengths: np.ndarray, n_samples: int = SEGMENT_SAMPLES) -> np.ndarray:
+    """``[N, n_samples]`` bool, True at the padded (trailing) samples of each segment."""
+    return np.arange(n_samples)[None, :] >= np.asarray(lengths)[:, None]
+
+
 @dataclass
 class ModelHandle:
-    """A loaded model on its device, with where it came from."""
+    """A loaded model on its device, with where it came from and how it runs."""
 
     loaded: LoadedModel
     source: CheckpointSource
     sha256: str
-    device: torch.device = field(default_factory=default_device)
+    device: torch.device
     precision: Precision = "fp32"  # of the transformer layers; see ecgfm.fast
     pos_conv: PosConv = "conv"
     compiled: bool = False
-
-    def runtime(self) -> dict[str, Any]:
-        """Where and how the model runs (what ``/health`` and ``/status`` report)."""
-        return {"device": str(self.device), "precision": self.precision, "pos_conv": self.pos_conv,
-                "compiled": self.compiled}  # fmt: skip
 
     @property
     def kind(self) -> ModelKind:
@@ -67,20 +70,70 @@ class ModelHandle:
     def demo(self) -> bool:
         return self.loaded.demo or self.source.origin == "demo"
 
-    def info(self) -> dict[str, Any]:
-        """What responses and ``/info`` say about this model (no weights, no inputs)."""
+    @property
+    def output_dim(self) -> int:
+        """17 probabilities (finetuned) or ``embed_dim`` features (pretrained) per segment."""
+        return len(LABELS) if self.kind == "finetuned" else self.loaded.config.embed_dim
+
+    def runtime(self) -> dict[str, Any]:
+        """Where and how the model runs (what ``/health`` and ``/status`` report)."""
+        return {"device": str(self.device), "precision": self.precision, "pos_conv": self.pos_conv,
+                "compiled": self.compiled}  # fmt: skip
+
+    def checkpoint(self) -> LoadedCheckpoint:
+        """The weights, as ``/info`` reports them; ``.public()`` is what responses carry (no path)."""
         config = self.loaded.config
-        return {
-            "kind": self.kind,
-            "model_type": self.loaded.model_name,
-            "demo": self.demo,
-            **self.source.to_dict(),
-            "sha256": self.sha256,
-            "parameters": self.loaded.num_parameters,
-            "embed_dim": config.embed_dim,
-            "layers": config.num_layers,
-            "num_labels": config.num_labels or None,
-        }
+        return LoadedCheckpoint(
+            kind=self.kind,
+            model_type=self.loaded.model_name,
+            demo=self.demo,
+            path=self.source.path,
+            origin=self.source.origin,  # type: ignore[arg-type]
+            repo_id=self.source.repo_id,
+            revision=self.source.revision,
+            filename=self.source.filename or Path(self.source.path).name,
+            sha256=self.sha256,
+            parameters=self.loaded.num_parameters,
+            embed_dim=config.embed_dim,
+            layers=config.num_layers,
+            num_labels=config.num_labels or None,
+        )
+
+    @torch.inference_mode()
+    def run(
+        self, segments: np.ndarray, lengths: np.ndarray | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> np.ndarray:
+        """Per-segment outputs: ``[N, 17]`` probabilities (sigmoid of the logits) or ``[N, D]`` embeddings (the
+        encoder's output averaged over valid frames).
+
+        Args:
+            segments: ``[N, 12, 2500]`` preprocessed segments (:func:`ecgfm.preprocess.preprocess`).
+            lengths: ``[N]`` valid samples of each segment (shorter ones are zero-padded at the end); None: all full.
+            batch_size: most segments per forward.
+
+        Full segments run without a mask, exactly as a whole-record run does; padded ones run with their mask.
+        """
+        segments = np.asarray(segments, dtype=np.float32)
+        out = np.empty((len(segments), self.output_dim), dtype=np.float32)
+        padded = np.zeros(len(segments), bool) if lengths is None else np.asarray(lengths) < segments.shape[-1]
+        for rows, with_mask in ((np.flatnonzero(~padded), False), (np.flatnonzero(padded), True)):
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                mask = padding_mask_from_lengths(lengths[chunk], segments.shape[-1]) if with_mask else None
+                out[chunk] = self._forward(segments[chunk], mask)
+        return out
+
+    def _forward(self, segments: np.ndarray, padding_mask: np.ndarray | None) -> np.ndarray:
+        source = host_to_device(segments, self.device)
+        mask = None if padding_mask is None else host_to_device(padding_mask, self.device)
+        model = self.loaded.model
+        if isinstance(model, ECGFMClassifier):
+            return torch.sigmoid(model(source, mask).float()).cpu().numpy()
+        return time_mean(*model(source, mask)).float().cpu().numpy()
+
+    def warm_up(self) -> None:
+        """One forward on a zero segment, so that the first request does not pay for lazy initialisation."""
+        self.run(np.zeros((1, 12, SEGMENT_SAMPLES), dtype=np.float32))
 
 
 def load_model(
@@ -90,148 +143,96 @@ def load_model(
     precision: Precision | str | None = None,
     pos_conv: PosConv | str | None = None,
     compile: bool | None = None,
+    *,
+    weights: WeightsSettings | None = None,
+    runtime: RuntimeSettings | None = None,
 ) -> ModelHandle:
-    """Resolve (explicit path, environment, demo, hub), load strictly, move to ``device``.
+    """Resolve (explicit path, else ``weights``: local path, demo, Hub), load strictly, move to the device.
 
-    ``precision`` None reads ``$ECGFM_PRECISION`` (``fp32``, ``bf16``, ``fp16`` or ``auto`` = bf16 on CUDA);
-    unset means fp32, the reference. Likewise ``pos_conv`` None reads ``$ECGFM_POS_CONV`` (``conv`` or ``fft``)
-    and ``compile`` None reads ``$ECGFM_COMPILE``. Anything but fp32 with the plain conv and no compile goes through
-    :func:`ecgfm.fast.optimize_for_inference` (see there and ``docs/performance.md`` for its tolerance). With
-    ``$ECGFM_WEIGHTS_CACHE_DIR`` set, weights are read through a stripped safetensors copy kept there
-    (:func:`ecgfm.checkpoint.read_checkpoint_cached`).
+    ``device``, ``precision``, ``pos_conv`` and ``compile`` override ``runtime`` (default: read from the
+    environment, :class:`~ecgfm.settings.RuntimeSettings`). fp32 with the plain conv and no compile is the
+    reference; anything else goes through :func:`ecgfm.fast.optimize_for_inference` (see there and
+    ``docs/performance.md`` for its tolerance). With a weights cache folder, weights are read through a stripped
+    safetensors copy kept there (:func:`ecgfm.checkpoint.read_checkpoint_cached`).
     """
-    source = resolve_checkpoint(kind, path)
+    runtime = runtime or RuntimeSettings.from_env()
+    source = resolve_checkpoint(kind, path, weights)
     sha256 = source.sha256 or file_sha256(source.path)
-    cache_dir = os.environ.get(WEIGHTS_CACHE_ENV_VAR) or None
-    loaded = load_checkpoint(source.path, expected_kind=kind, cache_dir=cache_dir, sha256=sha256)
-    target = torch.device(device) if device is not None else default_device()
+    loaded = load_checkpoint(source.path, expected_kind=kind, cache_dir=runtime.weights_cache_dir, sha256=sha256)
+    device = device if device is not None else runtime.device
+    target = default_device() if device == "auto" else torch.device(device)
     loaded.model.to(target)
     if kind == "finetuned" and loaded.config.num_labels != len(LABELS):
         raise CheckpointError(
             f"{source.path}: the classifier has {loaded.config.num_labels} outputs, but ECG-FM has {len(LABELS)} labels"
         )
-    resolved = resolve_precision(precision, target)
-    positional, compiled = resolve_pos_conv(pos_conv), resolve_compile(compile)
+    resolved = resolve_precision(precision or runtime.precision, target)
+    positional = resolve_pos_conv(pos_conv or runtime.pos_conv)
+    compiled = resolve_compile(runtime.compile if compile is None else compile)
     if resolved != "fp32" or positional != "conv" or compiled:
         optimize_for_inference(loaded.model, resolved, pos_conv=positional, compile=compiled)
     return ModelHandle(loaded, source, sha256, target, resolved, positional, compiled)
 
 
-def _batches(
-    segments: np.ndarray, padding_mask: np.ndarray | None, batch_size: int
-) -> Sequence[tuple[np.ndarray, np.ndarray | None]]:
-    return [
-        (segments[i : i + batch_size], None if padding_mask is None else padding_mask[i : i + batch_size])
-        for i in range(0, len(segments), batch_size)
-    ]
-
-
-def _as_tensors(
-    segments: np.ndarray, padding_mask: np.ndarray | None, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    source = host_to_device(np.asarray(segments, dtype=np.float32), device)
-    mask = None
-    if padding_mask is not None and padding_mask.any():
-        mask = host_to_device(np.asarray(padding_mask, dtype=bool), device)
-    return source, mask
-
-
-@torch.inference_mode()
-def _run_in_batches(
-    handle: ModelHandle,
-    segments: np.ndarray,
-    padding_mask: np.ndarray | None,
-    batch_size: int,
-    forward: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
-    out_dim: int,
-) -> np.ndarray:
-    """``forward(source, mask)`` over ``segments`` in chunks of ``batch_size``, as one ``[N, out_dim]`` array."""
-    outputs = []
-    for chunk, mask in _batches(segments, padding_mask, batch_size):
-        source, mask_t = _as_tensors(chunk, mask, handle.device)
-        outputs.append(forward(source, mask_t).float().cpu().numpy())
-    return np.concatenate(outputs) if outputs else np.zeros((0, out_dim), np.float32)
-
-
 def classify_segments(
-    handle: ModelHandle,
-    segments: np.ndarray,
-    padding_mask: np.ndarray | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    handle: ModelHandle, segments: np.ndarray, padding_mask: np.ndarray | None = None, batch_size: int = 32
 ) -> np.ndarray:
-    """Per-segment probabilities ``[N, 17]`` (sigmoid of the logits) from ``[N, 12, 2500]`` segments."""
-    model = handle.loaded.model
-    if not isinstance(model, ECGFMClassifier):
-        raise TypeError("classify_segments needs the finetuned model")
-    return _run_in_batches(
-        handle, segments, padding_mask, batch_size, lambda x, m: torch.sigmoid(model(x, m).float()), len(LABELS)
-    )
+    """Probabilities ``[N, 17]``: :meth:`ModelHandle.run` on the finetuned model, padding given as a mask."""
+    return _run_kind("finetuned", handle, segments, padding_mask, batch_size)
 
 
 def embed_segments(
-    handle: ModelHandle,
-    segments: np.ndarray,
-    padding_mask: np.ndarray | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    handle: ModelHandle, segments: np.ndarray, padding_mask: np.ndarray | None = None, batch_size: int = 32
 ) -> np.ndarray:
-    """Per-segment embeddings ``[N, D]``: the pretrained encoder's output averaged over valid frames."""
-    model = handle.loaded.model
-    if not isinstance(model, ECGFMEncoder):
-        raise TypeError("embed_segments needs the pretrained model")
-    return _run_in_batches(
-        handle, segments, padding_mask, batch_size, lambda x, m: time_mean(*model(x, m)), handle.loaded.config.embed_dim
-    )
+    """Embeddings ``[N, D]``: :meth:`ModelHandle.run` on the pretrained model, padding given as a mask."""
+    return _run_kind("pretrained", handle, segments, padding_mask, batch_size)
+
+
+def _run_kind(
+    kind: ModelKind, handle: ModelHandle, segments: np.ndarray, padding_mask: np.ndarray | None, batch_size: int
+) -> np.ndarray:
+    if handle.kind != kind:
+        raise TypeError(f"this needs the {kind} model, not the {handle.kind} one")
+    return handle.run(segments, lengths_from_mask(padding_mask, segments), batch_size)
 
 
 def warm_up(handle: ModelHandle) -> None:
-    """One forward on a zero segment, so that the first request does not pay for lazy initialisation."""
-    zeros = np.zeros((1, 12, SEGMENT_SAMPLES), dtype=np.float32)
-    (classify_segments if handle.kind == "finetuned" else embed_segments)(handle, zeros)
+    """:meth:`ModelHandle.warm_up`."""
+    handle.warm_up()
 
 
-def _record_fields(prep: PreprocessedECG) -> dict[str, Any]:
-    return {
-        "n_segments": prep.n_segments,
-        "duration_s": round(prep.duration_s, 6),
-        "used_duration_s": round(prep.used_duration_s, 6),
-        "padded": prep.padding_mask is not None,
-        "constant_leads": list(prep.constant_leads),
-    }
+def lengths_from_mask(padding_mask: np.ndarray | None, segments: np.ndarray) -> np.ndarray | None:
+    """Valid samples per segment from a trailing padding mask (None: every segment is whole)."""
+    if padding_mask is None or not np.asarray(padding_mask).any():
+        return None
+    return np.asarray(segments).shape[-1] - np.asarray(padding_mask).sum(axis=1)
 
 
-def clinical_response(
-    segment_probabilities: np.ndarray, prep: PreprocessedECG, model_info: dict[str, Any], per_segment: bool = False
-) -> dict[str, Any]:
-    """The ``/clinical`` body: record-level probabilities in label order (max or mean over segments)."""
-    record = aggregate_probabilities(segment_probabilities)
-    body: dict[str, Any] = {
-        "model": "finetuned",
-        "demo": bool(model_info["demo"]),
-        "probabilities": {label: float(p) for label, p in zip(LABELS, record, strict=True)},
-        **_record_fields(prep),
-    }
-    if per_segment:
-        body["segments"] = np.asarray(segment_probabilities, dtype=np.float64).tolist()
-    body["checkpoint"] = model_info
-    return body
+def record_lengths(prep: PreprocessedECG) -> np.ndarray | None:
+    """The valid samples of each of a record's segments (None when none is padded)."""
+    return lengths_from_mask(prep.padding_mask, prep.segments)
 
 
-def features_response(
-    segment_embeddings: np.ndarray, prep: PreprocessedECG, model_info: dict[str, Any], per_segment: bool = False
-) -> dict[str, Any]:
-    """The ``/features`` body: the mean of the per-segment embeddings."""
-    embeddings = np.asarray(segment_embeddings, dtype=np.float64)
-    body: dict[str, Any] = {
-        "model": "pretrained",
-        "demo": bool(model_info["demo"]),
-        "features": embeddings.mean(axis=0).tolist(),
-        "dim": int(embeddings.shape[1]),
-        **_record_fields(prep),
-    }
-    if per_segment:
-        body["segments"] = embeddings.tolist()
-    body["checkpoint"] = model_info
-    return body
+def encode_batch(segments: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+    """One ``float32 [N, 12, 2500]`` array carrying both: padded samples are NaN (:data:`PAD_VALUE`) in every lead.
+
+    Preprocessing guarantees real samples are finite, so :func:`decode_batch` recovers the lengths exactly.
+    """
+    if lengths is None:
+        return segments
+    encoded = np.array(segments, dtype=np.float32)
+    mask = padding_mask_from_lengths(lengths, encoded.shape[-1])
+    encoded[np.broadcast_to(mask[:, None, :], encoded.shape)] = PAD_VALUE
+    return encoded
+
+
+def decode_batch(encoded: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The inverse of :func:`encode_batch`: finite segments (padding set back to 0) and their lengths."""
+    encoded = np.asarray(encoded, dtype=np.float32)
+    mask = np.isnan(encoded[:, 0, :])
+    if not mask.any():
+        return encoded, None
+    return np.where(np.isnan(encoded), np.float32(0.0), encoded), encoded.shape[-1] - mask.sum(axis=1)
 
 
 class Predictor:
@@ -242,6 +243,7 @@ class Predictor:
             raise ValueError("a Predictor needs at least one model")
         self.pretrained = pretrained
         self.finetuned = finetuned
+        self._checkpoints: dict[str, CheckpointInfo] = {}
 
     @classmethod
     def from_paths(
@@ -262,15 +264,23 @@ class Predictor:
     def preprocess(self, record: ECGRecord, **options: Any) -> PreprocessedECG:
         return preprocess(record.signal, record.fs, record.lead_names, **options)
 
+    def _checkpoint(self, handle: ModelHandle) -> CheckpointInfo:
+        if handle.kind not in self._checkpoints:
+            self._checkpoints[handle.kind] = handle.checkpoint().public()
+        return self._checkpoints[handle.kind]
+
     def predict_preprocessed(self, prep: PreprocessedECG, per_segment: bool = False) -> dict[str, Any]:
-        """``{"clinical": ..., "features": ...}`` for the models this predictor holds."""
+        """``{"clinical": ..., "features": ...}`` (JSON bodies) for the models this predictor holds."""
         result: dict[str, Any] = {}
+        lengths = record_lengths(prep)
         if self.finetuned is not None:
-            probs = classify_segments(self.finetuned, prep.segments, prep.padding_mask)
-            result["clinical"] = clinical_response(probs, prep, self.finetuned.info(), per_segment)
+            probabilities = self.finetuned.run(prep.segments, lengths)
+            clinical = ClinicalOutput.from_segments(probabilities, prep, self._checkpoint(self.finetuned), per_segment)
+            result["clinical"] = clinical.to_json()
         if self.pretrained is not None:
-            embeddings = embed_segments(self.pretrained, prep.segments, prep.padding_mask)
-            result["features"] = features_response(embeddings, prep, self.pretrained.info(), per_segment)
+            embeddings = self.pretrained.run(prep.segments, lengths)
+            features = FeaturesOutput.from_segments(embeddings, prep, self._checkpoint(self.pretrained), per_segment)
+            result["features"] = features.to_json()
         return result
 
     def predict(self, record: ECGRecord, per_segment: bool = False, **options: Any) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import urllib.error
 import urllib.request
@@ -23,6 +22,7 @@ from typing import Any
 
 from ecgfm.labels import LABELS
 from ecgfm.records import ECGRecord, RecordError, read_record
+from ecgfm.settings import ServingSettings
 from interpreter import DISCLAIMER
 from interpreter.findings import ConfigError, interpret, load_config
 from interpreter.heart_rate import detect_heart_rate
@@ -103,8 +103,9 @@ def clinical_from_url(url: str, record: ECGRecord, timeout: float = 120.0) -> di
     """POST the record to ``{url}/clinical`` and return the JSON answer (with ``$ECGFM_API_KEY`` when set)."""
     body = json.dumps({"signal": record.signal.tolist(), "fs": record.fs, "lead_names": record.lead_names})
     headers = {"Content-Type": "application/json"}
-    if os.environ.get("ECGFM_API_KEY"):  # the server's optional API key (docs/security.md)
-        headers["Authorization"] = f"Bearer {os.environ['ECGFM_API_KEY']}"
+    api_key = ServingSettings.from_env().api_key  # the server's optional API key (docs/security.md)
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
     request = urllib.request.Request(url.rstrip("/") + "/clinical", data=body.encode(), headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:

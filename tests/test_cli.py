@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from ecgfm.inference import Predictor, classify_segments, warm_up
+from ecgfm.inference import Predictor
 from ecgfm.labels import LABELS
 from ecgfm.records import read_record
 from tests.conftest import DATA_DIR, FINETUNED_CKPT, PRETRAINED_CKPT, REPO_DIR
@@ -150,11 +150,3 @@ def test_inspect_describes_a_checkpoint():
     summary = json.loads(result.stdout)
     assert summary["kind"] == "finetuned" and summary["parameters"] == 93_793
     assert summary["config"]["embed_dim"] == 64 and summary["config"]["num_labels"] == 17
-
-
-def test_warm_up_runs_either_model_without_touching_the_outputs(predictor):
-    segments = predictor.preprocess(read_record(DATA_DIR / "A0689.json")).segments
-    before = classify_segments(predictor.finetuned, segments)
-    warm_up(predictor.finetuned)
-    warm_up(predictor.pretrained)
-    np.testing.assert_array_equal(classify_segments(predictor.finetuned, segments), before)

@@ -1,4 +1,4 @@
-"""Pieces of the service that need no server: the NaN padding convention and the model-call retry."""
+"""``service.py``'s wiring without a server: the model-call retry and ``/both`` calling both models at once."""
 
 from __future__ import annotations
 
@@ -9,24 +9,7 @@ import numpy as np
 import pytest
 from bentoml.exceptions import ServiceUnavailable
 
-from contract import decode_segments, encode_segments
-from ecgfm.preprocess import preprocess
 from service import CONNECTION_RETRIES, call_model
-
-
-def test_padding_travels_as_nan_and_comes_back_as_the_mask() -> None:
-    rng = np.random.default_rng(0)
-    prep = preprocess(rng.standard_normal((12, 1500)), 500)  # 3 s: padded to one 5 s segment
-    segments, mask = decode_segments(encode_segments(prep))
-    np.testing.assert_array_equal(mask, prep.padding_mask)
-    np.testing.assert_array_equal(segments, prep.segments)
-
-
-def test_unpadded_segments_travel_unchanged_with_an_all_false_mask() -> None:
-    prep = preprocess(np.random.default_rng(1).standard_normal((12, 5000)), 500)
-    segments, mask = decode_segments(encode_segments(prep))
-    assert not mask.any()
-    np.testing.assert_array_equal(segments, prep.segments)
 
 
 def test_model_call_is_retried_after_a_closed_keep_alive_connection() -> None:
@@ -66,7 +49,13 @@ class _SlowModelService:
     classify = embed = _run
 
     async def describe(self) -> dict:
-        return {"checkpoint": {"demo": False}, "device": "cpu", "precision": "fp32"}
+        from ecgfm.inference import load_model
+        from tests.conftest import FINETUNED_CKPT
+
+        handle = load_model("finetuned", str(FINETUNED_CKPT), device="cpu")
+        stats = {**handle.runtime(), "calls": 0, "segments": 0, "max_batch_size_observed": 0, "batch_sizes": {},
+                 "busy_s": 0.0, "rss_mb": 1.0}  # fmt: skip
+        return {"checkpoint": handle.checkpoint().model_dump(), **handle.runtime(), "stats": stats}
 
 
 def test_both_calls_the_two_model_services_at_the_same_time() -> None:

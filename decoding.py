@@ -1,0 +1,81 @@
+"""From a request to model input: decode the body (JSON fields or a ``.npy`` array), validate and preprocess once.
+
+JSON bodies are parsed and checked against ``contract.ECGRequest`` by BentoML, and their fields go to
+:func:`prepare`; every other body has a decoder here that ends in :func:`prepare` (:func:`decode_npy`; a new input
+format, a file reader say, is one more). Decoders raise the errors of
+``contract.ERRORS``: :class:`contract.BadRequestError` (400) for a body that cannot be read,
+:class:`ecgfm.preprocess.ECGInputError` (422) for a readable body that is not a usable ECG.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from contract import BadRequestError
+from ecgfm.inference import encode_batch, record_lengths
+from ecgfm.preprocess import PreprocessedECG, preprocess
+
+_FLAGS = {"true": True, "1": True, "false": False, "0": False}
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A validated, preprocessed record and what the model services are sent for it."""
+
+    record: PreprocessedECG
+    batch: np.ndarray  # float32 [n_segments, 12, 2500], padding encoded (ecgfm.inference.encode_batch)
+    per_segment: bool
+
+
+def prepare(
+    signal: Sequence[Sequence[float]] | np.ndarray,
+    fs: float,
+    lead_names: list[str] | None,
+    per_segment: bool,
+    *,
+    max_duration_s: float,
+) -> PreparedRequest:
+    """Validate and preprocess a record once (raises :class:`ECGInputError`, 422, with a message to act on)."""
+    record = preprocess(signal, fs, lead_names, max_duration_s=max_duration_s)
+    return PreparedRequest(record, encode_batch(record.segments, record_lengths(record)), per_segment)
+
+
+def decode_npy(
+    body: bytes,
+    fs: str | None,
+    lead_names: str | None,
+    per_segment: str | None,
+    *,
+    max_duration_s: float,
+) -> PreparedRequest:
+    """A ``POST /<route>/npy`` request: the body is ``numpy.save`` of a ``[leads, samples]`` numeric array.
+
+    Query parameters: ``fs`` (required, Hz), ``lead_names`` (comma-separated, optional), ``per_segment``
+    (``true``/``false``, optional).
+
+    Raises:
+        BadRequestError: not an ``.npy`` array, a pickled object array, or unreadable query parameters.
+    """
+    if fs is None:
+        raise BadRequestError("the query parameter fs (sampling rate in Hz) is required, e.g. ?fs=500")
+    try:
+        fs_hz = float(fs)
+    except ValueError:
+        raise BadRequestError("the query parameter fs must be a number (Hz)") from None
+    if per_segment is not None and per_segment.lower() not in _FLAGS:
+        raise BadRequestError("the query parameter per_segment must be true or false")
+    names = [name.strip() for name in lead_names.split(",")] if lead_names else None
+    try:
+        signal = np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise BadRequestError(
+            f"the body is not a NumPy .npy array written by numpy.save ({type(exc).__name__})"
+        ) from None
+    if not isinstance(signal, np.ndarray) or signal.dtype.kind not in "iuf":
+        raise BadRequestError("the .npy array must hold numbers (integer or float)")
+    flag = _FLAGS[per_segment.lower()] if per_segment else False
+    return prepare(signal, fs_hz, names, flag, max_duration_s=max_duration_s)

@@ -1,0 +1,137 @@
+"""What ECG-FM returns for a record: typed results, the one definition the CLI, the HTTP API and reports share.
+
+In the manner of Hugging Face's ``ModelOutput``: each result is a typed object (here pydantic models, so that the
+HTTP schema in ``contract.py`` and ``/docs.json`` are derived from them), built in one place from the per-segment
+model outputs and the preprocessed record:
+
+* :class:`ClinicalOutput` (``/clinical``, ``ecgfm predict``'s ``clinical``): the 17 label probabilities;
+* :class:`FeaturesOutput` (``/features``, ``features``): the pretrained encoder's embedding;
+* :class:`CheckpointInfo`: which weights produced it (never the server's file path: that is in
+  :class:`LoadedCheckpoint`, which only ``/info`` reports).
+
+:meth:`RecordOutput.to_json` gives the JSON body (``segments`` only when asked for).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from ecgfm.labels import LABELS, aggregate_probabilities
+from ecgfm.preprocess import PreprocessedECG
+
+
+class CheckpointInfo(BaseModel):
+    """Which weights produced a response (no path: a response never tells where the server keeps its files)."""
+
+    kind: Literal["pretrained", "finetuned"]
+    model_type: str
+    demo: bool = Field(description="True when the weights are random demo weights: outputs are meaningless.")
+    origin: Literal["local", "huggingface", "demo"]
+    repo_id: str | None = None
+    revision: str | None = None
+    filename: str | None = Field(default=None, description="The checkpoint's file name.")
+    sha256: str
+    parameters: int
+    embed_dim: int
+    layers: int
+    num_labels: int | None = None
+
+
+class LoadedCheckpoint(CheckpointInfo):
+    """:class:`CheckpointInfo` plus the file the server loaded (``/info`` only)."""
+
+    path: str
+
+    def public(self) -> CheckpointInfo:
+        """What responses carry: everything but the path."""
+        return CheckpointInfo.model_validate(self.model_dump(exclude={"path"}))
+
+
+class RecordOutput(BaseModel):
+    """What every per-record result says about the record and the weights."""
+
+    demo: bool = Field(description="True when the model has random demo weights.")
+    n_segments: int = Field(description="Number of 5 s segments the record was cut into.")
+    duration_s: float = Field(description="Duration of the posted record.")
+    used_duration_s: float = Field(description="Seconds covered by the segments (a tail shorter than 5 s is dropped).")
+    padded: bool = Field(description="True when the record was shorter than 5 s and was padded (with a mask).")
+    constant_leads: list[str] = Field(description="Leads that were constant (e.g. disconnected) and set to 0.")
+    checkpoint: CheckpointInfo
+
+    @staticmethod
+    def record_fields(prep: PreprocessedECG, checkpoint: CheckpointInfo) -> dict[str, Any]:
+        return {
+            "demo": checkpoint.demo,
+            "n_segments": prep.n_segments,
+            "duration_s": round(prep.duration_s, 6),
+            "used_duration_s": round(prep.used_duration_s, 6),
+            "padded": prep.padding_mask is not None,
+            "constant_leads": list(prep.constant_leads),
+            "checkpoint": checkpoint,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON body: ``segments`` is left out unless it was asked for."""
+        return self.model_dump(mode="json", exclude={"segments"} if getattr(self, "segments", None) is None else None)
+
+
+class ClinicalOutput(RecordOutput):
+    """Sigmoid outputs of the finetuned model, aggregated over segments (raw outputs, no thresholds)."""
+
+    model: Literal["finetuned"] = "finetuned"
+    probabilities: dict[str, float] = Field(
+        description=f"One probability per label, in label order ({len(LABELS)} labels; see /info for "
+        "how each label aggregates over segments: max or mean). Raw outputs, no thresholds.",
+    )
+    segments: list[list[float]] | None = Field(
+        default=None, description="Only with per_segment: [n_segments][17] probabilities in label order."
+    )
+
+    @classmethod
+    def from_segments(
+        cls, probabilities: np.ndarray, prep: PreprocessedECG, checkpoint: CheckpointInfo, per_segment: bool = False
+    ) -> ClinicalOutput:
+        """Aggregate per-segment probabilities ``[n_segments, 17]`` into the record (max or mean per label)."""
+        record = aggregate_probabilities(probabilities)
+        return cls(
+            probabilities={label: float(p) for label, p in zip(LABELS, record, strict=True)},
+            segments=np.asarray(probabilities, dtype=np.float64).tolist() if per_segment else None,
+            **cls.record_fields(prep, checkpoint),
+        )
+
+
+class FeaturesOutput(RecordOutput):
+    """The pretrained encoder's embedding: the mean over valid frames, then over segments."""
+
+    model: Literal["pretrained"] = "pretrained"
+    features: list[float] = Field(description="The record's embedding, dim floats.")
+    dim: int
+    segments: list[list[float]] | None = Field(
+        default=None, description="Only with per_segment: [n_segments][dim] embeddings."
+    )
+
+    @classmethod
+    def from_segments(
+        cls, embeddings: np.ndarray, prep: PreprocessedECG, checkpoint: CheckpointInfo, per_segment: bool = False
+    ) -> FeaturesOutput:
+        """The record's embedding from per-segment embeddings ``[n_segments, D]``."""
+        embeddings = np.asarray(embeddings, dtype=np.float64)
+        return cls(
+            features=embeddings.mean(axis=0).tolist(),
+            dim=int(embeddings.shape[1]),
+            segments=embeddings.tolist() if per_segment else None,
+            **cls.record_fields(prep, checkpoint),
+        )
+
+
+class BothOutput(BaseModel):
+    """Both results for one record (``/both``)."""
+
+    clinical: ClinicalOutput
+    features: FeaturesOutput
+
+    def to_json(self) -> dict[str, Any]:
+        return {"clinical": self.clinical.to_json(), "features": self.features.to_json()}

@@ -1,0 +1,361 @@
+"""Every setting of ecgfm-serve: one typed, frozen object per concern, each built once from the environment.
+
+* :class:`WeightsSettings`: which checkpoints (local paths, Hub revision, sha256 pins, demo weights);
+* :class:`RuntimeSettings`: how a model runs (device, precision, positional conv, compile, weights cache);
+* :class:`ServingSettings`: the HTTP service (input and body limits, concurrency, batching, timeouts, API key).
+
+Each field declares its environment variable, parser, default and meaning (:func:`setting`); ``from_env`` reads
+them all, and this is the only module that reads an ``ECGFM_*`` variable. A bad value fails at once with one
+message naming the variable (``ECGFM_MAX_BATCH_SIZE='abc': expected an integer ≥ 2``). ``docs/deployment.md``'s
+table of variables is checked against :func:`variables` (``tests/test_settings.py``)::
+
+    settings = Settings.from_env()                 # or WeightsSettings.from_env(), ... for one part
+    settings.serving.max_batch_size                # 8 on CPU, 32 on CUDA, unless ECGFM_MAX_BATCH_SIZE is set
+    settings.to_dict()                             # what /info reports (the API key only as set / not set)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ecgfm.preprocess import DEFAULT_MAX_DURATION_S, LEAD_ORDER
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: bf16 on CUDA, else fp32
+POS_CONVS = ("conv", "fft")
+DEMO_SIZES = ("full", "small")
+DEFAULT_HF_REVISION = "main"  # pin a commit hash for a reproducible deployment (docs/deployment.md)
+DEFAULT_DEMO_DIR = "~/.cache/ecgfm-serve/demo"
+# The default body limit fits the longest record at 1000 Hz written by Python's json (a float64 takes at most
+# 24 bytes: 17 significant digits, sign, point, exponent, ", "): 600 s * 1000 Hz * 12 leads * 24 B = 172.8 MB.
+BODY_SIZING_FS = 1000
+BYTES_PER_JSON_SAMPLE = 24
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value that cannot be used; the message names it and what is expected."""
+
+
+Parser = Callable[[str], Any]
+T = TypeVar("T")
+
+
+def setting(env: str, parse: Parser, default: Any, doc: str, *, secret: bool = False, default_doc: str = "") -> Any:
+    """A settings field read from ``env`` with ``parse``; ``default`` may be a callable (computed when unset)."""
+    metadata = {"env": env, "parse": parse, "doc": doc, "secret": secret, "default_doc": default_doc}
+    if callable(default):
+        return field(default_factory=default, metadata=metadata, repr=not secret)
+    return field(default=default, metadata=metadata, repr=not secret)
+
+
+# Parsers: each takes the variable's stripped text and returns the value, or raises ValueError(what is expected).
+
+
+def integer(minimum: int) -> Parser:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise ValueError(f"expected an integer ≥ {minimum}")
+        return value
+
+    return parse
+
+
+def number(minimum: float) -> Parser:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not value >= minimum or value == float("inf"):  # also refuses NaN
+            raise ValueError(f"expected a number ≥ {minimum:g}")
+        return value
+
+    return parse
+
+
+def boolean(text: str) -> bool:
+    value = text.lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected 1 or 0 (true/false, yes/no, on/off)")
+
+
+def choice(*options: str) -> Parser:
+    def parse(text: str) -> str:
+        if text.lower() not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return text.lower()
+
+    return parse
+
+
+def text(value: str) -> str:
+    return value
+
+
+def sha256_hex(value: str) -> str:
+    digest = value.lower()
+    if len(digest) != 64 or set(digest) - set("0123456789abcdef"):
+        raise ValueError("expected a sha256 as 64 hexadecimal digits")
+    return digest
+
+
+def device_name(value: str) -> str:
+    if value.lower() == "auto":
+        return "auto"
+    import torch  # only when a device is named, so that settings load without torch
+
+    try:
+        torch.device(value)
+    except RuntimeError:
+        raise ValueError("expected auto or a torch device such as cpu, cuda or cuda:1") from None
+    return value
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _from_env(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
+    """``cls`` with each field read from its variable in ``environ`` (default: ``os.environ``); unset or empty
+    variables keep the field's default."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
+        raw = environ.get(spec.metadata["env"], "").strip()
+        if not raw:
+            continue
+        try:
+            values[spec.name] = spec.metadata["parse"](raw)
+        except ValueError as exc:
+            shown = "<hidden>" if spec.metadata["secret"] else repr(raw)
+            raise SettingsError(f"{spec.metadata['env']}={shown}: {exc}") from None
+    return cls(**values)
+
+
+def _to_dict(settings: Any) -> dict[str, Any]:
+    """The fields as a JSON-ready dict; a secret is reported only as whether it is set (``<name>_set``)."""
+    result: dict[str, Any] = {}
+    for spec in dataclasses.fields(settings):
+        value = getattr(settings, spec.name)
+        if spec.metadata["secret"]:
+            result[f"{spec.name}_set"] = bool(value)
+        else:
+            result[spec.name] = value
+    return result
+
+
+@dataclass(frozen=True)
+class WeightsSettings:
+    """Which checkpoint files are loaded (resolution order in :mod:`ecgfm.hub`)."""
+
+    pretrained_checkpoint: str | None = setting(
+        "ECGFM_PRETRAINED_CHECKPOINT", text, None, "path of the pretrained `.pt`; overrides the Hub"
+    )
+    finetuned_checkpoint: str | None = setting(
+        "ECGFM_FINETUNED_CHECKPOINT", text, None, "path of the finetuned `.pt`; overrides the Hub"
+    )
+    hf_revision: str = setting(
+        "ECGFM_HF_REVISION",
+        text,
+        DEFAULT_HF_REVISION,
+        "Hub revision of `wanglab/ecg-fm` when no path is set (pin a commit hash)",
+    )
+    pretrained_sha256: str | None = setting(
+        "ECGFM_PRETRAINED_SHA256", sha256_hex, None, "pin the pretrained file's sha256; a mismatch fails start-up"
+    )
+    finetuned_sha256: str | None = setting(
+        "ECGFM_FINETUNED_SHA256", sha256_hex, None, "pin the finetuned file's sha256; a mismatch fails start-up"
+    )
+    demo: bool = setting(
+        "ECGFM_DEMO", boolean, False, "`1`: random demo weights when no path is set; every response says demo"
+    )
+    demo_dir: str = setting("ECGFM_DEMO_DIR", text, DEFAULT_DEMO_DIR, "where demo checkpoints are written")
+    demo_size: str = setting("ECGFM_DEMO_SIZE", choice(*DEMO_SIZES), "full", "demo architecture: `full` or `small`")
+
+    from_env = classmethod(_from_env)
+    to_dict = _to_dict
+
+    def checkpoint(self, kind: str) -> str | None:
+        """The local path set for ``kind`` (``"pretrained"`` or ``"finetuned"``), if any."""
+        return self.pretrained_checkpoint if kind == "pretrained" else self.finetuned_checkpoint
+
+    def sha256(self, kind: str) -> str | None:
+        """The sha256 pinned for ``kind``, if any."""
+        return self.pretrained_sha256 if kind == "pretrained" else self.finetuned_sha256
+
+    @staticmethod
+    def env_var(name: str) -> str:
+        """The environment variable of field ``name`` (for messages that tell what to set)."""
+        return next(spec.metadata["env"] for spec in dataclasses.fields(WeightsSettings) if spec.name == name)
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How a loaded model runs (:func:`ecgfm.inference.load_model`; the fast path is :mod:`ecgfm.fast`)."""
+
+    device: str = setting(
+        "ECGFM_DEVICE", device_name, "auto", "torch device of the models: `auto` (CUDA when available), `cpu`, `cuda:1`"
+    )
+    precision: str = setting(
+        "ECGFM_PRECISION",
+        choice(*PRECISIONS),
+        "fp32",
+        "`bf16`/`fp16`/`auto` run the transformer in half precision (faster on GPU, not bit-equal to the "
+        "reference); `auto` is bf16 on CUDA, else fp32; `/health` and `/status` report it",
+    )
+    pos_conv: str = setting(
+        "ECGFM_POS_CONV",
+        choice(*POS_CONVS),
+        "conv",
+        "`fft`: the positional conv as an FFT, the same linear map within float rounding (the parity tolerances "
+        "hold; speed in docs/performance.md); `/status` reports it",
+    )
+    compile: bool = setting(
+        "ECGFM_COMPILE",
+        boolean,
+        False,
+        "`1`: `torch.compile` the models (CUDA graphs on a GPU); start-up takes a minute or more; `/status` reports it",
+    )
+    weights_cache_dir: str | None = setting(
+        "ECGFM_WEIGHTS_CACHE_DIR",
+        text,
+        None,
+        "folder for stripped safetensors copies of the checkpoints (weights and `cfg.model` only, keyed by the "
+        "file's sha256): later start-ups read a third of the bytes (docs/model.md)",
+    )
+
+    from_env = classmethod(_from_env)
+    to_dict = _to_dict
+
+
+def _default_max_batch_size() -> int:
+    # Segments (5 s each) per model call, across requests: 8 on CPU (full-size ECG-FM peaks there; 32 is 3x
+    # slower on 2 cores), 32 on a GPU. Measurements: docs/performance.md, "Batching defaults".
+    return 32 if _cuda_available() else 8
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """The HTTP service's limits, batching and access (read once when ``service.py`` is imported)."""
+
+    max_duration_s: float = setting(
+        "ECGFM_MAX_DURATION_S", number(1.0), DEFAULT_MAX_DURATION_S, "longest record accepted in seconds (422 above)"
+    )
+    max_body_bytes: int = setting(
+        "ECGFM_MAX_BODY_BYTES",
+        integer(1024),
+        0,
+        "largest request body in bytes (413 above)",
+        default_doc=f"{BODY_SIZING_FS * BYTES_PER_JSON_SAMPLE * len(LEAD_ORDER)} × max duration "
+        "(172800000: 600 s at 1000 Hz as JSON)",
+    )
+    max_concurrency: int = setting(
+        "ECGFM_MAX_CONCURRENCY", integer(1), 64, "POSTs in flight per API process (429 with `Retry-After` above)"
+    )
+    max_batch_size: int = setting(
+        "ECGFM_MAX_BATCH_SIZE",
+        integer(2),
+        _default_max_batch_size,
+        "most segments (5 s each) in one model call, across requests, at least 2 (docs/performance.md)",
+        default_doc="8 on CPU, 32 on CUDA",
+    )
+    max_latency_ms: int = setting(
+        "ECGFM_MAX_LATENCY_MS",
+        integer(1),
+        120_000,
+        "longest a request may queue for a model before it is refused (503)",
+    )
+    request_timeout_s: int = setting(
+        "ECGFM_REQUEST_TIMEOUT_S", integer(1), 300, "BentoML traffic timeout of every service"
+    )
+    api_key: str = setting(
+        "ECGFM_API_KEY",
+        text,
+        "",
+        "when set, `Authorization: Bearer <key>` is required on every path but `/health`, `/livez`, `/healthz`, "
+        "`/readyz` (docs/security.md)",
+        secret=True,
+    )
+
+    from_env = classmethod(_from_env)
+    to_dict = _to_dict
+
+    def __post_init__(self) -> None:
+        if not self.max_body_bytes:  # unset: sized for the longest record (see BYTES_PER_JSON_SAMPLE)
+            body = int(self.max_duration_s * BODY_SIZING_FS * len(LEAD_ORDER) * BYTES_PER_JSON_SAMPLE)
+            object.__setattr__(self, "max_body_bytes", body)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of one process."""
+
+    weights: WeightsSettings
+    runtime: RuntimeSettings
+    serving: ServingSettings
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        return cls(
+            WeightsSettings.from_env(environ), RuntimeSettings.from_env(environ), ServingSettings.from_env(environ)
+        )
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The effective settings as ``/info`` reports them (the API key only as ``api_key_set``)."""
+        return {"weights": self.weights.to_dict(), "runtime": self.runtime.to_dict(), "serving": self.serving.to_dict()}
+
+
+SECTIONS: tuple[type, ...] = (WeightsSettings, RuntimeSettings, ServingSettings)
+TABLE_START, TABLE_END = "<!-- settings table: python -m ecgfm.settings -->", "<!-- end of settings table -->"
+
+
+def _default_markdown(spec: dataclasses.Field) -> str:
+    if spec.metadata["default_doc"]:
+        return spec.metadata["default_doc"]
+    if spec.default is None or spec.default == "":
+        return "–"
+    if isinstance(spec.default, bool | float):
+        return f"`{float(spec.default):g}`"
+    return f"`{spec.default}`"
+
+
+def variables() -> list[dict[str, str]]:
+    """Every ``ECGFM_*`` variable: ``{"env", "section", "field", "default", "doc"}`` (the docs table's source;
+    ``default`` as markdown)."""
+    return [
+        {
+            "env": spec.metadata["env"],
+            "section": section.__name__,
+            "field": spec.name,
+            "default": _default_markdown(spec),
+            "doc": spec.metadata["doc"],
+        }
+        for section in SECTIONS
+        for spec in dataclasses.fields(section)
+    ]
+
+
+def markdown_table() -> str:
+    """The table of variables in ``docs/deployment.md`` (between :data:`TABLE_START` and :data:`TABLE_END`)."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for row in variables():
+        lines.append(f"| `{row['env']}` | {row['default']} | {row['doc']} |")
+    return "\n".join([TABLE_START, *lines, TABLE_END])
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,171 @@
+"""The HTTP plumbing (``serving.py``) on its own: each middleware, the OpenAPI error responses, the log filter.
+
+The same behaviour through the real server is tested in ``tests/test_hardening.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from pydantic import ValidationError
+
+from contract import ERRORS, JSON_MEDIA_TYPE, POST_MEDIA_TYPES, PUBLIC_PATHS, ECGRequest
+from serving import (
+    ApiKeyMiddleware,
+    BodySizeLimitMiddleware,
+    ConcurrencyLimitMiddleware,
+    MediaTypeMiddleware,
+    RetryAfterMiddleware,
+    ValidationTracebackFilter,
+    document_error_responses,
+    install_log_filter,
+)
+
+
+def openapi_fragment() -> dict:
+    ok = {"200": {"description": "ok"}}
+    return {
+        "paths": {
+            "/clinical": {"post": {"responses": {**ok, "400": {"description": "BentoML's"}}}},
+            "/clinical/npy": {"post": {"responses": {**ok, "422": {"description": "FastAPI's"}}}},
+            "/info": {"get": {"responses": dict(ok)}},
+            "/readyz": {"get": {"responses": dict(ok)}},
+        }
+    }
+
+
+def test_openapi_gets_every_post_error_status_with_the_error_schema() -> None:
+    spec = document_error_responses(openapi_fragment(), POST_MEDIA_TYPES, PUBLIC_PATHS)
+    responses = spec["paths"]["/clinical"]["post"]["responses"]
+    assert {"400", "401", "413", "415", "422", "429", "503"} <= set(responses)
+    assert responses["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+    assert responses["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ValidationErrorResponse")
+    assert spec["components"]["schemas"]["ValidationErrorResponse"]["properties"]["detail"]["type"] == "array"
+
+
+def test_openapi_npy_posts_get_the_contracts_400_and_422_instead_of_fastapis() -> None:
+    responses = document_error_responses(openapi_fragment(), POST_MEDIA_TYPES, PUBLIC_PATHS)["paths"]["/clinical/npy"]
+    assert responses["post"]["responses"]["422"]["description"] == "Well-formed, but not a usable ECG"
+    assert responses["post"]["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ErrorResponse"
+    )
+
+
+def test_openapi_gets_401_on_protected_gets_only() -> None:
+    spec = document_error_responses(openapi_fragment(), POST_MEDIA_TYPES, PUBLIC_PATHS)
+    assert "401" in spec["paths"]["/info"]["get"]["responses"]
+    assert set(spec["paths"]["/readyz"]["get"]["responses"]) == {"200"}
+
+
+def test_every_error_status_of_the_contract_is_a_distinct_row() -> None:
+    statuses = sorted(row.status for row in ERRORS.values())
+    assert statuses == [400, 401, 413, 415, 422, 429, 503, 503]
+    assert all(row.description for row in ERRORS.values())
+
+
+def run_asgi(
+    app: object,
+    path: str = "/clinical",
+    headers: dict[str, str] | None = None,
+    body_chunks: tuple[bytes, ...] = (b"{}",),
+) -> list[dict]:
+    """One POST through an ASGI app; the messages it sent."""
+    sent: list[dict] = []
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [(k.encode(), v.encode()) for k, v in (headers or {"content-type": JSON_MEDIA_TYPE}).items()],
+    }
+    chunks = list(body_chunks)
+
+    async def receive() -> dict:
+        chunk = chunks.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+async def answers_200(scope: dict, receive: object, send: object) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+def test_a_503_from_behind_gets_retry_after() -> None:
+    async def overloaded(scope: dict, receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 503, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"error": "busy"}'})
+
+    start = run_asgi(RetryAfterMiddleware(overloaded))[0]
+    assert (b"retry-after", b"2") in start["headers"]
+
+
+def test_api_key_is_required_except_on_public_paths() -> None:
+    guarded = ApiKeyMiddleware(answers_200, api_key="s3cret", public_paths=PUBLIC_PATHS)
+    assert run_asgi(guarded)[0]["status"] == 401
+    assert (b"www-authenticate", b"Bearer") in run_asgi(guarded)[0]["headers"]
+    wrong = {"content-type": JSON_MEDIA_TYPE, "authorization": "Bearer s3cre"}
+    assert run_asgi(guarded, headers=wrong)[0]["status"] == 401
+    right = {"content-type": JSON_MEDIA_TYPE, "authorization": "Bearer s3cret"}
+    assert run_asgi(guarded, headers=right)[0]["status"] == 200
+    assert run_asgi(guarded, path="/readyz")[0]["status"] == 200
+
+
+def test_without_an_api_key_nothing_is_guarded() -> None:
+    assert run_asgi(ApiKeyMiddleware(answers_200, api_key="", public_paths=PUBLIC_PATHS))[0]["status"] == 200
+
+
+@pytest.mark.parametrize(("path", "content_type", "status"), [
+    ("/clinical", JSON_MEDIA_TYPE, 200),
+    ("/clinical", "application/json; charset=utf-8", 200),
+    ("/clinical", "text/plain", 415),
+    ("/clinical/npy", JSON_MEDIA_TYPE, 415),
+    ("/clinical/npy", "application/octet-stream", 200),
+])  # fmt: skip
+def test_each_post_route_takes_its_own_media_type(path: str, content_type: str, status: int) -> None:
+    middleware = MediaTypeMiddleware(answers_200, media_types=POST_MEDIA_TYPES)
+    assert run_asgi(middleware, path=path, headers={"content-type": content_type})[0]["status"] == status
+
+
+def test_posts_beyond_the_concurrency_limit_are_429_with_retry_after() -> None:
+    middleware = ConcurrencyLimitMiddleware(answers_200, paths=POST_MEDIA_TYPES, max_concurrency=1)
+    assert run_asgi(middleware)[0]["status"] == 200
+    middleware.in_flight = 1  # one request already in flight
+    start = run_asgi(middleware)[0]
+    assert start["status"] == 429 and (b"retry-after", b"2") in start["headers"]
+
+
+def test_a_body_over_the_limit_is_413_by_length_or_while_read() -> None:
+    middleware = BodySizeLimitMiddleware(answers_200, paths=POST_MEDIA_TYPES, max_body_bytes=10)
+    declared = {"content-type": JSON_MEDIA_TYPE, "content-length": "11"}
+    assert run_asgi(middleware, headers=declared)[0]["status"] == 413
+    assert run_asgi(middleware, body_chunks=(b"123456", b"78901"))[0]["status"] == 413  # chunked, no length
+    assert run_asgi(middleware, body_chunks=(b"12345", b"67890"))[0]["status"] == 200  # exactly the limit
+
+
+def test_a_validation_traceback_is_logged_as_a_summary_without_body_keys() -> None:
+    try:
+        ECGRequest.model_validate_json('{"signal": [[1.0]], "fs": 500, "Jane Doe": 1}')
+    except ValidationError as exc:
+        record = logging.LogRecord(
+            "x", logging.ERROR, __file__, 1, "Exception on /clinical [POST]", (), (ValidationError, exc, None)
+        )
+    ValidationTracebackFilter(ECGRequest.model_fields).filter(record)
+    assert record.exc_info is None
+    assert (
+        record.getMessage()
+        == "Exception on /clinical [POST]: 400, 1 validation error(s) ['extra_forbidden'] in fields ['-']"
+    )
+
+
+def test_the_log_filter_is_installed_once_on_bentomls_http_logger() -> None:
+    logger = logging.getLogger("bentoml._internal.server.http_app")
+    install_log_filter(ECGRequest.model_fields)
+    install_log_filter(ECGRequest.model_fields)
+    assert sum(isinstance(f, ValidationTracebackFilter) for f in logger.filters) == 1
