@@ -140,3 +140,9 @@ def test_two_detections_closer_than_0_2_s_count_as_one_beat(gap: int, kept: bool
     signal = sum(np.exp(-0.5 * ((t - p / fs) / 0.008) ** 2) for p in peaks)
     refined = refine_peaks(signal, peaks, fs)
     assert refined.tolist() == ([500, 500 + gap, 1500] if kept else [500, 1500])
+
+
+def test_the_json_form_counts_the_beats() -> None:
+    result = measure([FS] * 4)
+    data = result.to_dict()
+    assert data["n_beats"] == 5 and data["r_peaks"] == result.r_peaks and data["quality"] == "good"
