@@ -26,9 +26,7 @@ from benchmarks.bench_served import (
     RECORD,
     checkpoints,
     record_bodies,
-    start_server,
-    stop_server,
-    wait_healthy,
+    server,
 )
 from benchmarks.common import DATA_DIR, machine_info, machine_line, markdown_table, write_results
 from decoding import prepare
@@ -49,39 +47,36 @@ def measure(target: str, port: int, size: str, record: dict[str, Any], requests:
         record["signal"], record["fs"], None, False, max_duration_s=DEFAULT_MAX_DURATION_S
     ).record.segments
     payloads = record_bodies(record)
-    process = start_server(target, port, pretrained, finetuned)
-    base_url = f"http://127.0.0.1:{port}"
     raw_ms: list[float] = []
     served_ms: dict[str, list[float]] = {name: [] for name in BODY_ENDPOINTS}
     model_ms: list[float] = []  # the finetuned model service's own time per call (BentoML targets)
-    try:
-        wait_healthy(base_url, process, timeout_s=300)
-        with httpx.Client(base_url=base_url, timeout=600) as http:
+    with (
+        server(target, port, pretrained, finetuned) as running,
+        httpx.Client(base_url=running.url, timeout=600) as http,
+    ):
 
-            def busy_s() -> float | None:
-                return None if target == "plain" else http.get("/status").json()["models"]["finetuned"]["busy_s"]
+        def busy_s() -> float | None:
+            return None if target == "plain" else http.get("/status").json()["models"]["finetuned"]["busy_s"]
 
-            for round_index in range(warmup + requests):
-                counted = round_index >= warmup
+        for round_index in range(warmup + requests):
+            counted = round_index >= warmup
+            time.sleep(SETTLE_S)
+            started = time.perf_counter()
+            handle.run(segments)
+            if counted:
+                raw_ms.append((time.perf_counter() - started) * 1000.0)
+            for name, (path, content_type) in BODY_ENDPOINTS.items():
+                busy_before = busy_s()
                 time.sleep(SETTLE_S)
                 started = time.perf_counter()
-                handle.run(segments)
+                response = http.post(path, content=payloads[name], headers={"content-type": content_type})
+                elapsed = (time.perf_counter() - started) * 1000.0
+                response.raise_for_status()
+                busy_after = busy_s()
                 if counted:
-                    raw_ms.append((time.perf_counter() - started) * 1000.0)
-                for name, (path, content_type) in BODY_ENDPOINTS.items():
-                    busy_before = busy_s()
-                    time.sleep(SETTLE_S)
-                    started = time.perf_counter()
-                    response = http.post(path, content=payloads[name], headers={"content-type": content_type})
-                    elapsed = (time.perf_counter() - started) * 1000.0
-                    response.raise_for_status()
-                    busy_after = busy_s()
-                    if counted:
-                        served_ms[name].append(elapsed)
-                        if busy_before is not None:
-                            model_ms.append((busy_after - busy_before) * 1000.0)
-    finally:
-        stop_server(process)
+                    served_ms[name].append(elapsed)
+                    if busy_before is not None:
+                        model_ms.append((busy_after - busy_before) * 1000.0)
     result: dict[str, Any] = {"raw_ms": summary(raw_ms), "endpoints": {}}
     if model_ms:  # served - model call = HTTP, decoding, preprocessing, the hop to the model service, the batcher
         result["model_call_ms"] = summary(model_ms)

@@ -36,9 +36,7 @@ from benchmarks.bench_served import (
     checkpoints,
     record_bodies,
     run_level,
-    start_server,
-    stop_server,
-    wait_healthy,
+    server,
 )
 from benchmarks.common import DATA_DIR, REPO_DIR, machine_info, machine_line, markdown_table, write_results
 
@@ -89,12 +87,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     assert raw.stdin is not None and raw.stdout is not None
     if raw.stdout.readline().strip() != "ready":
         raise RuntimeError("the raw worker did not start")
-    server = start_server("bentoml", args.port, pretrained, finetuned)
-    base_url = f"http://127.0.0.1:{args.port}"
     data: dict[str, Any] = {"pairs": {name: [] for name in args.bodies.split(",")}}
     try:
-        wait_healthy(base_url, server, timeout_s=300)
-        with tempfile.TemporaryDirectory() as tmp:
+        with server("bentoml", args.port, pretrained, finetuned) as running, tempfile.TemporaryDirectory() as tmp:
+            base_url = running.url
             paths = write_bodies(Path(tmp))
             for name in data["pairs"]:  # warm-up: the batcher trains on its first ~10 calls
                 served_window(base_url, paths[name], args.concurrency, 10)
@@ -111,7 +107,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     pairs.append(row)
                     print(f"pair {pair} {name}: {json.dumps(row)}", flush=True)
     finally:
-        stop_server(server)
         raw.stdin.close()
         raw.wait(timeout=60)
     data["summary"] = {

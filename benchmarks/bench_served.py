@@ -18,7 +18,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from benchmarks.common import (
     markdown_table,
     write_results,
 )
+from tests.launcher import ServerProcess, bentoml_command, server_env, uvicorn_command
 
 RECORD = "JS01048.json"  # 10 s, 12 leads
 RECORD_FS = 500  # its sampling rate (the fs query parameter of /clinical/npy)
@@ -67,46 +67,20 @@ def checkpoints(size: str) -> tuple[Path, Path]:
     return pretrained, finetuned
 
 
-def start_server(target: str, port: int, pretrained: Path, finetuned: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "ECGFM_PRETRAINED_CHECKPOINT": str(pretrained),
-        "ECGFM_FINETUNED_CHECKPOINT": str(finetuned),
-    }
+def server(target: str, port: int, pretrained: Path, finetuned: Path) -> ServerProcess:
+    """``target`` on ``127.0.0.1:port`` with these checkpoints (not started yet: use it as a context manager);
+    its log is ``bench_served_<target>.log`` in the temp folder."""
+    env = {"ECGFM_PRETRAINED_CHECKPOINT": str(pretrained), "ECGFM_FINETUNED_CHECKPOINT": str(finetuned)}
     if target == "plain":
-        cmd = [PYTHON, "-m", "uvicorn", "benchmarks.plain_fastapi_app:app", "--host", "127.0.0.1", "--port", str(port)]
+        command = uvicorn_command("benchmarks.plain_fastapi_app:app", port)
     else:
         if target == "bentoml-nobatch":
             env["ECGFM_MAX_BATCH_SIZE"] = str(SEGMENTS_PER_RECORD)
-        cmd = [BENTOML, "serve", "service:ECGFMService", "--host", "127.0.0.1", "--port", str(port)]
-    log = open(Path(tempfile.gettempdir()) / f"bench_served_{target}.log", "wb")  # noqa: SIM115 - lives with the server
-    return subprocess.Popen(cmd, cwd=REPO_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    """SIGTERM to the server's own process group (it was started in a new session), then SIGKILL."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass
-
-
-def wait_healthy(base_url: str, process: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}; see its log in {tempfile.gettempdir()}")
-        try:
-            if httpx.get(f"{base_url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{base_url} was not healthy after {timeout_s} s")
+        command = bentoml_command(port)
+    log_path = Path(tempfile.gettempdir()) / f"bench_served_{target}.log"
+    # the plain baseline has no /readyz; its /health answers once the model is loaded
+    environ = server_env(env, inherit_settings=True)
+    return ServerProcess(command, environ, log_path, port, "/health", start_timeout_s=300, stop_timeout_s=30)
 
 
 def finetuned_stats(base_url: str) -> dict[str, Any]:
@@ -177,13 +151,9 @@ def bench_target(
     target: str, port: int, size: str, body_path: Path, levels: list[int], duration_s: float, max_requests: int
 ) -> dict[str, Any]:
     pretrained, finetuned = checkpoints(size)
-    process = start_server(target, port, pretrained, finetuned)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        started = time.perf_counter()
-        wait_healthy(base_url, process, timeout_s=300)
-        startup_s = round(time.perf_counter() - started, 1)
-        sampler = RssSampler(process.pid)
+    with server(target, port, pretrained, finetuned) as running:
+        base_url, startup_s = running.url, running.startup_s
+        sampler = RssSampler(running.process.pid)
         idle_rss_mb = round(sampler.current_mb(), 1)
         sampler.start()
         # one request to warm up (first forward, connection pools)
@@ -206,8 +176,6 @@ def bench_target(
         sampler.join()
         return {"startup_s": startup_s, "idle_rss_mb": idle_rss_mb, "peak_rss_mb": round(sampler.peak_mb, 1),
                 "levels": results}  # fmt: skip
-    finally:
-        stop_server(process)
 
 
 def to_markdown(data: dict[str, Any]) -> str:

@@ -23,9 +23,7 @@ from benchmarks.bench_served import (
     RssSampler,
     checkpoints,
     record_bodies,
-    start_server,
-    stop_server,
-    wait_healthy,
+    server,
 )
 from benchmarks.common import DATA_DIR, REPO_DIR, machine_info, markdown_table, write_results
 
@@ -40,15 +38,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     record = json.loads((DATA_DIR / RECORD).read_text())
     pretrained, finetuned = checkpoints(args.size)
-    process = start_server("bentoml", args.port, pretrained, finetuned)
-    base_url = f"http://127.0.0.1:{args.port}"
     samples: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         body_path = Path(tmp) / "body.json"
         body_path.write_bytes(record_bodies(record)["json"])
-        try:
-            wait_healthy(base_url, process, timeout_s=300)
-            sampler = RssSampler(process.pid)
+        with server("bentoml", args.port, pretrained, finetuned) as running:
+            base_url = running.url
+            sampler = RssSampler(running.process.pid)
             cmd = [
                 PYTHON, "-m", "benchmarks.loadgen", "--url", f"{base_url}/clinical", "--body", str(body_path),
                 "--concurrency", str(args.concurrency), "--duration-s", str(args.duration_s),
@@ -60,8 +56,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 samples.append((round(time.perf_counter() - started, 1), round(sampler.current_mb(), 1)))
                 time.sleep(args.every_s)
             load_result = json.loads(load.stdout.read().decode().strip().splitlines()[-1])
-        finally:
-            stop_server(process)
     rss = [mb for _, mb in samples]
     half = len(rss) // 2
     data = {

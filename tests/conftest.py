@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.launcher import ServerProcess, bentoml_command, free_port, server_env
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_DIR.parent / "shared"
@@ -43,59 +41,18 @@ def load_json_record(name: str) -> dict:
     return json.loads((DATA_DIR / name).read_text())
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def bentoml_server(
     env: dict[str, str], log_path: Path, ready_path: str = "/readyz", extra_args: tuple[str, ...] = ()
 ) -> Iterator[str]:
-    """Run ``bentoml serve service:ECGFMService`` (plus ``extra_args``) on a free loopback port with ``env`` added;
-    yield its URL once ``ready_path`` answers 200 (with ``ECGFM_API_KEY`` in ``env``, ready_path must be public);
-    stop the whole process group afterwards. Output goes to ``log_path``."""
-    import httpx
-
-    port = _free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("ECGFM_")} | env
-    env["BENTOML_DO_NOT_TRACK"] = "true"
-    # Its own BentoML home: servers sharing one wipe each other's Prometheus files (/metrics) at start.
-    env["BENTOML_HOME"] = str(log_path.parent / "bentoml_home")
-    command = [str(REPO_DIR / ".venv" / "bin" / "bentoml"), "serve", "service:ECGFMService"]
-    command += ["--host", "127.0.0.1", "--port", str(port), *extra_args]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"bentoml serve not ready after {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}"
-                )
-            time.sleep(0.5)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    """``bentoml serve service:ECGFMService`` (plus ``extra_args``) on a free loopback port with only ``env`` as
+    ``ECGFM_*`` settings and a BentoML home of its own; yields its URL once ``ready_path`` answers 200 (with
+    ``ECGFM_API_KEY`` in ``env``, ready_path must be public). Output goes to ``log_path``."""
+    port = free_port()
+    command = bentoml_command(port, *extra_args)
+    environ = server_env(env, bentoml_home=log_path.parent / "bentoml_home")
+    with ServerProcess(command, environ, log_path, port, ready_path, SERVER_START_TIMEOUT_S) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,8 @@ import pytest
 
 from benchmarks import bench_latency, bench_saturation
 from benchmarks.bench_served import RECORD, SEGMENTS_PER_RECORD
-from tests.conftest import _free_port, load_json_record
+from tests.conftest import load_json_record
+from tests.launcher import free_port
 
 pytestmark = pytest.mark.server
 
@@ -27,7 +28,7 @@ def own_bentoml_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_latency_benchmark_pairs_each_raw_forward_with_served_requests() -> None:
-    result = bench_latency.measure("bentoml", _free_port(), "small", load_json_record(RECORD), requests=3, warmup=1)
+    result = bench_latency.measure("bentoml", free_port(), "small", load_json_record(RECORD), requests=3, warmup=1)
     assert set(result["endpoints"]) == {"json", "npy"}
     served_p50 = [served["p50"] for served in result["endpoints"].values()]
     assert all(0 < served["min"] <= served["p50"] for served in result["endpoints"].values())
@@ -37,7 +38,7 @@ def test_latency_benchmark_pairs_each_raw_forward_with_served_requests() -> None
 
 def test_saturation_benchmark_alternates_raw_and_served_windows() -> None:
     args = argparse.Namespace(
-        size="small", concurrency=2, bodies="npy", pairs=1, window_s=2.0, raw_batch_size=2, port=_free_port()
+        size="small", concurrency=2, bodies="npy", pairs=1, window_s=2.0, raw_batch_size=2, port=free_port()
     )
     data = bench_saturation.run(args)
     row = data["pairs"]["npy"][0]

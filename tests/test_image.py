@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CKPT_DIR, DATA_DIR, FINETUNED_CKPT, PRETRAINED_CKPT, REPO_DIR, _free_port
+from tests.conftest import CKPT_DIR, DATA_DIR, FINETUNED_CKPT, PRETRAINED_CKPT, REPO_DIR
+from tests.launcher import free_port
 
 BUILD_SCRIPT = REPO_DIR / "scripts" / "build_image.sh"
 BUILD_TIMEOUT_S = 1800  # vfs copies the ~2.4 GB of layers; about 4-5 min on 2 cores
@@ -168,7 +169,7 @@ def image_url(cpu_image: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     container = subprocess.run(
         ["buildah", "from", cpu_image], env=env, check=True, capture_output=True, text=True, timeout=300
     ).stdout.strip()
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("image_server") / "server.log"
     command = ["buildah", "run", "--network", "host", "--volume", f"{CKPT_DIR.resolve()}:/ckpt:ro"]
     command += ["--env", f"ECGFM_PRETRAINED_CHECKPOINT=/ckpt/{PRETRAINED_CKPT.name}"]
