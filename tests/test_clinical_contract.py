@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from ecgfm.labels import LABELS
-from interpreter.findings import ConfigError, interpret, load_config, rate_severity
+from interpreter.findings import ConfigError, interpret, load_config, rate_severity, worst
 
 # docs/clinical_methodology.md §2, "Groups and thresholds" (Structural is empty).
 DOC_GROUPS: dict[str, tuple[str, ...]] = {
@@ -413,3 +413,43 @@ def test_a_user_file_does_not_change_the_defaults_of_a_later_load(tmp_path) -> N
     assert load_config(user)["labels"]["Infarction"]["threshold"] == 0.7
     assert load_config()["labels"]["Infarction"]["threshold"] == 0.5
     assert rate_severity(35, load_config(user)) == "normal" and rate_severity(35, load_config()) == "critical"
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_t1_each_finding_carries_its_probability_and_documented_threshold(label: str) -> None:
+    threshold, borderline = DOC_THRESHOLDS[label]
+    for p in (0.95, (threshold + borderline) / 2, borderline / 2):
+        f = finding(interpret(only(label, p), None), label)
+        assert (f.probability, f.threshold) == (p, threshold)
+    assert finding(interpret(only(label, borderline / 2), None), label).severity == "normal"  # absent
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0])
+def test_probabilities_of_exactly_0_and_1_are_accepted(p: float) -> None:
+    assert finding(interpret(dict.fromkeys(LABELS, p), None), "Infarction").status == ("present" if p else "absent")
+
+
+def test_the_worst_of_no_severities_is_normal() -> None:
+    assert worst([]) == "normal"
+    assert worst(["borderline", "critical", "normal", "abnormal"]) == "critical"
+
+
+def test_h8_the_note_says_why_the_rate_rules_were_not_applied() -> None:
+    assert interpret(probs(Sinus_rhythm=0.95), None).notes == [
+        "H8: heart-rate rules not applied (no signal was given); tachycardia/bradycardia are the model's findings only"
+    ]
+    two_reasons = hr(80, quality="unreliable") | {"quality_reasons": ["only 2 beats detected", "leads disagree"]}
+    assert (
+        interpret(probs(Sinus_rhythm=0.95), two_reasons)
+        .notes[0]
+        .startswith("H8: heart-rate rules not applied (only 2 beats detected; leads disagree); ")
+    )
+    assert "(heart rate unavailable)" in interpret(probs(Sinus_rhythm=0.95), hr(None)).notes[0]
+
+
+def test_h9_the_note_points_to_the_rhythm_strip() -> None:
+    interp = interpret(probs(Sinus_rhythm=0.95), hr(80, irregular=True, rr_cv=0.25))
+    assert interp.notes == [
+        "H9: RR intervals are irregular (coefficient of variation 0.25) although the model reports no atrial "
+        "fibrillation/flutter: consider sinus arrhythmia, ectopic beats or missed AF — review the rhythm strip"
+    ]

@@ -321,10 +321,12 @@ def test_a_padded_segment_is_float32_with_a_boolean_mask():
 
 
 def test_resampling_needs_two_samples_in_and_out():
-    with pytest.raises(ECGInputError, match="too short to resample"):
+    with pytest.raises(ECGInputError, match=r"^the signal is too short to resample$"):
         linear_resample(np.zeros((12, 1)), 250)
     with pytest.raises(ECGInputError, match="too short to resample"):
         linear_resample(np.zeros((12, 3)), 2000)  # 3 samples at 2000 Hz -> 0 at 500 Hz
+    two = np.tile([0.0, 3.0], (12, 1))
+    np.testing.assert_allclose(linear_resample(two, 250), np.tile([0.0, 1.0, 2.0, 3.0], (12, 1)))  # 2 in, 4 out
     three = np.tile([0.0, 1.0, 2.0], (12, 1))
     np.testing.assert_array_equal(linear_resample(three, 750), np.tile([0.0, 2.0], (12, 1)))  # 2 out: the ends
 
