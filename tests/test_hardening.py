@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from contract import PUBLIC_PATHS
 from tests.conftest import FINETUNED_CKPT, PRETRAINED_CKPT, REPO_DIR, bentoml_server, load_json_record
 
 pytestmark = pytest.mark.server
@@ -167,22 +170,53 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> dict:
         yield {"url": url, "log": log_path, "auth": {"authorization": f"Bearer {API_KEY}"}}
 
 
-@pytest.mark.parametrize("path", ["/clinical", "/info", "/status", "/metrics", "/docs.json"])
-def test_without_the_api_key_protected_paths_are_401(guarded: dict, path: str) -> None:
-    method = "POST" if path == "/clinical" else "GET"
-    response = httpx.request(method, guarded["url"] + path, json=body_with() if method == "POST" else None)
-    assert response.status_code == 401
-    assert response.headers["www-authenticate"] == "Bearer"
+def registered_routes(url: str, auth: dict[str, str]) -> set[tuple[str, str]]:
+    """Every (method, path) the running service registers: its OpenAPI document (BentoML's routes, the probes,
+    /metrics and every API), the mounted FastAPI app's routes (its /npy POSTs and GETs, its own /docs, /redoc,
+    /openapi.json) and the two pages BentoML serves outside the document (the API explorer at / and /docs.json)."""
+    from service import app
+
+    spec = httpx.get(url + "/docs.json", headers=auth, timeout=30).json()
+    routes = {(method.upper(), path) for path, operations in spec["paths"].items() for method in operations}
+    routes |= {(method, route.path) for route in app.routes for method in getattr(route, "methods", ()) or ()}
+    return {(method, path) for method, path in routes if method in ("GET", "POST")} | {
+        ("GET", "/"),
+        ("GET", "/docs.json"),
+    }
+
+
+def test_every_registered_route_but_the_probes_needs_the_api_key(guarded: dict) -> None:
+    routes = registered_routes(guarded["url"], guarded["auth"])
+    assert {("POST", "/clinical/npy"), ("GET", "/openapi.json"), ("GET", "/metrics")} <= routes  # the table is read
+    protected = sorted(route for route in routes if route[1] not in PUBLIC_PATHS)
+    statuses = {}
+    for method, path in protected:
+        response = httpx.request(method, guarded["url"] + path, json=body_with() if method == "POST" else None)
+        statuses[(method, path)] = (response.status_code, response.headers.get("www-authenticate"))
+    assert statuses == dict.fromkeys(protected, (401, "Bearer"))
+
+
+def test_the_public_probes_answer_without_the_api_key(guarded: dict) -> None:
+    routes = registered_routes(guarded["url"], guarded["auth"])
+    probes = sorted(path for method, path in routes if path in PUBLIC_PATHS)
+    assert probes == sorted(PUBLIC_PATHS)  # each public path is a route the service really has
+    assert {path: httpx.get(guarded["url"] + path, timeout=30).status_code for path in probes} == dict.fromkeys(
+        probes, 200
+    )
 
 
 def test_a_wrong_api_key_is_401(guarded: dict) -> None:
     response = httpx.get(guarded["url"] + "/info", headers={"authorization": f"Bearer {API_KEY}x"})
     assert response.status_code == 401
+    response = httpx.get(guarded["url"] + "/info", headers={"authorization": API_KEY})  # no "Bearer "
+    assert response.status_code == 401
 
 
-@pytest.mark.parametrize("path", ["/health", "/livez", "/readyz"])
-def test_probes_need_no_api_key(guarded: dict, path: str) -> None:
-    assert httpx.get(guarded["url"] + path, timeout=30).status_code == 200
+def test_info_reports_that_a_key_is_set_but_never_the_key(guarded: dict) -> None:
+    response = httpx.get(guarded["url"] + "/info", headers=guarded["auth"], timeout=30)
+    assert response.json()["settings"]["serving"]["api_key_set"] is True
+    assert response.json()["settings"]["serving"]["max_concurrency"] == GUARDED_MAX_CONCURRENCY
+    assert API_KEY not in response.text
 
 
 def test_with_the_api_key_every_endpoint_answers(guarded: dict) -> None:
@@ -265,3 +299,23 @@ def test_corrupt_or_wrong_kind_checkpoint_fails_start_up_naming_file_and_problem
     assert f"{truncated}: not a readable PyTorch checkpoint (truncated download or wrong file?)" in log
     assert f"{wrong_kind}: this is a finetuned checkpoint" in log and "a pretrained one was expected" in log
     assert health.status_code == 503
+
+
+def test_the_interpreter_sends_the_api_key_from_the_environment(guarded: dict, tmp_path: Path) -> None:
+    """``python -m interpreter report --url`` against the keyed server: with ECGFM_API_KEY it is let in (so the
+    header arrived), without it the server's 401 is reported and the command fails."""
+    record = str(REPO_DIR.parent / "shared" / "data" / "JS01048.json")
+    command = [sys.executable, "-m", "interpreter", "report", record, "--url", guarded["url"], "--quiet"]
+    environ = {key: value for key, value in os.environ.items() if key != "ECGFM_API_KEY"}
+    keyed = subprocess.run(
+        [*command, "--out", str(tmp_path / "keyed")], env={**environ, "ECGFM_API_KEY": API_KEY},
+        cwd=REPO_DIR, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert keyed.returncode == 0, keyed.stderr
+    assert json.loads((tmp_path / "keyed" / "JS01048.json").read_text())["source"]["model"] == "finetuned"
+    unkeyed = subprocess.run(
+        [*command, "--out", str(tmp_path / "unkeyed")], env=environ, cwd=REPO_DIR, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert unkeyed.returncode != 0 and "answered 401" in unkeyed.stderr
+    assert not (tmp_path / "unkeyed" / "JS01048.json").exists()

@@ -8,9 +8,7 @@ import io
 import json
 import subprocess
 import sys
-import threading
 from html.parser import HTMLParser
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import matplotlib.image
@@ -150,54 +148,19 @@ def test_report_without_a_result_for_a_record_fails_clearly(tmp_path: Path, caps
     assert "JS36330" in capsys.readouterr().err
 
 
-class _FakeClinical(BaseHTTPRequestHandler):
-    """Stands in for ``POST /clinical`` of the service, checking the request body it gets."""
+def test_report_from_a_running_server_url(tmp_path: Path, server_url: str) -> None:
+    """``--url`` against the real service: the report holds exactly the probabilities /clinical answers."""
+    import httpx
 
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        assert self.path == "/clinical" and len(body["signal"]) == 12 and body["fs"] == 500
-        answer = {
-            "model": "finetuned",
-            "probabilities": probabilities(Sinus_rhythm=0.9, Bradycardia=0.8),
-            "n_segments": 2,
-            "duration_s": 10.0,
-            "checkpoint": {"sha256": "x"},
-            "demo": True,
-        }
-        data = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-def test_report_from_a_running_server_url(tmp_path: Path) -> None:
-    server = HTTPServer(("127.0.0.1", 0), _FakeClinical)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        code = main(
-            [
-                "report",
-                str(DATA / "JS01048.json"),
-                "--url",
-                f"http://127.0.0.1:{server.server_port}",
-                "--out",
-                str(tmp_path),
-                "--quiet",
-            ]
-        )
-    finally:
-        server.shutdown()
+    record = json.loads((DATA / "JS01048.json").read_text())
+    body = {"signal": record["signal"], "fs": record["fs"], "lead_names": record["lead_names"]}
+    clinical = httpx.post(f"{server_url}/clinical", json=body, timeout=120).json()
+    code = main(["report", str(DATA / "JS01048.json"), "--url", server_url, "--out", str(tmp_path), "--quiet"])
     assert code == 0
     report = json.loads((tmp_path / "JS01048.json").read_text())
-    assert report["source"]["demo"] is True
-    brady = next(f for f in report["findings"] if f["label"] == "Bradycardia")
-    assert "H4" in brady["rules"]
+    assert report["probabilities"] == pytest.approx(clinical["probabilities"], abs=0, rel=1e-12)
+    assert report["source"]["demo"] is False and report["source"]["n_segments"] == clinical["n_segments"] == 2
+    assert report["heart_rate"]["heart_rate_bpm"] == pytest.approx(49.7, abs=0.1)  # measured from the record
 
 
 def test_report_command_shows_progress_on_stderr(tmp_path: Path) -> None:

@@ -213,6 +213,25 @@ def test_info_describes_checkpoints_labels_contract_and_batching(client: httpx.C
     assert info["versions"]["bentoml"] == "1.4.40"
 
 
+def test_responses_name_the_checkpoint_file_but_never_the_servers_path(client: httpx.Client) -> None:
+    body = client.post("/both", json=request_body("JS06908.json")).json()
+    for kind, expected in (("clinical", FINETUNED_CKPT), ("features", PRETRAINED_CKPT)):
+        checkpoint = body[kind]["checkpoint"]
+        assert "path" not in checkpoint and checkpoint["filename"] == expected.name and len(checkpoint["sha256"]) == 64
+    assert str(FINETUNED_CKPT.parent) not in json.dumps(body) and str(
+        FINETUNED_CKPT.resolve().parent
+    ) not in json.dumps(body)
+
+
+def test_info_reports_the_effective_settings(client: httpx.Client) -> None:
+    settings = client.get("/info").json()["settings"]
+    assert settings["serving"]["api_key_set"] is False and "api_key" not in settings["serving"]
+    assert settings["serving"]["max_batch_size"] == client.get("/info").json()["batching"]["max_batch_size"]
+    assert settings["runtime"] == {"device": "auto", "precision": "fp32", "pos_conv": "conv", "compile": False,
+                                   "weights_cache_dir": None}  # fmt: skip
+    assert Path(settings["weights"]["finetuned_checkpoint"]).resolve() == FINETUNED_CKPT.resolve()
+
+
 def test_status_counts_requests_and_errors(client: httpx.Client) -> None:
     before_status = client.get("/status").json()
     before, before_models = before_status["endpoints"]["/features"], before_status["models"]
