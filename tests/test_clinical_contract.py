@@ -453,3 +453,34 @@ def test_h9_the_note_points_to_the_rhythm_strip() -> None:
         "H9: RR intervals are irregular (coefficient of variation 0.25) although the model reports no atrial "
         "fibrillation/flutter: consider sinus arrhythmia, ectopic beats or missed AF — review the rhythm strip"
     ]
+
+
+def test_s1_the_rate_band_enters_the_overall_severity_by_itself(tmp_path) -> None:
+    user = tmp_path / "late_tachycardia.yaml"
+    user.write_text("heart_rate:\n  tachycardia_above_bpm: 130\n")
+    interp = interpret(probs(Sinus_rhythm=0.95), hr(125), config=load_config(user))
+    assert finding(interp, "Tachycardia").status == "absent"  # 125 bpm is not > 130
+    assert (interp.rate_severity, interp.severity) == ("abnormal", "abnormal")  # 120 < 125 ≤ 150
+
+
+@pytest.mark.parametrize(
+    ("threshold", "accepted"), [(0.0, False), (0.001, True), (1.0, True), (1.001, False), ("0.5", False)]
+)
+def test_a_user_threshold_must_be_a_number_above_0_and_at_most_1(tmp_path, threshold, accepted: bool) -> None:
+    user = tmp_path / "my.yaml"
+    user.write_text(f"labels:\n  Infarction: {{threshold: {threshold!r}, borderline: 0.0}}\n")
+    if accepted:
+        assert load_config(user)["labels"]["Infarction"]["threshold"] == threshold
+    else:
+        with pytest.raises(ConfigError, match=r"labels\.Infarction\.threshold must be a number in \(0, 1\]"):
+            load_config(user)
+
+
+def test_an_interpretation_keeps_its_inputs_and_names_its_thresholds(tmp_path) -> None:
+    p, rate = probs(Sinus_rhythm=0.95), hr(75)
+    interp = interpret(p, rate, record="JS36330")
+    assert (interp.record, interp.probabilities, interp.heart_rate) == ("JS36330", p, rate)
+    assert interp.thresholds_source == "default"
+    user = tmp_path / "site.yaml"
+    user.write_text("labels:\n  Infarction: {threshold: 0.6}\n")
+    assert interpret(p, rate, config=load_config(user)).thresholds_source == str(user)
