@@ -17,7 +17,9 @@ across requests) -> ``ModelHandle.run`` -> :meth:`ecgfm.outputs.ClinicalOutput.f
 from __future__ import annotations
 
 import asyncio
+import logging
 import platform
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -57,6 +59,7 @@ from contract import (
 )
 from decoding import PreparedRequest, decode_npy, prepare
 from ecgfm.checkpoint import ModelKind
+from ecgfm.hub import WeightsNotFoundError, resolve_all
 from ecgfm.inference import decode_batch, load_model
 from ecgfm.outputs import BothOutput, CheckpointInfo, ClinicalOutput, FeaturesOutput, RecordOutput
 from ecgfm.settings import Settings
@@ -189,6 +192,17 @@ class ECGFMService:
     def __init__(self) -> None:
         install_log_filter(ECGRequest.model_fields)
         self.checkpoints: dict[str, CheckpointInfo] = {}
+
+    @bentoml.on_deployment
+    def resolve_weights() -> None:
+        """Before any worker starts: find, download or write both checkpoints, or end ``bentoml serve`` at once with
+        one message and exit status 2 (the traceback only at DEBUG), instead of workers failing and restarting."""
+        try:
+            resolve_all(SETTINGS.weights)
+        except WeightsNotFoundError as exc:
+            logging.getLogger(__name__).debug("weights not found", exc_info=True)
+            print(f"ecgfm-serve: cannot start: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
 
     @bentoml.api(route="/clinical", input_spec=ECGRequest)
     async def clinical(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,11 +43,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     inspect = commands.add_parser("inspect", help="describe a checkpoint (kind, architecture, parameters)")
     inspect.add_argument("checkpoint")
 
+    download = commands.add_parser(
+        "download", help="fetch both published checkpoints from the Hugging Face Hub and print the variables to set"
+    )
+    download.add_argument("--revision", help="Hub revision (a commit hash pins it; default: $ECGFM_HF_REVISION)")
+    download.add_argument("--to", help="put the files in this folder (default: the Hugging Face cache, $HF_HOME)")
+
     args = parser.parse_args(argv)
     if args.command == "predict":
         return _predict(args)
     if args.command == "demo-checkpoints":
         return _demo(args)
+    if args.command == "download":
+        return _download(args)
     return _inspect(args)
 
 
@@ -100,6 +109,21 @@ def _predict_records(predictor: Predictor, args: argparse.Namespace, output: Tex
         output.write(json.dumps(result) + "\n")
         output.flush()
     return failures
+
+
+def _download(args: argparse.Namespace) -> int:
+    """Both checkpoints (progress bars on stderr), then the two ``export`` lines on stdout."""
+    from ecgfm.hub import WeightsNotFoundError, download
+    from ecgfm.settings import WeightsSettings
+
+    try:
+        sources = download(args.revision, args.to)
+    except WeightsNotFoundError as exc:
+        print(f"ecgfm: {exc}", file=sys.stderr)
+        return 2
+    for kind, source in sources.items():
+        print(f"export {WeightsSettings.env_var(f'{kind}_checkpoint')}={shlex.quote(source.path)}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from pathlib import Path
 from ecgfm.checkpoint import ModelKind, file_sha256
 from ecgfm.settings import WeightsSettings
 
+KINDS: tuple[ModelKind, ...] = ("pretrained", "finetuned")
 HF_REPO_ID = "wanglab/ecg-fm"
 HF_FILENAMES: dict[str, str] = {
     "pretrained": "mimic_iv_ecg_physionet_pretrained.pt",
@@ -81,6 +82,13 @@ def resolve_checkpoint(
     return verify_sha256(kind, _hub_checkpoint(kind, weights), weights)
 
 
+def resolve_all(weights: WeightsSettings | None = None) -> dict[str, CheckpointSource]:
+    """Both checkpoints, resolved (downloaded, demo files written) before anything loads them: the start-up step
+    of the service (``ECGFMService.resolve_weights``) and of ``ecgfm download``."""
+    weights = weights or WeightsSettings.from_env()
+    return {kind: resolve_checkpoint(kind, weights=weights) for kind in KINDS}
+
+
 def verify_sha256(
     kind: ModelKind, source: CheckpointSource, weights: WeightsSettings | None = None
 ) -> CheckpointSource:
@@ -113,20 +121,43 @@ def _demo_checkpoint(kind: ModelKind, weights: WeightsSettings) -> CheckpointSou
     return CheckpointSource(str(path), "demo")
 
 
-def _hub_checkpoint(kind: ModelKind, weights: WeightsSettings) -> CheckpointSource:
+def download(revision: str | None = None, to_dir: str | None = None) -> dict[str, CheckpointSource]:
+    """Both published checkpoints from the Hub, into its cache or into ``to_dir`` (``ecgfm download``), each
+    checked against its sha256 pin when one is set; already present files are not fetched again."""
+    weights = WeightsSettings.from_env()
+    if revision:
+        weights = replace(weights, hf_revision=revision)
+    return {
+        kind: verify_sha256(kind, _hub_checkpoint(kind, weights, to_dir), weights)
+        for kind in ("pretrained", "finetuned")
+    }
+
+
+def _hub_checkpoint(kind: ModelKind, weights: WeightsSettings, local_dir: str | None = None) -> CheckpointSource:
+    """The Hub file from the local cache (or ``local_dir``), else downloaded with a progress bar; fails within
+    seconds, with one message, when it is neither there nor reachable (``hf_hub_download`` alone retries for half a
+    minute)."""
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     revision = weights.hf_revision
     filename = HF_FILENAMES[kind]
     try:
-        path = hf_hub_download(repo_id=HF_REPO_ID, filename=filename, revision=revision)
-    except Exception as exc:  # offline, no cache, auth or network errors all end here
-        raise WeightsNotFoundError(
-            f"could not get the {kind} ECG-FM weights ({HF_REPO_ID}/{filename}@{revision}) from the Hugging Face "
-            f"Hub or its local cache ({type(exc).__name__}). Set {WeightsSettings.env_var(f'{kind}_checkpoint')} "
-            f"to a local .pt file, or set {WeightsSettings.env_var('demo')}=1 to try the service with random demo "
-            "weights."
-        ) from exc
+        path = hf_hub_download(
+            repo_id=HF_REPO_ID, filename=filename, revision=revision, local_dir=local_dir, local_files_only=True
+        )
+    except LocalEntryNotFoundError:
+        path = None
+    except Exception as exc:  # a damaged cache, a bad revision name, ...
+        raise _not_found(kind, revision, exc) from exc
+    if path is None:
+        unreachable = _hub_unreachable()
+        if unreachable is not None:
+            raise _not_found(kind, revision, unreachable) from unreachable
+        try:
+            path = hf_hub_download(repo_id=HF_REPO_ID, filename=filename, revision=revision, local_dir=local_dir)
+        except Exception as exc:  # offline, auth, a missing revision or network errors all end here
+            raise _not_found(kind, revision, exc) from exc
     expected_size = HF_FILE_SIZES.get(kind)
     if expected_size is not None and Path(path).stat().st_size != expected_size:
         raise WeightsNotFoundError(
@@ -134,3 +165,29 @@ def _hub_checkpoint(kind: ModelKind, weights: WeightsSettings) -> CheckpointSour
             "the download is truncated or corrupt; delete it and download again"
         )
     return CheckpointSource(path, "huggingface", HF_REPO_ID, revision, filename)
+
+
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def _hub_unreachable() -> Exception | None:
+    """None when the Hub answers at all (any status), else the connection error (one try, a few seconds)."""
+    import httpx
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return ConnectionError("HF_HUB_OFFLINE is set")
+    try:
+        httpx.head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        return exc
+    return None
+
+
+def _not_found(kind: ModelKind, revision: str, cause: Exception) -> WeightsNotFoundError:
+    return WeightsNotFoundError(
+        f"could not get the {kind} ECG-FM weights ({HF_REPO_ID}/{HF_FILENAMES[kind]}@{revision}) from the Hugging "
+        f"Face Hub or its local cache ({type(cause).__name__}). Set {WeightsSettings.env_var(f'{kind}_checkpoint')} "
+        f"to a local .pt file (`ecgfm download` fetches both), or set {WeightsSettings.env_var('demo')}=1 to try "
+        "the service with random demo weights."
+    )

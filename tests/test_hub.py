@@ -69,3 +69,75 @@ def test_a_pinned_checkpoint_is_hashed_once_from_resolution_to_the_loaded_model(
     monkeypatch.setattr(inference, "file_sha256", counting)
     handle = inference.load_model("finetuned", str(FINETUNED_CKPT), device="cpu")
     assert handle.sha256 == digest and len(calls) == 1
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture()
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A Hugging Face cache (the layout huggingface_hub writes) holding the parity checkpoints under the published
+    file names at revision ``main``, and no network: what a site has after ``ecgfm download``."""
+    from tests.conftest import PRETRAINED_CKPT
+
+    home = tmp_path / "hf"
+    repo = home / "hub" / "models--wanglab--ecg-fm"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    snapshot = repo / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    for kind, source in (("pretrained", PRETRAINED_CKPT), ("finetuned", FINETUNED_CKPT)):
+        (snapshot / hub.HF_FILENAMES[kind]).write_bytes(source.read_bytes())
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setitem(hub.HF_FILE_SIZES, "pretrained", PRETRAINED_CKPT.stat().st_size)
+    for name in ("ECGFM_PRETRAINED_CHECKPOINT", "ECGFM_FINETUNED_CHECKPOINT", "ECGFM_DEMO", "ECGFM_FINETUNED_SHA256"):
+        monkeypatch.delenv(name, raising=False)
+    return snapshot
+
+
+def test_download_finds_both_files_in_the_hub_cache_without_the_network(hub_cache: Path) -> None:
+    sources = hub.download()
+    assert {kind: Path(source.path) for kind, source in sources.items()} == {
+        kind: hub_cache / name for kind, name in hub.HF_FILENAMES.items()
+    }
+    assert {source.origin for source in sources.values()} == {"huggingface"}
+    assert sources["finetuned"].revision == "main" and sources["finetuned"].repo_id == "wanglab/ecg-fm"
+
+
+def test_download_checks_the_pinned_sha256(hub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECGFM_FINETUNED_SHA256", "0" * 64)
+    with pytest.raises(hub.ChecksumError, match=r"ECGFM_FINETUNED_SHA256 expects 0{64}"):
+        hub.download()
+
+
+def test_a_truncated_hub_file_is_refused_by_its_published_size(
+    hub_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(hub.HF_FILE_SIZES, "pretrained", 1_090_825_421)
+    with pytest.raises(hub.WeightsNotFoundError, match="truncated or corrupt; delete it and download again"):
+        hub.download()
+
+
+def test_an_unreachable_hub_fails_in_seconds_naming_what_to_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(hub.WeightsNotFoundError, match=r"Set ECGFM_PRETRAINED_CHECKPOINT to a local \.pt file"):
+        hub.download(to_dir=str(tmp_path / "weights"))
+    assert time.monotonic() - started < hub.HUB_PROBE_TIMEOUT_S + 5
+
+
+def test_download_command_prints_the_variables_to_set(hub_cache: Path, capsys: pytest.CaptureFixture) -> None:
+    from ecgfm.cli import main
+
+    assert main(["download"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == [
+        f"export ECGFM_PRETRAINED_CHECKPOINT={hub_cache / hub.HF_FILENAMES['pretrained']}",
+        f"export ECGFM_FINETUNED_CHECKPOINT={hub_cache / hub.HF_FILENAMES['finetuned']}",
+    ]

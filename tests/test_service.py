@@ -32,6 +32,7 @@ from tests.conftest import (
     bentoml_server,
     load_json_record,
 )
+from tests.launcher import bentoml_command, free_port, server_env
 
 pytestmark = pytest.mark.server
 
@@ -344,7 +345,9 @@ def test_demo_weights_are_reported_by_info_and_every_response(tmp_path) -> None:
 
 
 def test_health_is_503_and_names_the_model_that_failed_to_load(tmp_path) -> None:
-    env = {"ECGFM_PRETRAINED_CHECKPOINT": str(PRETRAINED_CKPT), "ECGFM_FINETUNED_CHECKPOINT": str(tmp_path / "no.pt")}
+    truncated = tmp_path / "truncated.pt"  # exists (start-up goes on), but its worker cannot load it
+    truncated.write_bytes(FINETUNED_CKPT.read_bytes()[:1000])
+    env = {"ECGFM_PRETRAINED_CHECKPOINT": str(PRETRAINED_CKPT), "ECGFM_FINETUNED_CHECKPOINT": str(truncated)}
     with bentoml_server(env, tmp_path / "server.log", ready_path="/livez") as url:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # the pretrained service may still be loading
@@ -358,3 +361,26 @@ def test_health_is_503_and_names_the_model_that_failed_to_load(tmp_path) -> None
     assert health.json()["models"]["finetuned"]["loaded"] is False
     assert ready.status_code == 503
     assert info.status_code == 503 and "finetuned model service is not available" in info.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ECGFM_PRETRAINED_CHECKPOINT": str(PRETRAINED_CKPT), "ECGFM_FINETUNED_CHECKPOINT": "/nowhere/f.pt"},
+         "finetuned checkpoint /nowhere/f.pt does not exist (ECGFM_FINETUNED_CHECKPOINT)"),
+        ({"HF_HUB_OFFLINE": "1"}, "Set ECGFM_PRETRAINED_CHECKPOINT to a local .pt file"),
+    ],
+    ids=["missing-file", "no-hub"],
+)  # fmt: skip
+def test_start_up_without_weights_ends_at_once_with_one_message(tmp_path, env: dict, message: str) -> None:
+    """No worker starts (and restarts forever): ``bentoml serve`` exits 2 with the message once, no traceback."""
+    environ = server_env(env | {"HF_HOME": str(tmp_path / "hf")}, bentoml_home=tmp_path / "bentoml_home")
+    started = time.monotonic()
+    result = subprocess.run(
+        bentoml_command(free_port()), cwd=REPO_DIR, env=environ, capture_output=True, text=True, timeout=120
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert time.monotonic() - started < 60
+    assert output.count(message) == 1 and output.count("ecgfm-serve: cannot start:") == 1
+    assert "Traceback" not in output and len(output.strip().splitlines()) <= 3, output
