@@ -380,3 +380,11 @@ def test_extra_leads_anywhere_are_ignored_when_asked():
 def test_ordering_leads_refuses_unknown_names_unless_asked():
     with pytest.raises(ECGInputError, match="unknown lead name 'pacer'"):
         order_leads(np.zeros((13, 10)), ["pacer", *LEAD_ORDER])
+
+
+@pytest.mark.parametrize(
+    ("array", "dtype"), [(np.ones((12, 2500), dtype=bool), "bool"), (np.full((12, 2500), "1"), "<U1")]
+)
+def test_an_array_of_booleans_or_text_is_refused_naming_its_type(array, dtype):
+    with pytest.raises(ECGInputError, match=f"^the signal must hold numbers, not {dtype}$"):
+        preprocess(array, 500)
