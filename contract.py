@@ -38,6 +38,15 @@ from ecgfm.labels import AGGREGATION, LABELS
 from ecgfm.outputs import BothOutput, ClinicalOutput, FeaturesOutput, LoadedCheckpoint
 from ecgfm.preprocess import LEAD_ORDER, MAX_FS, MIN_DURATION_S, MIN_FS, SEGMENT_SAMPLES, TARGET_FS, ECGInputError
 
+SERVICE_NAME = "ecgfm-serve"
+RESEARCH_USE = "Research use only — ECG-FM and this service are not a diagnostic device."
+SERVICE_DESCRIPTION = (
+    "The reference deployment of ECG-FM, a foundation model for the electrocardiogram: send a 12-lead ECG and get "
+    "ECG-FM's raw outputs back, the 17 clinical label probabilities of the finetuned model (/clinical) and the "
+    "embedding of the pretrained model (/features), for clinicians' tools, research pipelines and hospital "
+    "integrations. Outputs are probabilities, not diagnoses."
+)
+DOCS_PAGES = ("api.md", "deployment.md", "security.md", "clinical_methodology.md", "model.md", "architecture.md")
 JSON_MEDIA_TYPE = "application/json"
 NPY_MEDIA_TYPE = "application/octet-stream"
 # POST routes and the body each takes. The /npy variants carry the signal as a binary NumPy .npy body and the

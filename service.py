@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
@@ -37,12 +38,16 @@ from starlette.responses import JSONResponse, Response
 import ecgfm
 from contract import (
     ANSWERED_ERRORS,
+    DOCS_PAGES,
     GET_ROUTES,
     JSON_POST_ROUTES,
     NPY_MEDIA_TYPE,
     NPY_POST_ROUTES,
     POST_MEDIA_TYPES,
     PUBLIC_PATHS,
+    RESEARCH_USE,
+    SERVICE_DESCRIPTION,
+    SERVICE_NAME,
     BothResponse,
     ClinicalResponse,
     ECGRequest,
@@ -68,11 +73,13 @@ from serving import (
     BatchStats,
     BodySizeLimitMiddleware,
     ConcurrencyLimitMiddleware,
+    LandingPageMiddleware,
     MediaTypeMiddleware,
-    OpenAPIErrorsMiddleware,
+    OpenAPIDocumentMiddleware,
     RequestStats,
     RequestStatsMiddleware,
     RetryAfterMiddleware,
+    fill_template,
     install_log_filter,
     rss_mb,
 )
@@ -171,7 +178,23 @@ class Finetuned(ModelService):
         return self.run_batch(segments)
 
 
-app = FastAPI(title="ecgfm-serve GET endpoints and binary (.npy) POST variants")
+# FastAPI's own /docs, /redoc and /openapi.json are off: they load scripts from a CDN, and /docs.json documents all.
+app = FastAPI(
+    title="ecgfm-serve GET endpoints and binary (.npy) POST variants", docs_url=None, redoc_url=None, openapi_url=None
+)
+REPO_DIR = Path(__file__).resolve().parent
+OPENAPI_INFO = {
+    "title": SERVICE_NAME,
+    "version": ecgfm.__version__,
+    "description": f"{SERVICE_DESCRIPTION}\n\n**{RESEARCH_USE}**\n\nDocumentation: /docs/api.md (the API), "
+    "/docs/deployment.md (settings), /docs/security.md.",
+}
+LANDING_PAGE = fill_template(
+    (REPO_DIR / "web" / "landing.html").read_text(),
+    version=ecgfm.__version__,
+    description=SERVICE_DESCRIPTION,
+    research_use=RESEARCH_USE,
+)
 NPY_REQUEST_BODY = {
     "requestBody": {
         "required": True,
@@ -272,6 +295,13 @@ class ECGFMService:
         )
         return JSONResponse(status.model_dump(mode="json"))
 
+    @app.get("/docs/{page}", include_in_schema=False)
+    async def docs_page(self, page: str) -> Response:
+        """The documentation shipped with the service (Markdown), linked from the landing page."""
+        if page not in DOCS_PAGES or not (REPO_DIR / "docs" / page).is_file():
+            return JSONResponse({"error": f"no such page; the pages are {', '.join(DOCS_PAGES)}"}, status_code=404)
+        return Response((REPO_DIR / "docs" / page).read_bytes(), media_type="text/markdown; charset=utf-8")
+
     async def __is_ready__(self) -> bool:
         return HealthResponse.of(await self._describe_models()).status == "ok"
 
@@ -329,7 +359,10 @@ class ECGFMService:
 ECGFMService.add_asgi_middleware(RequestStatsMiddleware, stats=REQUEST_STATS)
 ECGFMService.add_asgi_middleware(ApiKeyMiddleware, api_key=SERVING.api_key, public_paths=PUBLIC_PATHS)
 ECGFMService.add_asgi_middleware(RetryAfterMiddleware)
-ECGFMService.add_asgi_middleware(OpenAPIErrorsMiddleware, media_types=POST_MEDIA_TYPES, public_paths=PUBLIC_PATHS)
+ECGFMService.add_asgi_middleware(
+    OpenAPIDocumentMiddleware, info=OPENAPI_INFO, media_types=POST_MEDIA_TYPES, public_paths=PUBLIC_PATHS
+)
+ECGFMService.add_asgi_middleware(LandingPageMiddleware, html=LANDING_PAGE)
 ECGFMService.add_asgi_middleware(MediaTypeMiddleware, media_types=POST_MEDIA_TYPES)
 ECGFMService.add_asgi_middleware(
     ConcurrencyLimitMiddleware, paths=POST_MEDIA_TYPES, max_concurrency=SERVING.max_concurrency

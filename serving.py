@@ -5,7 +5,9 @@ Nothing here knows about ECGs. ``service.py`` registers the middlewares explicit
 1. :class:`RequestStatsMiddleware`: counts every response of the routes (``/status``);
 2. :class:`ApiKeyMiddleware`: 401 without ``Authorization: Bearer <key>`` (when a key is set);
 3. :class:`RetryAfterMiddleware`: ``Retry-After`` on every 429 and 503 (BentoML's own 503s included);
-4. :class:`OpenAPIErrorsMiddleware`: adds ``contract.ERRORS`` to the OpenAPI document (``/docs.json``);
+4. :class:`OpenAPIDocumentMiddleware`: the OpenAPI document (``/docs.json``) describes this service and lists
+   ``contract.ERRORS``;
+   :class:`LandingPageMiddleware`: ``GET /`` is the service's own page (no third-party resources), not BentoML's;
 5. :class:`MediaTypeMiddleware`: 415 for a POST body without its route's ``Content-Type``;
 6. :class:`ConcurrencyLimitMiddleware`: 429 when too many POSTs are in flight (bodies being read included);
 7. :class:`BodySizeLimitMiddleware`: 413 for a POST body over the limit, before BentoML parses it.
@@ -17,10 +19,14 @@ sizes and latencies only.
 
 from __future__ import annotations
 
+import base64
 import collections
+import hashlib
 import hmac
+import html
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -333,11 +339,14 @@ def document_error_responses(
     return spec
 
 
-class OpenAPIErrorsMiddleware:
-    """``GET /docs.json`` leaves with the contract's error responses added (:func:`document_error_responses`)."""
+class OpenAPIDocumentMiddleware:
+    """``GET /docs.json`` leaves with ``info`` (title, version, description: this service, not BentoML's generic
+    text) and the contract's error responses added (:func:`document_error_responses`)."""
 
-    def __init__(self, app: ASGIApp, media_types: dict[str, str], public_paths: Iterable[str]) -> None:
-        self.app, self.media_types, self.public_paths = app, media_types, tuple(public_paths)
+    def __init__(
+        self, app: ASGIApp, info: dict[str, Any], media_types: dict[str, str], public_paths: Iterable[str]
+    ) -> None:
+        self.app, self.info, self.media_types, self.public_paths = app, info, media_types, tuple(public_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") != "GET" or scope.get("path") != "/docs.json":
@@ -356,12 +365,48 @@ class OpenAPIErrorsMiddleware:
             body = b"".join(chunks)
             if start["status"] == 200:
                 spec = document_error_responses(json.loads(body), self.media_types, self.public_paths)
+                spec["info"] = dict(self.info)
                 body = json.dumps(spec).encode()
             headers = [(key, value) for key, value in start.get("headers", []) if key.lower() != b"content-length"]
             await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
 
         await self.app(scope, receive, send_documented)
+
+
+def fill_template(template: str, **fields: str) -> str:
+    """``template`` with each ``{name}`` replaced by its field, HTML-escaped (CSS braces are left alone)."""
+    for name, value in fields.items():
+        template = template.replace("{" + name + "}", html.escape(value))
+    return template
+
+
+class LandingPageMiddleware:
+    """``GET /`` answers with ``html`` (instead of BentoML's API explorer, which loads scripts from other hosts),
+    under a Content-Security-Policy that allows nothing but this origin and the page's own inline style (by hash)."""
+
+    def __init__(self, app: ASGIApp, html: str) -> None:
+        self.app = app
+        self.body = html.encode()
+        styles = re.findall(r"<style>(.*?)</style>", html, flags=re.DOTALL)
+        hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in styles)
+        style_src = hashes or "'none'"
+        policy = f"default-src 'none'; style-src {style_src}; img-src 'self'; "
+        policy += "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+        self.headers = [
+            (b"content-type", b"text/html; charset=utf-8"),
+            (b"content-length", str(len(self.body)).encode()),
+            (b"content-security-policy", policy.encode()),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") != "/" or scope.get("method") not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else self.body})
 
 
 # ---- logs -----------------------------------------------------------------------------------------------------

@@ -384,3 +384,35 @@ def test_start_up_without_weights_ends_at_once_with_one_message(tmp_path, env: d
     assert time.monotonic() - started < 60
     assert output.count(message) == 1 and output.count("ecgfm-serve: cannot start:") == 1
     assert "Traceback" not in output and len(output.strip().splitlines()) <= 3, output
+
+
+def test_the_landing_page_says_what_this_is_and_loads_nothing_from_elsewhere(client: httpx.Client) -> None:
+    import ecgfm
+
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    text = page.text
+    assert "ecgfm-serve" in text and f"version {ecgfm.__version__}" in text and "Research use only" in text
+    assert "/clinical" in text and 'href="/docs/api.md"' in text and 'href="/docs.json"' in text
+    assert "BentoML" not in text and "googletagmanager" not in text
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)  # no resource from another host
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "http" not in policy and "'unsafe-inline'" not in policy
+
+
+def test_the_openapi_document_describes_this_service(client: httpx.Client) -> None:
+    import ecgfm
+
+    info = client.get("/docs.json").json()["info"]
+    assert info["title"] == "ecgfm-serve" and info["version"] == ecgfm.__version__
+    assert "ECG-FM" in info["description"] and "Research use only" in info["description"]
+    assert "BentoML" not in json.dumps(info)
+
+
+def test_the_docs_linked_from_the_landing_page_are_served(client: httpx.Client) -> None:
+    for link in re.findall(r'href="(/docs/[^"]+)"', client.get("/").text):
+        response = client.get(link)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/markdown"), link
+    assert client.get("/docs/api.md").text == (REPO_DIR / "docs" / "api.md").read_text()
+    assert client.get("/docs/../service.py").status_code == 404
+    assert client.get("/docs/secret.md").status_code == 404
