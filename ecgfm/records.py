@@ -18,6 +18,14 @@ from typing import Any
 import numpy as np
 
 SUPPORTED_SUFFIXES = (".json", ".csv", ".npy", ".hea")
+# Hospital formats (ecgfm.formats), recognised by their content whatever the suffix.
+FILE_FORMATS = (
+    "DICOM (.dcm)",
+    "HL7 aECG (.xml)",
+    "Philips Sierra/PageWriter (.xml)",
+    "GE MUSE (.xml)",
+    "SCP-ECG (.scp)",
+)
 
 
 class RecordError(ValueError):
@@ -34,6 +42,8 @@ class ECGRecord:
         fs: sampling rate in Hz.
         lead_names: one name per row of ``signal``.
         metadata: anything else the file carried (labels, age, ...), never the signal.
+        conversion: for hospital formats (DICOM, HL7 aECG, Philips, GE MUSE, SCP-ECG; :mod:`ecgfm.formats`), how
+            the file was read: its format, units, derived leads, leads beyond the 12, what was trimmed.
     """
 
     name: str
@@ -41,10 +51,19 @@ class ECGRecord:
     fs: float
     lead_names: list[str]
     metadata: dict[str, Any] = field(default_factory=dict)
+    conversion: dict[str, Any] | None = None
 
     @property
     def duration_s(self) -> float:
         return self.signal.shape[1] / self.fs
+
+    def model_input(self) -> tuple[np.ndarray, list[str]]:
+        """Signal and lead names for the model: without the leads a format reader kept beyond the standard 12."""
+        extra = set((self.conversion or {}).get("extra_leads") or ())
+        if not extra:
+            return self.signal, self.lead_names
+        rows = [i for i, name in enumerate(self.lead_names) if name not in extra]
+        return self.signal[rows], [self.lead_names[i] for i in rows]
 
 
 def read_record(path: str | Path, fs: float | None = None, lead_names: list[str] | None = None) -> ECGRecord:
@@ -52,7 +71,8 @@ def read_record(path: str | Path, fs: float | None = None, lead_names: list[str]
 
     Args:
         path: a ``.json``, ``.csv``, ``.npy`` or ``.hea`` file; a WFDB record may also be named without suffix
-            (``data/100``) or by its ``.dat`` / ``.mat`` / ``.atr`` file.
+            (``data/100``) or by its ``.dat`` / ``.mat`` / ``.atr`` file; any other file is read by
+            :func:`ecgfm.formats.read_file` when its content is DICOM, HL7 aECG, Philips, GE MUSE or SCP-ECG.
         fs: sampling rate, required for ``.npy`` and ``.csv`` (unless the JSON/WFDB file has its own).
         lead_names: lead names for ``.npy`` (default: the standard 12-lead order).
     """
@@ -76,7 +96,15 @@ def read_record(path: str | Path, fs: float | None = None, lead_names: list[str]
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RecordError(f"{path}: {exc}") from exc
-    raise RecordError(f"{path}: unsupported file type {suffix!r} (supported: {', '.join(SUPPORTED_SUFFIXES)})")
+    from ecgfm.formats import UnknownFormatError, read_file
+
+    try:
+        return read_file(path)
+    except UnknownFormatError:
+        supported = ", ".join((*SUPPORTED_SUFFIXES, *FILE_FORMATS))
+        raise RecordError(f"{path}: unsupported file type {suffix!r} (supported: {supported})") from None
+    except RecordError as exc:
+        raise RecordError(f"{path}: {exc}") from None
 
 
 def _wfdb_header_for(path: Path) -> Path | None:
