@@ -49,7 +49,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     download.add_argument("--revision", help="Hub revision (a commit hash pins it; default: $ECGFM_HF_REVISION)")
     download.add_argument("--to", help="put the files in this folder (default: the Hugging Face cache, $HF_HOME)")
 
+    from ecgfm.batch import add_batch_parser
+
+    add_batch_parser(commands)  # ecgfm batch: its options and run function live in ecgfm/batch.py
+    from ecgfm.convert import add_convert_parser
+
+    add_convert_parser(commands)  # ecgfm convert: its options and run function live in ecgfm/convert.py
+
     args = parser.parse_args(argv)
+    if args.command in ("batch", "convert"):
+        return args.run(args)
     if args.command == "predict":
         return _predict(args)
     if args.command == "demo-checkpoints":

@@ -1,0 +1,606 @@
+"""``ecgfm batch``: score whole ECG archives into a Parquet dataset on Ray Data, on one machine or a cluster.
+
+The job, from inputs to part files (``docs/batch.md``):
+
+1. the driver expands the inputs (:mod:`ecgfm.batch_inputs`) and, with ``--resume``, drops those already in the
+   output (:func:`ecgfm.batch_parts.done_paths`);
+2. **read** (Ray tasks, CPU): :func:`read_batch` reads each record (:func:`ecgfm.records.read_record`) and
+   preprocesses it (:func:`ecgfm.preprocess.preprocess`), with the options of ``ecgfm predict``; a record that
+   fails is an error row carrying the message, never a failed task;
+3. **models** (one Ray actor pool per model, ``map_batches`` with :class:`ModelStage`, which loads its checkpoint
+   once with :func:`ecgfm.inference.load_model` and the service's runtime settings): the segments of the batch's
+   records are concatenated with their lengths and run through :meth:`ecgfm.inference.ModelHandle.run`, then
+   aggregated per record exactly as ``ecgfm predict`` does (:func:`ecgfm.labels.aggregate_probabilities`; the
+   mean over segments for features);
+4. **write** (the driver): rows stream back (``iter_batches``) and are committed as part files by
+   :class:`ecgfm.batch_parts.PartWriter` (tmp file, fsync, rename): a part is complete or absent.
+
+Ray runs locally by default (an instance started for the job on 127.0.0.1, no dashboard, its temporary files in a
+temporary folder, stopped at the end), or on an existing cluster with ``--address``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ecgfm.batch_inputs import DEFAULT_PATH_COLUMN, BatchInput, InputsError, discover_inputs
+from ecgfm.batch_parts import (
+    FLOATS,
+    PartWriter,
+    committed_parts,
+    done_paths,
+    job_metadata,
+    output_schema,
+    read_metadata,
+    remove_unfinished,
+)
+from ecgfm.preprocess import LEAD_ORDER, SEGMENT_SAMPLES
+
+DEFAULT_RECORDS_PER_BATCH = 16  # records per model call (~32 segments of 10 s records)
+DEFAULT_PART_SIZE = 1000  # rows per part file
+DEFAULT_PART_SECONDS = 300.0  # a part is committed at least this often while rows are pending
+READ_CPUS = 1.0  # Ray CPUs per read task
+CHECKPOINT_COLUMN = "_checkpoint_{kind}"  # the stage's public checkpoint (JSON), moved into the schema metadata
+
+# What a read task hands to the model stages: the record's fields and its segments as float32 bytes.
+READ_SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string()),
+        pa.field("record", pa.string()),
+        pa.field("n_segments", pa.int32()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("used_duration_s", pa.float64()),
+        pa.field("padded", pa.bool_()),
+        pa.field("constant_leads", pa.list_(pa.string())),
+        pa.field("error", pa.string()),
+        pa.field("demo", pa.bool_()),
+        pa.field("segments", pa.large_binary()),  # float32 [n_segments, 12, 2500]
+        pa.field("lengths", pa.large_binary()),  # int32 [n_segments]: valid samples of each segment
+    ]
+)
+
+
+class BatchError(RuntimeError):
+    """A job that cannot start or go on (bad options, an output folder of another job); the message says why."""
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """The record options of ``ecgfm predict``: sampling rate for ``.npy``/``.csv``, longest record, extra leads."""
+
+    fs: float | None = None
+    max_duration_s: float | None = None
+    ignore_extra_leads: bool = False
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """Everything one ``ecgfm batch`` run needs (built from the command line by :func:`job_from_args`)."""
+
+    inputs: tuple[BatchInput, ...]
+    output: Path
+    models: tuple[str, ...] = ("finetuned", "pretrained")
+    checkpoints: dict[str, str | None] = field(default_factory=dict)  # kind -> path (None: settings, demo, Hub)
+    preprocess: PreprocessOptions = PreprocessOptions()
+    per_segment: bool = False
+    resume: bool = False
+    device: str | None = None
+    address: str | None = None  # None: a local Ray for the job
+    num_cpus: int | None = None  # of the local Ray (default: every core)
+    actors: int | None = None  # per model (default: 1, or one per GPU)
+    cpus_per_actor: float | None = None
+    gpus_per_actor: float | None = None
+    threads: int | None = None  # torch threads per actor
+    records_per_batch: int = DEFAULT_RECORDS_PER_BATCH
+    segment_batch_size: int = 32  # ecgfm.inference.DEFAULT_BATCH_SIZE (not imported here: it imports torch)
+    part_size: int = DEFAULT_PART_SIZE
+    part_seconds: float = DEFAULT_PART_SECONDS
+    progress: bool = True
+
+    def options(self) -> dict[str, Any]:
+        """What must be equal for a resumed job to continue this one (stored in the schema metadata)."""
+        return dataclasses.asdict(self.preprocess)
+
+
+@dataclass
+class BatchSummary:
+    """What a run did: ``records`` rows written now (``errors`` of them error rows), ``skipped`` already there."""
+
+    inputs: int
+    skipped: int
+    records: int = 0
+    errors: int = 0
+    parts: int = 0
+    seconds: float = 0.0
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (
+            f"{self.records} records written ({self.records - self.errors} scored, {self.errors} errors) in "
+            f"{self.parts} parts, {self.seconds:.1f} s, {self.records_per_s:.2f} records/s; "
+            f"{self.skipped} of {self.inputs} inputs were already in the output"
+        )
+
+
+# --- read stage (Ray tasks) ------------------------------------------------------------------------------------
+
+
+def read_batch(batch: pa.Table, options: PreprocessOptions) -> pa.Table:
+    """Read and preprocess each record of ``batch`` (columns ``path``, ``file``): one :data:`READ_SCHEMA` row each."""
+    rows = [
+        read_one(path, file, options)
+        for path, file in zip(batch["path"].to_pylist(), batch["file"].to_pylist(), strict=True)
+    ]
+    return pa.Table.from_pylist(rows, schema=READ_SCHEMA)
+
+
+def read_one(path: str, file: str, options: PreprocessOptions) -> dict[str, Any]:
+    """One record's row: its segments, or its error message (as ``ecgfm predict`` words it)."""
+    from ecgfm.inference import record_lengths
+    from ecgfm.preprocess import ECGInputError, preprocess
+    from ecgfm.records import RecordError, read_record
+
+    row: dict[str, Any] = {"path": path, "demo": False}
+    try:
+        record = read_record(file, fs=options.fs)
+        row["record"] = record.name
+        prep = preprocess(
+            record.signal,
+            record.fs,
+            record.lead_names,
+            max_duration_s=options.max_duration_s,
+            ignore_extra_leads=options.ignore_extra_leads,
+        )
+    except (RecordError, ECGInputError) as exc:
+        return {**row, "error": str(exc)}
+    except Exception as exc:  # a corrupt file may break a reader in any way; it is still one error row
+        return {**row, "error": f"{file}: {type(exc).__name__}: {exc}"}
+    lengths = record_lengths(prep)
+    if lengths is None:
+        lengths = np.full(prep.n_segments, SEGMENT_SAMPLES)
+    return {
+        **row,
+        "n_segments": prep.n_segments,
+        "duration_s": round(prep.duration_s, 6),
+        "used_duration_s": round(prep.used_duration_s, 6),
+        "padded": prep.padding_mask is not None,
+        "constant_leads": list(prep.constant_leads),
+        "segments": np.ascontiguousarray(prep.segments, dtype=np.float32).tobytes(),
+        "lengths": np.asarray(lengths, dtype=np.int32).tobytes(),
+    }
+
+
+# --- model stages (Ray actors) ---------------------------------------------------------------------------------
+
+
+class ModelStage:
+    """One model in an actor: loads its checkpoint once, then adds its outputs to each batch of records.
+
+    The finetuned stage adds ``probabilities`` (record level, label order) and ``finetuned_sha256``; the pretrained
+    stage ``features`` and ``pretrained_sha256``; with ``per_segment`` also ``segment_probabilities`` /
+    ``segment_features``. The last stage drops the segments.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        path: str | None,
+        weights: Any,
+        runtime: Any,
+        threads: int | None,
+        segment_batch_size: int,
+        per_segment: bool,
+        last: bool,
+    ) -> None:
+        import torch
+
+        from ecgfm.inference import load_model
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.kind = kind
+        self.handle = load_model(kind, path, weights=weights, runtime=runtime)  # type: ignore[arg-type]
+        self.checkpoint_json = self.handle.checkpoint().public().model_dump_json()
+        self.segment_batch_size = segment_batch_size
+        self.per_segment = per_segment
+        self.last = last
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from ecgfm.labels import aggregate_probabilities
+
+        n_segments = batch["n_segments"].to_pylist()
+        scored = [
+            i
+            for i, (n, error) in enumerate(zip(n_segments, batch["error"].to_pylist(), strict=True))
+            if error is None and n
+        ]
+        records: list[list[float] | None] = [None] * len(batch)
+        segments_out: list[list[list[float]] | None] = [None] * len(batch)
+        if scored:
+            blobs, blob_lengths = batch["segments"].to_pylist(), batch["lengths"].to_pylist()
+            shape = (-1, len(LEAD_ORDER), SEGMENT_SAMPLES)
+            segments = np.concatenate([np.frombuffer(blobs[i], np.float32).reshape(shape) for i in scored])
+            lengths = np.concatenate([np.frombuffer(blob_lengths[i], np.int32) for i in scored])
+            outputs = self.handle.run(segments, lengths, self.segment_batch_size)
+            start = 0
+            for i in scored:
+                per_segment = outputs[start : start + n_segments[i]]
+                start += n_segments[i]
+                if self.kind == "finetuned":  # as ClinicalOutput.from_segments
+                    record = aggregate_probabilities(per_segment)
+                else:  # as FeaturesOutput.from_segments
+                    record = np.asarray(per_segment, dtype=np.float64).mean(axis=0)
+                records[i] = record.astype(np.float32).tolist()
+                segments_out[i] = per_segment.astype(np.float32).tolist() if self.per_segment else None
+        name = "probabilities" if self.kind == "finetuned" else "features"
+        n = len(batch)
+        batch = batch.append_column(pa.field(name, FLOATS), pa.array(records, FLOATS))
+        if self.per_segment:
+            batch = batch.append_column(f"segment_{name}", pa.array(segments_out, pa.list_(FLOATS)))
+        batch = batch.append_column(f"{self.kind}_sha256", pa.array([self.handle.sha256] * n, pa.string()))
+        batch = batch.append_column(CHECKPOINT_COLUMN.format(kind=self.kind), pa.array([self.checkpoint_json] * n))
+        demo = [bool(d) or self.handle.demo for d in batch["demo"].to_pylist()]
+        batch = batch.set_column(batch.schema.get_field_index("demo"), "demo", pa.array(demo, pa.bool_()))
+        return batch.drop_columns(["segments", "lengths"]) if self.last else batch
+
+
+# --- the job ---------------------------------------------------------------------------------------------------
+
+
+def plan_resources(job: BatchJob, cluster_cpus: float, cluster_gpus: float) -> dict[str, Any]:
+    """Actors per model, CPUs/GPUs per actor and torch threads, from the job's options and the cluster's size.
+
+    CPU only: one actor per model, asking for a fraction of a CPU so that read tasks always find one (an actor
+    pool that asks for every CPU starves the reads and hangs), with the cores split between the models' threads.
+    With GPUs (and a device that is not ``cpu``): one actor per GPU and model, the models sharing each GPU.
+    """
+    n_models = len(job.models)
+    use_gpu = cluster_gpus > 0 and (job.device or "auto") != "cpu" and job.gpus_per_actor != 0
+    actors = job.actors or (max(1, int(cluster_gpus)) if use_gpu else 1)
+    total = actors * n_models
+    gpus = job.gpus_per_actor if job.gpus_per_actor is not None else (min(1.0, cluster_gpus / total) if use_gpu else 0)
+    cpus = job.cpus_per_actor
+    if cpus is None:
+        cpus = round(min(1.0, max(cluster_cpus - READ_CPUS, 0.1) / total), 3)
+    threads = job.threads or max(1, int(cluster_cpus // total) if job.address is None else int(max(cpus, 1)))
+    return {"actors": actors, "cpus_per_actor": cpus, "gpus_per_actor": gpus, "threads": threads}
+
+
+def check_output(job: BatchJob) -> tuple[set[str], dict[str, Any]]:
+    """The paths already scored (``--resume``) and the metadata of the existing parts; refuses an output of
+    another job (other models, options or per-segment columns) and a non-empty output without ``--resume``."""
+    parts = committed_parts(job.output)
+    if not parts:
+        return set(), {}
+    if not job.resume:
+        raise BatchError(
+            f"{job.output} already holds {len(parts)} part files; pass --resume to continue that job, "
+            "or choose another --output folder"
+        )
+    metadata = read_metadata(parts[0])
+    expected = {"models": sorted(job.models), "per_segment": job.per_segment, "options": job.options()}
+    for key, value in expected.items():
+        if metadata.get(key) != value:
+            raise BatchError(
+                f"{job.output} holds the output of another job ({key}: {metadata.get(key)!r}, "
+                f"this job: {value!r}); resume it with the same options, or choose another --output folder"
+            )
+    return done_paths(job.output), metadata
+
+
+def run_job(job: BatchJob) -> BatchSummary:
+    """Score ``job.inputs`` into ``job.output``; returns what was done. Raises :class:`BatchError` if it cannot."""
+    job.output.mkdir(parents=True, exist_ok=True)
+    done, previous = check_output(job)
+    removed = remove_unfinished(job.output)
+    if removed:
+        _log(f"removed {removed} unfinished part files of a killed run")
+    todo = [item for item in job.inputs if item.path not in done]
+    summary = BatchSummary(inputs=len(job.inputs), skipped=len(job.inputs) - len(todo))
+    if not todo:
+        return summary
+    started = time.monotonic()
+    with ray_session(job) as (cluster_cpus, cluster_gpus):
+        plan = plan_resources(job, cluster_cpus, cluster_gpus)
+        _log(
+            f"scoring {len(todo)} records ({summary.skipped} already in the output) with "
+            f"{', '.join(job.models)}: {plan['actors']} actor(s) per model, {plan['cpus_per_actor']} CPU, "
+            f"{plan['gpus_per_actor']} GPU, {plan['threads']} torch thread(s) each"
+        )
+        dataset = build_dataset(job, todo, plan)
+        _write_parts(job, dataset, len(todo), previous, summary)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def build_dataset(job: BatchJob, todo: Sequence[BatchInput], plan: dict[str, Any]):
+    """The Ray Data pipeline: items → read tasks → one actor pool per model."""
+    import ray.data
+
+    from ecgfm.settings import RuntimeSettings, WeightsSettings
+
+    weights, runtime = WeightsSettings.from_env(), RuntimeSettings.from_env()  # the driver's, sent to the actors
+    if job.device is not None:
+        runtime = dataclasses.replace(runtime, device=job.device)
+    items = [{"path": item.path, "file": item.file} for item in todo]
+    blocks = max(1, math.ceil(len(items) / job.records_per_batch))
+    dataset = ray.data.from_items(items, override_num_blocks=blocks)
+    dataset = dataset.map_batches(
+        read_batch,
+        batch_size=job.records_per_batch,
+        batch_format="pyarrow",
+        fn_kwargs={"options": job.preprocess},
+        num_cpus=READ_CPUS,
+    )
+    for index, kind in enumerate(job.models):
+        gpu = {"num_gpus": plan["gpus_per_actor"]} if plan["gpus_per_actor"] else {}
+        dataset = dataset.map_batches(
+            ModelStage,
+            fn_constructor_kwargs={
+                "kind": kind,
+                "path": job.checkpoints.get(kind),
+                "weights": weights,
+                "runtime": runtime,
+                "threads": plan["threads"],
+                "segment_batch_size": job.segment_batch_size,
+                "per_segment": job.per_segment,
+                "last": index == len(job.models) - 1,
+            },
+            batch_size=job.records_per_batch,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=plan["actors"]),
+            num_cpus=plan["cpus_per_actor"],
+            **gpu,
+        )
+    return dataset
+
+
+def _write_parts(job: BatchJob, dataset: Any, total: int, previous: dict[str, Any], summary: BatchSummary) -> None:
+    from tqdm import tqdm
+
+    writer: PartWriter | None = None
+    pending: list[pa.Table] = []
+    pending_rows = 0
+    last_commit = time.monotonic()
+    progress = tqdm(total=total, desc="records", unit="rec", file=sys.stderr, disable=not job.progress, mininterval=1)
+
+    def commit() -> None:
+        nonlocal pending, pending_rows, last_commit
+        if writer is None or not pending:
+            return
+        table = pa.concat_tables(pending)
+        writer.write(table)
+        summary.parts += 1
+        summary.records += table.num_rows
+        summary.errors += table.num_rows - table["error"].null_count
+        progress.set_postfix(errors=summary.errors, parts=summary.parts)
+        pending, pending_rows, last_commit = [], 0, time.monotonic()
+
+    try:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+            if batch.num_rows == 0:
+                continue
+            checkpoints = {}
+            for kind in job.models:
+                column = CHECKPOINT_COLUMN.format(kind=kind)
+                checkpoints[kind] = json.loads(batch[column][0].as_py())
+                batch = batch.drop_columns([column])
+            if writer is None:
+                _check_same_checkpoints(job, previous, checkpoints)
+                metadata = job_metadata(job.models, job.per_segment, job.options(), checkpoints)
+                writer = PartWriter(job.output, output_schema(job.models, job.per_segment, metadata))
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            progress.update(batch.num_rows)
+            if pending_rows >= job.part_size or time.monotonic() - last_commit >= job.part_seconds:
+                commit()
+        commit()
+    finally:
+        progress.close()
+
+
+def _check_same_checkpoints(job: BatchJob, previous: dict[str, Any], checkpoints: dict[str, Any]) -> None:
+    for kind, info in checkpoints.items():
+        before = (previous.get("checkpoints") or {}).get(kind)
+        if before is not None and before.get("sha256") != info.get("sha256"):
+            raise BatchError(
+                f"{job.output} was scored with another {kind} checkpoint (sha256 {before.get('sha256')}, now "
+                f"{info.get('sha256')}); resume with the same weights, or choose another --output folder"
+            )
+
+
+class ray_session:  # noqa: N801 (a context manager used as a function)
+    """A Ray for the job: a local instance (127.0.0.1, no dashboard, temporary files in a temporary folder,
+    stopped and removed at the end) or a connection to ``job.address``; yields the cluster's CPUs and GPUs."""
+
+    def __init__(self, job: BatchJob) -> None:
+        self.job = job
+        self.temp_dir: str | None = None
+
+    def __enter__(self) -> tuple[float, float]:
+        import ray
+        import ray.data
+
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        package_root = str(Path(__file__).resolve().parents[1])
+        runtime_env = {
+            "env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        }
+        if self.job.address is None:
+            self.temp_dir = tempfile.mkdtemp(prefix="ecgfm-ray-")
+            ray.init(
+                address="local",
+                num_cpus=self.job.num_cpus or os.cpu_count() or 1,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                _temp_dir=self.temp_dir,
+                logging_level="warning",
+                runtime_env=runtime_env,
+            )
+        else:  # workers of a cluster import ecgfm from their own environment (docs/batch.md)
+            ray.init(address=self.job.address, logging_level="warning")
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # ours (records written) is enough
+        context.print_on_execution_start = False
+        resources = ray.cluster_resources()
+        return float(resources.get("CPU", 1)), float(resources.get("GPU", 0))
+
+    def __exit__(self, *exc_info: object) -> None:
+        import ray
+
+        ray.shutdown()
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _log(message: str) -> None:
+    print(f"ecgfm batch: {message}", file=sys.stderr, flush=True)
+
+
+# --- command line ----------------------------------------------------------------------------------------------
+
+
+def add_batch_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``ecgfm batch`` on the CLI's subcommands."""
+    parser = commands.add_parser(
+        "batch",
+        help="score whole archives into a Parquet dataset on Ray Data (resumable; docs/batch.md)",
+        description="Score ECG records (files, folders, globs, manifests) into a Parquet dataset, one row per input.",
+    )
+    parser.add_argument(
+        "inputs", nargs="*", help="record files, folders (recursive), globs, manifests (.txt, .csv, .parquet)"
+    )
+    parser.add_argument("--output", "-o", required=True, help="output folder of part files (a Parquet dataset)")
+    parser.add_argument("--manifest", action="append", default=[], help="a manifest of paths (repeatable)")
+    parser.add_argument("--path-column", default=DEFAULT_PATH_COLUMN, help="path column of CSV/Parquet manifests")
+    parser.add_argument("--root", help="folder of relative manifest paths (default: the manifest's folder)")
+    parser.add_argument("--resume", action="store_true", help="skip inputs already in the output, append the rest")
+    parser.add_argument("--pretrained", help="pretrained .pt (default: $ECGFM_PRETRAINED_CHECKPOINT, else the hub)")
+    parser.add_argument("--finetuned", help="finetuned .pt (default: $ECGFM_FINETUNED_CHECKPOINT, else the hub)")
+    parser.add_argument("--only", choices=("clinical", "features"), help="run one model only")
+    parser.add_argument("--per-segment", action="store_true", help="also write per-segment columns")
+    parser.add_argument("--fs", type=float, help="sampling rate for .npy and .csv files")
+    parser.add_argument("--ignore-extra-leads", action="store_true", help="drop leads that are not one of the 12")
+    parser.add_argument("--max-duration", type=float, default=None, help="refuse records longer than this (s)")
+    parser.add_argument("--device", help="torch device of the actors (default: $ECGFM_DEVICE, auto)")
+    ray_group = parser.add_argument_group("Ray")
+    ray_group.add_argument("--address", help="an existing cluster: auto or ray://HOST:10001 (default: a local Ray)")
+    ray_group.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: every core)")
+    ray_group.add_argument("--actors", type=int, help="actors per model (default: 1 on CPU, one per GPU)")
+    ray_group.add_argument("--cpus-per-actor", type=float, help="Ray CPUs per model actor (default: a fraction)")
+    ray_group.add_argument("--gpus-per-actor", type=float, help="Ray GPUs per model actor (default: GPUs shared)")
+    ray_group.add_argument("--threads", type=int, help="torch threads per model actor")
+    ray_group.add_argument(
+        "--records-per-batch", type=int, default=DEFAULT_RECORDS_PER_BATCH, help="records per model call"
+    )
+    ray_group.add_argument("--batch-size", type=int, default=32, help="most segments per forward (as ecgfm predict)")
+    ray_group.add_argument("--part-size", type=int, default=DEFAULT_PART_SIZE, help="rows per part file")
+    ray_group.add_argument(
+        "--part-seconds", type=float, default=DEFAULT_PART_SECONDS, help="commit a part at least this often (s)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run_batch)
+    return parser
+
+
+def job_from_args(args: argparse.Namespace) -> BatchJob:
+    """The :class:`BatchJob` of a parsed command line (expands the inputs; :class:`InputsError` if it cannot)."""
+    if not args.inputs and not args.manifest:
+        raise InputsError("no inputs: name record files, folders, globs or manifests")
+    for name in ("records_per_batch", "batch_size", "part_size"):
+        if getattr(args, name) < 1:
+            raise InputsError(f"--{name.replace('_', '-')} must be at least 1")
+    inputs, warnings = discover_inputs(args.inputs, args.manifest, args.path_column, args.root)
+    for warning in warnings:
+        _log(f"warning: {warning}")
+    models = {"clinical": ("finetuned",), "features": ("pretrained",)}.get(args.only, ("finetuned", "pretrained"))
+    return BatchJob(
+        inputs=tuple(inputs),
+        output=Path(args.output),
+        models=models,
+        checkpoints={"pretrained": args.pretrained, "finetuned": args.finetuned},
+        preprocess=PreprocessOptions(args.fs, args.max_duration, args.ignore_extra_leads),
+        per_segment=args.per_segment,
+        resume=args.resume,
+        device=args.device,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        actors=args.actors,
+        cpus_per_actor=args.cpus_per_actor,
+        gpus_per_actor=args.gpus_per_actor,
+        threads=args.threads,
+        records_per_batch=args.records_per_batch,
+        segment_batch_size=args.batch_size,
+        part_size=args.part_size,
+        part_seconds=args.part_seconds,
+        progress=not args.no_progress,
+    )
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    """``ecgfm batch``: 0 when every input has its row (scored or with its error), 2 for a job that cannot start,
+    1 for one that stopped part-way (rerun it with ``--resume``)."""
+    try:
+        job = job_from_args(args)
+        _check_local_checkpoints(job)
+    except (InputsError, BatchError) as exc:
+        print(f"ecgfm: {exc}", file=sys.stderr)
+        return 2
+    previous = signal.signal(signal.SIGTERM, _raise_system_exit)
+    try:
+        summary = run_job(job)
+    except BatchError as exc:
+        print(f"ecgfm: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, SystemExit):
+        print("ecgfm: batch interrupted; committed parts are kept, rerun with --resume", file=sys.stderr)
+        return 1
+    except Exception as exc:  # Ray wraps a failed actor or task; the message is what the user can act on
+        print(f"ecgfm: batch failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("ecgfm: committed parts are kept; rerun with --resume", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _log(f"done: {summary.line()}; output {job.output}")
+    return 0
+
+
+def _check_local_checkpoints(job: BatchJob) -> None:
+    """On a local Ray, a checkpoint path that is not a file fails now, not in an actor."""
+    if job.address is not None:
+        return
+    for kind in job.models:
+        path = job.checkpoints.get(kind)
+        if path is not None and not Path(path).is_file():
+            raise BatchError(f"{path}: no such {kind} checkpoint file")
+
+
+def _raise_system_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def iter_rows(output: Path) -> Iterator[dict[str, Any]]:
+    """Every row of an output folder as a dict (for tests and small outputs; use a Parquet reader for large)."""
+    import pyarrow.parquet as pq
+
+    for part in committed_parts(output):
+        yield from pq.read_table(part).to_pylist()

@@ -1,0 +1,161 @@
+"""The output of ``ecgfm batch``: one Parquet schema, part files committed atomically, and what a resume skips.
+
+The output folder holds ``part-<run>-<seq>.parquet`` files, each a complete Parquet file of whole rows (one row
+per input record). A part is written to a hidden ``.part-....parquet.tmp`` beside it, flushed to disk (fsync),
+then renamed onto its final name (``os.replace``, atomic on a POSIX file system), and the folder is synced: a part
+is either complete or absent, whenever the job is killed. Readers skip the hidden temporary files (pyarrow,
+pandas and Ray ignore names starting with ``.``; a ``*.parquet`` glob in DuckDB or polars does not match them);
+:func:`remove_unfinished` deletes them when a job resumes.
+
+``--resume`` reads the ``path`` column of the committed parts (:func:`done_paths`) and scores only the other
+inputs; since no input is ever in two parts of one run and a resumed run skips every committed path, every input
+ends in exactly one row.
+
+Types are plain Arrow types (string, int32, float64, bool, ``list<float32>``, ``list<list<float32>>``), which
+pandas, polars, DuckDB and Spark read as they are. The schema's metadata key ``ecgfm`` holds a JSON object:
+label names (the order of ``probabilities``), each label's aggregation over segments, the checkpoints, the
+feature dimension and the options of the job (:func:`job_metadata`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ecgfm.labels import AGGREGATION, LABELS
+
+FORMAT = "ecgfm-batch/1"
+METADATA_KEY = b"ecgfm"
+PART_PATTERN = re.compile(r"^part-[0-9A-Za-z]+-\d{6}\.parquet$")
+TMP_PREFIX, TMP_SUFFIX = ".part-", ".parquet.tmp"
+MODEL_KINDS = ("finetuned", "pretrained")
+
+FLOATS = pa.list_(pa.float32())
+
+
+def output_schema(models: Sequence[str], per_segment: bool, metadata: dict[str, Any] | None = None) -> pa.Schema:
+    """The columns of one row per record for the models run (``finetuned``: probabilities, ``pretrained``:
+    features); ``metadata`` becomes the schema's ``ecgfm`` key."""
+    fields = [pa.field("path", pa.string(), nullable=False), pa.field("record", pa.string())]
+    if "finetuned" in models:
+        fields.append(pa.field("probabilities", FLOATS))
+    if "pretrained" in models:
+        fields.append(pa.field("features", FLOATS))
+    if per_segment and "finetuned" in models:
+        fields.append(pa.field("segment_probabilities", pa.list_(FLOATS)))
+    if per_segment and "pretrained" in models:
+        fields.append(pa.field("segment_features", pa.list_(FLOATS)))
+    fields += [
+        pa.field("n_segments", pa.int32()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("used_duration_s", pa.float64()),
+        pa.field("padded", pa.bool_()),
+        pa.field("constant_leads", pa.list_(pa.string())),
+        pa.field("error", pa.string()),
+    ]
+    fields += [pa.field(f"{kind}_sha256", pa.string()) for kind in MODEL_KINDS if kind in models]
+    fields.append(pa.field("demo", pa.bool_()))
+    schema = pa.schema(fields)
+    if metadata is not None:
+        schema = schema.with_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
+    return schema
+
+
+def job_metadata(
+    models: Sequence[str], per_segment: bool, options: dict[str, Any], checkpoints: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """What the schema says about the job: labels and aggregation, checkpoints (no paths), options."""
+    pretrained = checkpoints.get("pretrained")
+    return {
+        "format": FORMAT,
+        "models": sorted(models),
+        "per_segment": per_segment,
+        "labels": list(LABELS) if "finetuned" in models else None,
+        "aggregation": {label: AGGREGATION[label] for label in LABELS} if "finetuned" in models else None,
+        "feature_dim": pretrained["embed_dim"] if pretrained else None,
+        "checkpoints": checkpoints,
+        "options": options,
+    }
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The ``ecgfm`` metadata of one part (``{}`` if it has none)."""
+    raw = (pq.read_schema(path).metadata or {}).get(METADATA_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def committed_parts(directory: Path) -> list[Path]:
+    """The complete part files of an output folder, sorted by name."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if PART_PATTERN.match(p.name))
+
+
+def unfinished_parts(directory: Path) -> list[Path]:
+    """Temporary files of parts a killed job was writing (never visible as parts)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.name.startswith(TMP_PREFIX) and p.name.endswith(TMP_SUFFIX))
+
+
+def remove_unfinished(directory: Path) -> int:
+    """Delete the temporary files left by a killed job; returns how many."""
+    leftovers = unfinished_parts(directory)
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return len(leftovers)
+
+
+def done_paths(directory: Path) -> set[str]:
+    """The ``path`` of every row in the committed parts (what ``--resume`` skips)."""
+    done: set[str] = set()
+    for part in committed_parts(directory):
+        done.update(pq.read_table(part, columns=["path"]).column("path").to_pylist())
+    return done
+
+
+class PartWriter:
+    """Writes tables as atomically committed part files ``part-<run>-<seq>.parquet`` of one schema."""
+
+    def __init__(self, directory: Path, schema: pa.Schema, run_id: str | None = None) -> None:
+        self.directory = directory
+        self.schema = schema
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.parts: list[Path] = []
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def write(self, table: pa.Table) -> Path:
+        """Commit ``table`` (cast to the schema) as the next part: tmp file, fsync, rename, fsync the folder."""
+        table = table.select(self.schema.names).cast(self.schema)
+        name = f"part-{self.run_id}-{len(self.parts):06d}.parquet"
+        final = self.directory / name
+        tmp = self.directory / f"{TMP_PREFIX}{name.removeprefix('part-').removesuffix('.parquet')}{TMP_SUFFIX}"
+        with open(tmp, "wb") as handle:
+            pq.write_table(table, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+        _fsync_directory(self.directory)
+        self.parts.append(final)
+        return final
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some file systems do not open folders; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
