@@ -262,7 +262,8 @@ class Predictor:
         )
 
     def preprocess(self, record: ECGRecord, **options: Any) -> PreprocessedECG:
-        return preprocess(record.signal, record.fs, record.lead_names, **options)
+        signal, lead_names = record.model_input()  # without leads a file reader kept beyond the 12
+        return preprocess(signal, record.fs, lead_names, **options)
 
     def _checkpoint(self, handle: ModelHandle) -> CheckpointInfo:
         if handle.kind not in self._checkpoints:
@@ -286,4 +287,5 @@ class Predictor:
     def predict(self, record: ECGRecord, per_segment: bool = False, **options: Any) -> dict[str, Any]:
         """One JSON-ready object per record: ``{"record": name, "clinical": ..., "features": ...}``."""
         prep = self.preprocess(record, **options)
-        return {"record": record.name, **self.predict_preprocessed(prep, per_segment)}
+        conversion = {"conversion": record.conversion} if record.conversion is not None else {}
+        return {"record": record.name, **conversion, **self.predict_preprocessed(prep, per_segment)}
