@@ -383,17 +383,19 @@ def _write_parts(job: BatchJob, dataset: Any, total: int, previous: dict[str, An
     last_commit = time.monotonic()
     progress = tqdm(total=total, desc="records", unit="rec", file=sys.stderr, disable=not job.progress, mininterval=1)
 
-    def commit() -> None:
+    def commit(rows: int) -> None:
+        """Write the first ``rows`` pending rows as one part; the rest stay pending."""
         nonlocal pending, pending_rows, last_commit
-        if writer is None or not pending:
+        if writer is None or rows == 0:
             return
         table = pa.concat_tables(pending)
-        writer.write(table)
+        part, rest = table.slice(0, rows), table.slice(rows)
+        writer.write(part)
         summary.parts += 1
-        summary.records += table.num_rows
-        summary.errors += table.num_rows - table["error"].null_count
+        summary.records += part.num_rows
+        summary.errors += part.num_rows - part["error"].null_count
         progress.set_postfix(errors=summary.errors, parts=summary.parts)
-        pending, pending_rows, last_commit = [], 0, time.monotonic()
+        pending, pending_rows, last_commit = ([rest] if rest.num_rows else []), rest.num_rows, time.monotonic()
 
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
@@ -411,9 +413,11 @@ def _write_parts(job: BatchJob, dataset: Any, total: int, previous: dict[str, An
             pending.append(batch)
             pending_rows += batch.num_rows
             progress.update(batch.num_rows)
-            if pending_rows >= job.part_size or time.monotonic() - last_commit >= job.part_seconds:
-                commit()
-        commit()
+            while pending_rows >= job.part_size:  # parts of exactly part_size rows, but the last
+                commit(job.part_size)
+            if pending_rows and time.monotonic() - last_commit >= job.part_seconds:
+                commit(pending_rows)
+        commit(pending_rows)
     finally:
         progress.close()
 
