@@ -9,6 +9,9 @@ path            method  request                     response (200)
 /features       POST    :class:`ECGRequest`         :class:`FeaturesResponse` (pretrained model, D floats)
 /both           POST    :class:`ECGRequest`         :class:`BothResponse` (both models, run concurrently)
 /<post>/npy     POST    ``numpy.save`` body         the same as ``/<post>``; fields as query parameters
+/<post>/file    POST    a hospital ECG file         the same as ``/<post>`` plus ``conversion`` (how the file was
+                        (raw body or multipart      read); DICOM, HL7 aECG, Philips, GE MUSE, SCP-ECG, told by
+                        field ``file``)             the content (:mod:`ecgfm.formats`)
 /health         GET     -                           :class:`HealthResponse` (503 with the same body when not ready)
 /info           GET     -                           :class:`InfoResponse` (503 :class:`ErrorResponse` when a model
                                                     is down)
@@ -34,6 +37,7 @@ from bentoml.exceptions import ServiceUnavailable
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from starlette.responses import JSONResponse
 
+from ecgfm.formats import FormatError
 from ecgfm.labels import AGGREGATION, LABELS
 from ecgfm.outputs import BothOutput, ClinicalOutput, FeaturesOutput, LoadedCheckpoint
 from ecgfm.preprocess import LEAD_ORDER, MAX_FS, MIN_DURATION_S, MIN_FS, SEGMENT_SAMPLES, TARGET_FS, ECGInputError
@@ -53,9 +57,26 @@ NPY_MEDIA_TYPE = "application/octet-stream"
 # other fields as query parameters: decoding is ~16x cheaper than JSON (docs/performance.md, "Request path").
 JSON_POST_ROUTES = ("/clinical", "/features", "/both")
 NPY_POST_ROUTES = tuple(f"{path}/npy" for path in JSON_POST_ROUTES)
-POST_MEDIA_TYPES: dict[str, str] = dict.fromkeys(JSON_POST_ROUTES, JSON_MEDIA_TYPE) | dict.fromkeys(
-    NPY_POST_ROUTES, NPY_MEDIA_TYPE
+# The /file variants take a hospital ECG file as the raw body (any of FILE_MEDIA_TYPES) or as the field `file` of a
+# multipart/form-data body; the format is told by the content. Their media type is checked by their decoder.
+FILE_POST_ROUTES = tuple(f"{path}/file" for path in JSON_POST_ROUTES)
+MULTIPART_MEDIA_TYPE = "multipart/form-data"
+FILE_MEDIA_TYPES = (
+    NPY_MEDIA_TYPE,
+    "application/dicom",
+    "application/xml",
+    "text/xml",
+    "application/hl7-v3+xml",
+    "application/scp-ecg",
+    MULTIPART_MEDIA_TYPE,
 )
+FILE_FIELD = "file"
+POST_MEDIA_TYPES: dict[str, str] = (
+    dict.fromkeys(JSON_POST_ROUTES, JSON_MEDIA_TYPE)
+    | dict.fromkeys(NPY_POST_ROUTES, NPY_MEDIA_TYPE)
+    | dict.fromkeys(FILE_POST_ROUTES, NPY_MEDIA_TYPE)
+)
+FHIR_MEDIA_TYPE = "application/fhir+json"  # Accept: application/fhir+json on a POST answers a FHIR R4 Bundle
 GET_ROUTES = ("/health", "/info", "/status")
 # With ECGFM_API_KEY set, "Authorization: Bearer <key>" is required on every path but these probes.
 PUBLIC_PATHS = ("/health", "/livez", "/healthz", "/readyz")  # /healthz is BentoML's alias of /livez
@@ -66,7 +87,7 @@ RETRY_AFTER_S = 2  # the Retry-After of every 429 and 503
 
 
 class BadRequestError(ValueError):
-    """A ``.npy`` request whose body or query parameters cannot be read."""
+    """A ``.npy`` or ``/file`` request whose body or query parameters cannot be read."""
 
 
 class MissingAPIKeyError(Exception):
@@ -103,13 +124,22 @@ class ErrorStatus:
 
 # exception -> status -> description, the one place a status code is decided (BentoML's own 400 aside).
 ERRORS: dict[type[Exception], ErrorStatus] = {
-    BadRequestError: ErrorStatus(400, "The body is not an .npy array, or a query parameter is wrong"),
+    BadRequestError: ErrorStatus(
+        400, "The body is not an .npy array, a multipart body has no 'file' field, or a query parameter is wrong"
+    ),
     MissingAPIKeyError: ErrorStatus(401, "Missing or wrong API key (only when ECGFM_API_KEY is set)", ("post", "get")),
     BodyTooLargeError: ErrorStatus(413, "Body larger than ECGFM_MAX_BODY_BYTES"),
     UnsupportedMediaTypeError: ErrorStatus(
-        415, "Content-Type is not application/json (application/octet-stream for the /npy variants)"
+        415,
+        "Content-Type is not application/json (application/octet-stream for the /npy variants; for the /file "
+        f"variants one of {', '.join(FILE_MEDIA_TYPES)})",
     ),
     ECGInputError: ErrorStatus(422, "Well-formed, but not a usable ECG"),
+    FormatError: ErrorStatus(
+        422,
+        "Well-formed, but not a usable ECG; for /file: not a readable DICOM, HL7 aECG, Philips, GE MUSE or SCP-ECG "
+        "file (truncated, corrupt, no waveform, XML that is not an ECG or declares entities); the message says which",
+    ),
     TooManyRequestsError: ErrorStatus(429, "Too many requests in flight (ECGFM_MAX_CONCURRENCY); see Retry-After"),
     ModelsUnavailableError: ErrorStatus(  # declared on the routes of /info and /status
         503, "A model service is not loaded (still loading or failed); see /health", documented_on=()

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from contract import BadRequestError
+from contract import FILE_MEDIA_TYPES, BadRequestError, UnsupportedMediaTypeError
+from ecgfm.formats import read_bytes
 from ecgfm.inference import encode_batch, record_lengths
+from ecgfm.outputs import ConversionReport
 from ecgfm.preprocess import PreprocessedECG, preprocess
 
 _FLAGS = {"true": True, "1": True, "false": False, "0": False}
@@ -29,6 +31,7 @@ class PreparedRequest:
     record: PreprocessedECG
     batch: np.ndarray  # float32 [n_segments, 12, 2500], padding encoded (ecgfm.inference.encode_batch)
     per_segment: bool
+    conversion: ConversionReport | None = None  # how an uploaded file was read (/<post>/file)
 
 
 def prepare(
@@ -79,3 +82,34 @@ def decode_npy(
         raise BadRequestError("the .npy array must hold numbers (integer or float)")
     flag = _FLAGS[per_segment.lower()] if per_segment else False
     return prepare(signal, fs_hz, names, flag, max_duration_s=max_duration_s)
+
+
+def file_media_type(content_type: str | None) -> str:
+    """The media type of a ``/<post>/file`` body, or :class:`UnsupportedMediaTypeError` (415)."""
+    given = (content_type or "").split(";")[0].strip().lower()
+    if given not in FILE_MEDIA_TYPES:
+        raise UnsupportedMediaTypeError(
+            f"the body must be an ECG file sent as one of {', '.join(FILE_MEDIA_TYPES)} "
+            "(multipart/form-data with the file in the field 'file')"
+        )
+    return given
+
+
+def decode_file(body: bytes, per_segment: str | None, *, max_duration_s: float) -> PreparedRequest:
+    """A ``POST /<route>/file`` request: ``body`` is a hospital ECG file (DICOM, HL7 aECG, Philips, GE MUSE,
+    SCP-ECG), its format told by its content (:func:`ecgfm.formats.read_bytes`); leads beyond the standard 12 are
+    kept out of the model. Query parameter: ``per_segment`` (``true``/``false``).
+
+    Raises:
+        BadRequestError: an empty body or an unreadable ``per_segment``.
+        ecgfm.formats.FormatError: not a readable ECG file (422; the message names the problem, never the content).
+    """
+    if per_segment is not None and per_segment.lower() not in _FLAGS:
+        raise BadRequestError("the query parameter per_segment must be true or false")
+    if not body:
+        raise BadRequestError("the body is empty: send the ECG file as the body or as the multipart field 'file'")
+    record = read_bytes(body)
+    signal, lead_names = record.model_input()
+    flag = _FLAGS[per_segment.lower()] if per_segment else False
+    prepared = prepare(signal, record.fs, lead_names, flag, max_duration_s=max_duration_s)
+    return replace(prepared, conversion=ConversionReport.model_validate(record.conversion))

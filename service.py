@@ -39,8 +39,12 @@ import ecgfm
 from contract import (
     ANSWERED_ERRORS,
     DOCS_PAGES,
+    FILE_FIELD,
+    FILE_MEDIA_TYPES,
+    FILE_POST_ROUTES,
     GET_ROUTES,
     JSON_POST_ROUTES,
+    MULTIPART_MEDIA_TYPE,
     NPY_MEDIA_TYPE,
     NPY_POST_ROUTES,
     POST_MEDIA_TYPES,
@@ -48,6 +52,7 @@ from contract import (
     RESEARCH_USE,
     SERVICE_DESCRIPTION,
     SERVICE_NAME,
+    BadRequestError,
     BothResponse,
     ClinicalResponse,
     ECGRequest,
@@ -62,7 +67,7 @@ from contract import (
     error_response,
     models_unavailable,
 )
-from decoding import PreparedRequest, decode_npy, prepare
+from decoding import PreparedRequest, decode_file, decode_npy, file_media_type, prepare
 from ecgfm.checkpoint import ModelKind
 from ecgfm.hub import WeightsNotFoundError, resolve_all
 from ecgfm.inference import decode_batch, load_model
@@ -99,7 +104,7 @@ BATCHING: dict[str, Any] = {"max_batch_size": SERVING.max_batch_size, "max_laten
 PROBE_TIMEOUT_S = 3.0  # /health, /info, /status and /readyz give up on a model service after this long
 CONNECTION_RETRIES = 2  # see call_model
 STARTED_AT = time.time()
-REQUEST_STATS = RequestStats((*JSON_POST_ROUTES, *GET_ROUTES, *NPY_POST_ROUTES))
+REQUEST_STATS = RequestStats((*JSON_POST_ROUTES, *GET_ROUTES, *NPY_POST_ROUTES, *FILE_POST_ROUTES))
 OUTPUTS: dict[ModelKind, type[ClinicalOutput] | type[FeaturesOutput]] = {
     "finetuned": ClinicalOutput,
     "pretrained": FeaturesOutput,
@@ -127,6 +132,31 @@ async def npy_decoder(
 ) -> Callable[..., PreparedRequest]:
     """:func:`decoding.decode_npy` bound to a request's body and query parameters."""
     return partial(decode_npy, await request.body(), fs, lead_names, per_segment)
+
+
+def _raise(exc: Exception, **_: Any) -> PreparedRequest:
+    raise exc
+
+
+async def file_decoder(request: Request, per_segment: str | None) -> Callable[..., PreparedRequest]:
+    """:func:`decoding.decode_file` bound to the uploaded file: the raw body, or the multipart field ``file``.
+    An error on the way (415, 400) is bound instead, so that ``_answer`` answers it like any other."""
+    try:
+        media_type = file_media_type(request.headers.get("content-type"))
+        if media_type != MULTIPART_MEDIA_TYPE:
+            return partial(decode_file, await request.body(), per_segment)
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except Exception:  # malformed multipart: starlette raises its own kinds
+            raise BadRequestError("the multipart/form-data body cannot be parsed") from None
+        upload = form.get(FILE_FIELD)
+        if upload is None:
+            raise BadRequestError(f"the multipart/form-data body has no field '{FILE_FIELD}' holding the ECG file")
+        body = upload.encode() if isinstance(upload, str) else await upload.read()
+        await form.close()
+        return partial(decode_file, body, per_segment)
+    except ANSWERED_ERRORS as exc:
+        return partial(_raise, exc)
 
 
 class ModelService:
@@ -195,6 +225,32 @@ LANDING_PAGE = fill_template(
     description=SERVICE_DESCRIPTION,
     research_use=RESEARCH_USE,
 )
+FILE_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "A hospital ECG file (DICOM waveform, HL7 aECG, Philips Sierra/PageWriter XML, GE MUSE XML, "
+        f"SCP-ECG), as the raw body or as the field '{FILE_FIELD}' of multipart/form-data; the format is told by the "
+        "content. Leads beyond the standard 12 are kept out of the model; the response's 'conversion' says how the "
+        "file was read (units, derived leads, trimmed calibration pulse).",
+        "content": {
+            **{
+                media_type: {"schema": {"type": "string", "format": "binary"}}
+                for media_type in FILE_MEDIA_TYPES
+                if media_type != MULTIPART_MEDIA_TYPE
+            },
+            MULTIPART_MEDIA_TYPE: {
+                "schema": {
+                    "type": "object",
+                    "required": [FILE_FIELD],
+                    "properties": {FILE_FIELD: {"type": "string", "format": "binary"}},
+                },
+                "encoding": {
+                    FILE_FIELD: {"contentType": ", ".join(m for m in FILE_MEDIA_TYPES if "multipart" not in m)}
+                },
+            },
+        },
+    }
+}
 NPY_REQUEST_BODY = {
     "requestBody": {
         "required": True,
@@ -269,6 +325,21 @@ class ECGFMService:
         """``/both`` with the signal as a NumPy ``.npy`` body ``[leads, samples]``; fields as query parameters."""
         return await self._answer(self._both, await npy_decoder(request, fs, lead_names, per_segment))
 
+    @app.post("/clinical/file", response_model=ClinicalResponse, openapi_extra=FILE_REQUEST_BODY)
+    async def clinical_file(self, request: Request, per_segment: str | None = None) -> Response:
+        """``/clinical`` for an uploaded ECG file (DICOM, HL7 aECG, Philips, GE MUSE, SCP-ECG)."""
+        return await self._answer(self._clinical, await file_decoder(request, per_segment))
+
+    @app.post("/features/file", response_model=FeaturesResponse, openapi_extra=FILE_REQUEST_BODY)
+    async def features_file(self, request: Request, per_segment: str | None = None) -> Response:
+        """``/features`` for an uploaded ECG file (DICOM, HL7 aECG, Philips, GE MUSE, SCP-ECG)."""
+        return await self._answer(self._features, await file_decoder(request, per_segment))
+
+    @app.post("/both/file", response_model=BothResponse, openapi_extra=FILE_REQUEST_BODY)
+    async def both_file(self, request: Request, per_segment: str | None = None) -> Response:
+        """``/both`` for an uploaded ECG file (DICOM, HL7 aECG, Philips, GE MUSE, SCP-ECG)."""
+        return await self._answer(self._both, await file_decoder(request, per_segment))
+
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health(self) -> Response:
         """200 when both model services have their model loaded, else 503."""
@@ -333,7 +404,9 @@ class ECGFMService:
         """One model's result for a record: the batched model call and the (cached) checkpoint, concurrently."""
         model = self.finetuned.to_async.classify if kind == "finetuned" else self.pretrained.to_async.embed
         values, checkpoint = await asyncio.gather(call_model(model, prepared.batch), self._checkpoint(kind))
-        return OUTPUTS[kind].from_segments(values, prepared.record, checkpoint, prepared.per_segment)
+        output = OUTPUTS[kind].from_segments(values, prepared.record, checkpoint, prepared.per_segment)
+        output.conversion = prepared.conversion
+        return output
 
     async def _checkpoint(self, kind: ModelKind) -> CheckpointInfo:
         """The model service's checkpoint as responses carry it, asked once and then kept (it never changes)."""
@@ -363,7 +436,10 @@ ECGFMService.add_asgi_middleware(
     OpenAPIDocumentMiddleware, info=OPENAPI_INFO, media_types=POST_MEDIA_TYPES, public_paths=PUBLIC_PATHS
 )
 ECGFMService.add_asgi_middleware(LandingPageMiddleware, html=LANDING_PAGE)
-ECGFMService.add_asgi_middleware(MediaTypeMiddleware, media_types=POST_MEDIA_TYPES)
+# The /file routes take several media types: their decoder checks them (decoding.file_media_type).
+ECGFMService.add_asgi_middleware(
+    MediaTypeMiddleware, media_types={k: v for k, v in POST_MEDIA_TYPES.items() if k not in FILE_POST_ROUTES}
+)
 ECGFMService.add_asgi_middleware(
     ConcurrencyLimitMiddleware, paths=POST_MEDIA_TYPES, max_concurrency=SERVING.max_concurrency
 )

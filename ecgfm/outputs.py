@@ -50,6 +50,30 @@ class LoadedCheckpoint(CheckpointInfo):
         return CheckpointInfo.model_validate(self.model_dump(exclude={"path"}))
 
 
+class TrimReport(BaseModel):
+    """A stretch cut from the end of a file's record (a calibration pulse, say), ``[start_s, end_s)``."""
+
+    what: str
+    start_s: float
+    end_s: float
+
+
+class ConversionReport(BaseModel):
+    """How a hospital file (``/<post>/file``, ``ecgfm predict file.dcm``) was read (:mod:`ecgfm.formats`)."""
+
+    format: Literal["dicom", "hl7_aecg", "philips", "ge_muse", "scp_ecg"]
+    version: str | None = Field(description="The format's version or DICOM SOP class, when the file says it.")
+    waveform: Literal["rhythm"] = Field(description="The waveform read: the rhythm, never a median beat.")
+    units_in_file: str = Field(description="The amplitude unit the file stores (converted to mV).")
+    units: Literal["mV"]
+    scaling: str = Field(description="How the file's numbers became mV.")
+    lead_labels_in_file: list[str]
+    derived_leads: list[str] = Field(description="Leads computed, not read (GE MUSE: III, aVR, aVL, aVF).")
+    extra_leads: list[str] = Field(description="Leads beyond the standard 12: kept in the record, not given the model.")
+    trimmed: list[TrimReport] = Field(description="What was cut from the end (a 1 mV calibration pulse: not ECG).")
+    notes: list[str]
+
+
 class RecordOutput(BaseModel):
     """What every per-record result says about the record and the weights."""
 
@@ -60,6 +84,9 @@ class RecordOutput(BaseModel):
     padded: bool = Field(description="True when the record was shorter than 5 s and was padded (with a mask).")
     constant_leads: list[str] = Field(description="Leads that were constant (e.g. disconnected) and set to 0.")
     checkpoint: CheckpointInfo
+    conversion: ConversionReport | None = Field(
+        default=None, description="Only for an uploaded file (/<post>/file): how it was read."
+    )
 
     @staticmethod
     def record_fields(prep: PreprocessedECG, checkpoint: CheckpointInfo) -> dict[str, Any]:
@@ -75,7 +102,8 @@ class RecordOutput(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         """The JSON body: ``segments`` is left out unless it was asked for."""
-        return self.model_dump(mode="json", exclude={"segments"} if getattr(self, "segments", None) is None else None)
+        unset = {name for name in ("segments", "conversion") if getattr(self, name, None) is None}
+        return self.model_dump(mode="json", exclude=unset or None)
 
 
 class ClinicalOutput(RecordOutput):
