@@ -69,6 +69,7 @@ from contract import (
 )
 from decoding import PreparedRequest, decode_file, decode_npy, file_media_type, prepare
 from ecgfm.checkpoint import ModelKind
+from ecgfm.fhir import FHIR_MEDIA_TYPE, bundle_for_result
 from ecgfm.hub import WeightsNotFoundError, resolve_all
 from ecgfm.inference import decode_batch, load_model
 from ecgfm.outputs import BothOutput, CheckpointInfo, ClinicalOutput, FeaturesOutput, RecordOutput
@@ -285,60 +286,84 @@ class ECGFMService:
 
     @bentoml.api(route="/clinical", input_spec=ECGRequest)
     async def clinical(
-        self, signal: Signal, fs: Hz, lead_names: list[str] | None = None, per_segment: bool = False
+        self,
+        signal: Signal,
+        fs: Hz,
+        ctx: bentoml.Context,
+        lead_names: list[str] | None = None,
+        per_segment: bool = False,
     ) -> ClinicalResponse:
         """Probabilities of the 17 ECG-FM labels (finetuned model); raw outputs, no thresholds."""
-        return await self._answer(self._clinical, partial(prepare, signal, fs, lead_names, per_segment))
+        decode = partial(prepare, signal, fs, lead_names, per_segment)
+        return await self._answer(self._clinical, decode, ctx.request.headers.get("accept"))
 
     @bentoml.api(route="/features", input_spec=ECGRequest)
     async def features(
-        self, signal: Signal, fs: Hz, lead_names: list[str] | None = None, per_segment: bool = False
+        self,
+        signal: Signal,
+        fs: Hz,
+        ctx: bentoml.Context,
+        lead_names: list[str] | None = None,
+        per_segment: bool = False,
     ) -> FeaturesResponse:
         """The record's embedding from the pretrained encoder."""
-        return await self._answer(self._features, partial(prepare, signal, fs, lead_names, per_segment))
+        decode = partial(prepare, signal, fs, lead_names, per_segment)
+        return await self._answer(self._features, decode, ctx.request.headers.get("accept"))
 
     @bentoml.api(route="/both", input_spec=ECGRequest)
     async def both(
-        self, signal: Signal, fs: Hz, lead_names: list[str] | None = None, per_segment: bool = False
+        self,
+        signal: Signal,
+        fs: Hz,
+        ctx: bentoml.Context,
+        lead_names: list[str] | None = None,
+        per_segment: bool = False,
     ) -> BothResponse:
         """/clinical and /features of one record; the two models run at the same time."""
-        return await self._answer(self._both, partial(prepare, signal, fs, lead_names, per_segment))
+        decode = partial(prepare, signal, fs, lead_names, per_segment)
+        return await self._answer(self._both, decode, ctx.request.headers.get("accept"))
 
     @app.post("/clinical/npy", response_model=ClinicalResponse, openapi_extra=NPY_REQUEST_BODY)
     async def clinical_npy(
         self, request: Request, fs: str | None = None, lead_names: str | None = None, per_segment: str | None = None
     ) -> Response:
         """``/clinical`` with the signal as a NumPy ``.npy`` body ``[leads, samples]``; fields as query parameters."""
-        return await self._answer(self._clinical, await npy_decoder(request, fs, lead_names, per_segment))
+        decode = await npy_decoder(request, fs, lead_names, per_segment)
+        return await self._answer(self._clinical, decode, request.headers.get("accept"))
 
     @app.post("/features/npy", response_model=FeaturesResponse, openapi_extra=NPY_REQUEST_BODY)
     async def features_npy(
         self, request: Request, fs: str | None = None, lead_names: str | None = None, per_segment: str | None = None
     ) -> Response:
         """``/features`` with the signal as a NumPy ``.npy`` body ``[leads, samples]``; fields as query parameters."""
-        return await self._answer(self._features, await npy_decoder(request, fs, lead_names, per_segment))
+        decode = await npy_decoder(request, fs, lead_names, per_segment)
+        return await self._answer(self._features, decode, request.headers.get("accept"))
 
     @app.post("/both/npy", response_model=BothResponse, openapi_extra=NPY_REQUEST_BODY)
     async def both_npy(
         self, request: Request, fs: str | None = None, lead_names: str | None = None, per_segment: str | None = None
     ) -> Response:
         """``/both`` with the signal as a NumPy ``.npy`` body ``[leads, samples]``; fields as query parameters."""
-        return await self._answer(self._both, await npy_decoder(request, fs, lead_names, per_segment))
+        decode = await npy_decoder(request, fs, lead_names, per_segment)
+        return await self._answer(self._both, decode, request.headers.get("accept"))
 
     @app.post("/clinical/file", response_model=ClinicalResponse, openapi_extra=FILE_REQUEST_BODY)
     async def clinical_file(self, request: Request, per_segment: str | None = None) -> Response:
         """``/clinical`` for an uploaded ECG file (DICOM, HL7 aECG, Philips, GE MUSE, SCP-ECG)."""
-        return await self._answer(self._clinical, await file_decoder(request, per_segment))
+        decode = await file_decoder(request, per_segment)
+        return await self._answer(self._clinical, decode, request.headers.get("accept"))
 
     @app.post("/features/file", response_model=FeaturesResponse, openapi_extra=FILE_REQUEST_BODY)
     async def features_file(self, request: Request, per_segment: str | None = None) -> Response:
         """``/features`` for an uploaded ECG file (DICOM, HL7 aECG, Philips, GE MUSE, SCP-ECG)."""
-        return await self._answer(self._features, await file_decoder(request, per_segment))
+        decode = await file_decoder(request, per_segment)
+        return await self._answer(self._features, decode, request.headers.get("accept"))
 
     @app.post("/both/file", response_model=BothResponse, openapi_extra=FILE_REQUEST_BODY)
     async def both_file(self, request: Request, per_segment: str | None = None) -> Response:
         """``/both`` for an uploaded ECG file (DICOM, HL7 aECG, Philips, GE MUSE, SCP-ECG)."""
-        return await self._answer(self._both, await file_decoder(request, per_segment))
+        decode = await file_decoder(request, per_segment)
+        return await self._answer(self._both, decode, request.headers.get("accept"))
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health(self) -> Response:
@@ -380,6 +405,7 @@ class ECGFMService:
         self,
         build: Callable[[PreparedRequest], Awaitable[RecordOutput | BothOutput]],
         decode: Callable[..., PreparedRequest],
+        accept: str | None = None,
     ) -> Response:
         """Decode and preprocess on a worker thread, then ``build`` the result; an error of the contract is
         answered from ``contract.ERRORS`` (400, 422, 503 with Retry-After)."""
@@ -388,6 +414,8 @@ class ECGFMService:
             output = await build(prepared)
         except ANSWERED_ERRORS as exc:
             return error_response(exc)
+        if FHIR_MEDIA_TYPE in (accept or "").lower():  # content negotiation: a FHIR R4 Bundle (ecgfm.fhir)
+            return JSONResponse(bundle_for_result(output.to_json()), media_type=FHIR_MEDIA_TYPE)
         return JSONResponse(output.to_json())
 
     async def _clinical(self, prepared: PreparedRequest) -> ClinicalOutput:

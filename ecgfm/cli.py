@@ -34,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     predict.add_argument("--max-duration", type=float, default=None, help="refuse records longer than this (s)")
     predict.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    predict.add_argument(
+        "--format", choices=("json", "fhir"), default="json", help="fhir: one FHIR R4 Bundle per record (ecgfm.fhir)"
+    )
 
     demo = commands.add_parser("demo-checkpoints", help="write random-init checkpoints in the official format")
     demo.add_argument("--out", required=True, help="directory for pretrained.pt and finetuned.pt")
@@ -115,6 +118,10 @@ def _predict_records(predictor: Predictor, args: argparse.Namespace, output: Tex
             failures += 1
             progress.write(f"ecgfm: skipped {path}: {exc}", file=sys.stderr)
             continue
+        if args.format == "fhir":
+            from ecgfm.fhir import bundle_for_result
+
+            result = bundle_for_result(result)
         output.write(json.dumps(result) + "\n")
         output.flush()
     return failures

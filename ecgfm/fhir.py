@@ -1,0 +1,143 @@
+"""ECG-FM results as FHIR R4: a ``collection`` Bundle holding one DiagnosticReport and its Observations.
+
+* DiagnosticReport: LOINC 11524-6 "EKG study", category EC (v2-0074), status ``preliminary`` (raw research output,
+  not reviewed), ``conclusion`` the research-use statement, ``result`` the Observations.
+* One Observation per label of ``/clinical``: ``code.text`` the label name, ``valueQuantity`` its probability
+  (UCUM ``1``), no interpretation or threshold (raw outputs).
+* ``/features``: one Observation "ECG-FM embedding" whose ``valueSampledData`` holds the D floats.
+* From the interpreter (:func:`bundle` with ``heart_rate_bpm`` / ``findings``): heart rate (LOINC 8867-4, ``/min``)
+  and one Observation per grouped finding.
+
+Nothing that identifies a patient is copied: there is no ``subject``. Only the resources' shapes shared by R4 and
+R4B are used (the tests validate each with ``fhir.resources``' R4B models).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+FHIR_MEDIA_TYPE = "application/fhir+json"
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+EKG_STUDY = {"system": LOINC, "code": "11524-6", "display": "EKG study"}
+HEART_RATE = {"system": LOINC, "code": "8867-4", "display": "Heart rate"}
+CATEGORY_EC = {
+    "system": "http://terminology.hl7.org/CodeSystem/v2-0074",
+    "code": "EC",
+    "display": "Electrocardiac (e.g., EKG, EEC, Holter)",
+}
+OBSERVATION_CATEGORY = {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "procedure"}
+RESEARCH_USE = "Research use only: ECG-FM is not a diagnostic device; a qualified clinician must review the ECG."
+
+
+def _urn() -> str:
+    return f"urn:uuid:{uuid.uuid4()}"
+
+
+def _observation(code: dict[str, Any], value: dict[str, Any], note: str | None = None) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Observation",
+        "status": "preliminary",
+        "category": [{"coding": [OBSERVATION_CATEGORY]}],
+        "code": code,
+        **value,
+    }
+    if note:
+        resource["note"] = [{"text": note}]
+    return resource
+
+
+def label_observations(probabilities: Mapping[str, float]) -> list[dict[str, Any]]:
+    """One Observation per label, its probability as ``valueQuantity`` (no threshold applied)."""
+    return [
+        _observation(
+            {"text": label},
+            {"valueQuantity": {"value": float(p), "unit": "probability", "system": UCUM, "code": "1"}},
+            "ECG-FM finetuned model output (sigmoid), aggregated over 5 s segments; raw, not a diagnosis.",
+        )
+        for label, p in probabilities.items()
+    ]
+
+
+def embedding_observation(features: Sequence[float]) -> dict[str, Any]:
+    data = " ".join(f"{float(v):.8g}" for v in features)
+    sampled = {"origin": {"value": 0}, "period": 1, "dimensions": 1, "data": data}
+    return _observation(
+        {"text": f"ECG-FM embedding ({len(features)}-d)"},
+        {"valueSampledData": sampled},
+        "The pretrained ECG-FM encoder's embedding (mean over frames and segments); period carries no meaning.",
+    )
+
+
+def heart_rate_observation(bpm: float) -> dict[str, Any]:
+    return _observation(
+        {"coding": [HEART_RATE], "text": "Heart rate"},
+        {"valueQuantity": {"value": round(float(bpm), 1), "unit": "/min", "system": UCUM, "code": "/min"}},
+        "Measured from the ECG by the interpreter's R-peak detector.",
+    )
+
+
+def finding_observation(finding: Mapping[str, Any]) -> dict[str, Any]:
+    """A grouped finding of the interpreter: its text, group, severity and the probability behind it."""
+    text = str(finding.get("statement") or finding.get("label") or finding.get("name") or "finding")
+    parts = [f"{key}: {finding[key]}" for key in ("group", "severity", "label") if finding.get(key) is not None]
+    value: dict[str, Any] = {"valueString": "; ".join(parts) or text}
+    if isinstance(finding.get("probability"), (int, float)):
+        value = {"valueQuantity": {"value": float(finding["probability"]), "unit": "probability", "system": UCUM,
+                                   "code": "1"}}  # fmt: skip
+    return _observation({"text": text}, value, "; ".join(parts) or None)
+
+
+def bundle(
+    *,
+    probabilities: Mapping[str, float] | None = None,
+    features: Sequence[float] | None = None,
+    heart_rate_bpm: float | None = None,
+    findings: Sequence[Mapping[str, Any]] = (),
+    demo: bool = False,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The Bundle: a DiagnosticReport (EKG study) whose ``result`` references every Observation."""
+    observations: list[dict[str, Any]] = []
+    if heart_rate_bpm is not None:
+        observations.append(heart_rate_observation(heart_rate_bpm))
+    observations += [finding_observation(f) for f in findings]
+    if probabilities is not None:
+        observations += label_observations(probabilities)
+    if features is not None:
+        observations.append(embedding_observation(features))
+    issued = (now or datetime.now(UTC)).isoformat(timespec="seconds")
+    urls = [_urn() for _ in observations]
+    conclusion = RESEARCH_USE + (" DEMO weights (random): the outputs are meaningless." if demo else "")
+    report = {
+        "resourceType": "DiagnosticReport",
+        "status": "preliminary",
+        "category": [{"coding": [CATEGORY_EC]}],
+        "code": {"coding": [EKG_STUDY], "text": "EKG study"},
+        "issued": issued,
+        "result": [{"reference": url} for url in urls],
+        "conclusion": conclusion,
+    }
+    entries = [{"fullUrl": _urn(), "resource": report}]
+    entries += [{"fullUrl": url, "resource": obs} for url, obs in zip(urls, observations, strict=True)]
+    return {"resourceType": "Bundle", "type": "collection", "timestamp": issued, "entry": entries}
+
+
+def bundle_for_result(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A Bundle for one JSON result: ``/clinical`` (probabilities), ``/features`` (features), ``/both`` or an
+    ``ecgfm predict`` line (``clinical`` and/or ``features``)."""
+    clinical = result.get("clinical") if isinstance(result.get("clinical"), Mapping) else None
+    features = result.get("features") if isinstance(result.get("features"), Mapping) else None
+    if clinical is None and "probabilities" in result:
+        clinical = result
+    if features is None and isinstance(result.get("features"), list):
+        features = result
+    demo = any(bool(part.get("demo")) for part in (clinical, features) if part is not None)
+    return bundle(
+        probabilities=clinical["probabilities"] if clinical else None,
+        features=features["features"] if features else None,
+        demo=demo,
+    )
