@@ -63,8 +63,10 @@ def test_philips_calibration_pulse_is_trimmed_and_reported(path: Path) -> None:
     assert np.allclose(ref["signal"][:, pulse_window(fs)], ref["signal"][0, pulse_window(fs)].max())  # it is there
     record = read_file(path)
     assert record.signal.shape[1] <= pulse_window(fs).start
-    assert record.signal.shape[1] >= 10 * fs  # the 10 s of ECG are kept
+    assert record.signal.shape[1] == 10 * fs  # the strip's whole 10 s are kept, the lead-out and gap are not
+    np.testing.assert_allclose(record.signal, ref["signal"][:, : int(10 * fs)], atol=1e-9)
     trims = record.conversion["trimmed"]
+    assert trims[0]["start_s"] == pytest.approx(10.0) and "lead-out" in trims[0]["what"]
     assert trims and trims[-1]["start_s"] == pytest.approx(10.7) and trims[-1]["end_s"] == pytest.approx(11.0)
     assert "calibration pulse" in trims[-1]["what"]
 

@@ -9,7 +9,9 @@ who wrote the file, so it is found in files converted from the cart's format too
   follows it (it ends within ``MAX_AFTER_S`` of the end of the record).
 
 :func:`trim_calibration_pulse` cuts the record at the pulse's start and, with it, the stretch just before the
-pulse where every lead is flat (a gap the cart leaves before the pulse, not ECG either), and says what it cut.
+pulse where every lead is flat (a gap the cart leaves before the pulse, not ECG either), then keeps the whole seconds
+before it: a cart's strip is a whole number of seconds (Philips: ``durationperchannel`` 11000 ms = a 10 s strip, its
+lead-out, the gap and the pulse), and the lead-out must not change the record's z-score. It says what it cut.
 """
 
 from __future__ import annotations
@@ -96,4 +98,9 @@ def trim_calibration_pulse(signal: np.ndarray, fs: float) -> tuple[np.ndarray, l
     trims.append(
         Trim(f"{PULSE_MV:g} mV calibration pulse in every lead (not ECG) and what follows it", start / fs, n / fs)
     )
+    strip = int(np.floor(cut / fs + 1e-9) * fs)  # whole seconds before the pulse
+    if 0 < strip < cut:
+        lead_out = Trim("the lead-out after the strip's last whole second, before the pulse", strip / fs, cut / fs)
+        trims.insert(0, lead_out)
+        cut = strip
     return signal[:, :cut], trims
