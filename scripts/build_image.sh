@@ -109,6 +109,7 @@ if [ "$bento_only" = 1 ]; then
   exit 0
 fi
 image=${image:-$bento_tag}
+command -v buildah >/dev/null || { log "buildah is not installed (apt-get install buildah)"; exit 1; }
 
 # --- the local stand-in base image ------------------------------------------------------------------------------------
 # The generated Dockerfile starts FROM python:3.11-slim (CPU) or nvidia/cuda:...-ubuntu24.04 (GPU). Without a
@@ -131,9 +132,18 @@ make_local_base() {
     return
   fi
   if [ ! -x "$rootfs/usr/bin/python3" ]; then
-    log "debootstrap of Debian bookworm into $rootfs (about a minute)"
-    mkdir -p "$rootfs"
-    debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates bookworm "$rootfs"
+    command -v debootstrap >/dev/null || { log "debootstrap is not installed (apt-get install debootstrap)"; exit 1; }
+    log "debootstrap of Debian bookworm into $rootfs (about two minutes)"
+    if [ -e "$rootfs" ] && ! rmdir "$rootfs" 2>/dev/null; then
+      log "$rootfs is not empty but has no usr/bin/python3: not a root file system made here; remove it"
+      exit 1
+    fi
+    # Into $rootfs.partial, renamed when complete: an interrupted run leaves nothing that looks reusable.
+    rm -rf "$rootfs.partial"
+    mkdir -p "$rootfs.partial"
+    debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates bookworm \
+      "$rootfs.partial"
+    mv "$rootfs.partial" "$rootfs"
     log "debootstrap done at ${SECONDS} s"
   fi
   local context
