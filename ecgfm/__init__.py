@@ -2,7 +2,8 @@
 
 The Python API in a few names (imported lazily, so ``ecgfm.labels`` does not pull in torch)::
 
-    from ecgfm import load_checkpoint, preprocess, Predictor, read_record, LABELS
+    from ecgfm import load_checkpoint, Predictor, read_record, LABELS
+    from ecgfm.preprocess import preprocess     # (``ecgfm.preprocess`` is also the module's name)
 
     finetuned = load_checkpoint("mimic_iv_ecg_finetuned.pt")      # LoadedModel: .model, .config, .kind
     logits = finetuned.model(segments)                               # [B, 12, 2500] -> [B, 17]
