@@ -170,6 +170,15 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> dict:
         yield {"url": url, "log": log_path, "auth": {"authorization": f"Bearer {API_KEY}"}}
 
 
+def mounted_routes(routes: list) -> list:
+    """The routes of a FastAPI app, those of included routers too (FastAPI wraps them in ``original_router``)."""
+    found = []
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        found += mounted_routes(inner.routes) if inner is not None else [route] if hasattr(route, "methods") else []
+    return found
+
+
 def registered_routes(url: str, auth: dict[str, str]) -> set[tuple[str, str]]:
     """Every (method, path) the running service registers: its OpenAPI document (BentoML's routes, the probes,
     /metrics and every API), the mounted FastAPI app's routes (its /npy POSTs and GETs, its own /docs, /redoc,
@@ -178,7 +187,7 @@ def registered_routes(url: str, auth: dict[str, str]) -> set[tuple[str, str]]:
 
     spec = httpx.get(url + "/docs.json", headers=auth, timeout=30).json()
     routes = {(method.upper(), path) for path, operations in spec["paths"].items() for method in operations}
-    routes |= {(method, route.path) for route in app.routes for method in getattr(route, "methods", ()) or ()}
+    routes |= {(method, route.path) for route in mounted_routes(app.routes) for method in route.methods or ()}
     return {(method, path) for method, path in routes if method in ("GET", "POST")} | {
         ("GET", "/"),
         ("GET", "/docs.json"),
