@@ -233,9 +233,9 @@ def preprocess(
         )
     duration_s = ordered.shape[1] / fs
     if duration_s < MIN_DURATION_S:
-        raise ECGInputError(f"the record is {duration_s:.3g} s long; at least {MIN_DURATION_S:g} s is needed")
-    if max_duration_s is not None and duration_s > max_duration_s:
-        raise ECGInputError(f"the record is {duration_s:.1f} s long; at most {max_duration_s:g} s is accepted")
+        raise ECGInputError(f"the record is {duration_s:.6g} s long; at least {MIN_DURATION_S:g} s is needed")
+    if max_duration_s is not None and duration_s > max_duration_s:  # 6 digits: one sample over still shows
+        raise ECGInputError(f"the record is {duration_s:.6g} s long; at most {max_duration_s:g} s is accepted")
     resampled = linear_resample(ordered, fs)
     constant = constant_lead_mask(resampled)
     if constant.any():
