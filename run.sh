@@ -7,6 +7,10 @@
 #   ./run.sh python ...                      a Python inside the venv
 set -euo pipefail
 cd "$(dirname "$0")"
+# No usage analytics leave this machine unless the operator opts in (docs/security.md): BentoML's, Ray's (ecgfm batch)
+# and huggingface_hub's. Set a variable explicitly to override.
+export BENTOML_DO_NOT_TRACK="${BENTOML_DO_NOT_TRACK:-true}" RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"
+export HF_HUB_DISABLE_TELEMETRY="${HF_HUB_DISABLE_TELEMETRY:-1}"
 
 ensure_venv() {
   local stamp=.venv/.requirements.sha256
