@@ -134,12 +134,13 @@ ERRORS: dict[type[Exception], ErrorStatus] = {
         "Content-Type is not application/json (application/octet-stream for the /npy variants; for the /file "
         f"variants one of {', '.join(FILE_MEDIA_TYPES)})",
     ),
-    ECGInputError: ErrorStatus(422, "Well-formed, but not a usable ECG"),
-    FormatError: ErrorStatus(
+    ECGInputError: ErrorStatus(
         422,
-        "Well-formed, but not a usable ECG; for /file: not a readable DICOM, HL7 aECG, Philips, GE MUSE or SCP-ECG "
-        "file (truncated, corrupt, no waveform, XML that is not an ECG or declares entities); the message says which",
+        "Well-formed, but not a usable ECG; for /file also: not a readable DICOM, HL7 aECG, Philips, GE MUSE or "
+        "SCP-ECG file (truncated, corrupt, no waveform, XML that is not an ECG or declares entities); the message "
+        "says which",
     ),
+    FormatError: ErrorStatus(422, "A file that is not a readable ECG file (documented with the 422 above)", ()),
     TooManyRequestsError: ErrorStatus(429, "Too many requests in flight (ECGFM_MAX_CONCURRENCY); see Retry-After"),
     ModelsUnavailableError: ErrorStatus(  # declared on the routes of /info and /status
         503, "A model service is not loaded (still loading or failed); see /health", documented_on=()

@@ -47,7 +47,7 @@ def test_openapi_gets_every_post_error_status_with_the_error_schema() -> None:
 
 def test_openapi_npy_posts_get_the_contracts_400_and_422_instead_of_fastapis() -> None:
     responses = document_error_responses(openapi_fragment(), POST_MEDIA_TYPES, PUBLIC_PATHS)["paths"]["/clinical/npy"]
-    assert responses["post"]["responses"]["422"]["description"] == "Well-formed, but not a usable ECG"
+    assert responses["post"]["responses"]["422"]["description"].startswith("Well-formed, but not a usable ECG")
     assert responses["post"]["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "/ErrorResponse"
     )
@@ -59,9 +59,12 @@ def test_openapi_gets_401_on_protected_gets_only() -> None:
     assert set(spec["paths"]["/readyz"]["get"]["responses"]) == {"200"}
 
 
-def test_every_error_status_of_the_contract_is_a_distinct_row() -> None:
-    statuses = sorted(row.status for row in ERRORS.values())
-    assert statuses == [400, 401, 413, 415, 422, 429, 503, 503]
+def test_each_documented_status_comes_from_one_row_of_the_contract() -> None:
+    for operation in ("post", "get"):
+        statuses = [row.status for row in ERRORS.values() if operation in row.documented_on]
+        assert len(statuses) == len(set(statuses)), operation
+    documented_on_posts = sorted(row.status for row in ERRORS.values() if "post" in row.documented_on)
+    assert documented_on_posts == [400, 401, 413, 415, 422, 429, 503]
     assert all(row.description for row in ERRORS.values())
 
 
