@@ -30,6 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     predict.add_argument("--fs", type=float, help="sampling rate for .npy and .csv files")
     predict.add_argument("--per-segment", action="store_true", help="also output per-segment results")
     predict.add_argument(
+        "--saliency",
+        action="store_true",
+        help="add 'saliency' to each body: where in the tracing the model attended, per segment (attention, not cause)",
+    )
+    predict.add_argument(
         "--ignore-extra-leads", action="store_true", help="drop leads that are not one of the 12 (e.g. Frank leads)"
     )
     predict.add_argument("--max-duration", type=float, default=None, help="refuse records longer than this (s)")
@@ -111,6 +116,7 @@ def _predict_records(predictor: Predictor, args: argparse.Namespace, output: Tex
             result = predictor.predict(
                 record,
                 per_segment=args.per_segment,
+                saliency=args.saliency,
                 max_duration_s=args.max_duration,
                 ignore_extra_leads=args.ignore_extra_leads,
             )

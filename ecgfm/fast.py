@@ -147,14 +147,20 @@ class HalfPrecisionTransformer(nn.Module):
         self.dtype = dtype
         self.inner = encoder.to(dtype)
 
-    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, padding_mask: Tensor | None = None, need_weights: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """
         Args:
             x (Tensor): fp32 ``[B, T, D]``.
             padding_mask (Tensor or None): ``[B, T]``, True at padded frames.
+            need_weights: also return the attention weights (fp32 ``[B, num_layers, T, T]``).
         Returns:
-            Tensor: fp32 ``[B, T, D]``.
+            Tensor: fp32 ``[B, T, D]``; with ``need_weights``, a tuple of it and the weights.
         """
+        if need_weights:
+            hidden, weights = self.inner(x.to(self.dtype), padding_mask, need_weights=True)
+            return hidden.float(), weights.float()
         return self.inner(x.to(self.dtype), padding_mask).float()
 
 

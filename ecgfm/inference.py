@@ -30,7 +30,7 @@ from ecgfm.fast import (
 )
 from ecgfm.hub import CheckpointSource, resolve_checkpoint
 from ecgfm.labels import LABELS
-from ecgfm.model import ECGFMClassifier, time_mean
+from ecgfm.model import ECGFMClassifier, attention_max, time_mean
 from ecgfm.outputs import CheckpointInfo, ClinicalOutput, FeaturesOutput, LoadedCheckpoint
 from ecgfm.preprocess import SEGMENT_SAMPLES, PreprocessedECG, preprocess
 from ecgfm.records import ECGRecord
@@ -99,7 +99,6 @@ class ModelHandle:
             num_labels=config.num_labels or None,
         )
 
-    @torch.inference_mode()
     def run(
         self, segments: np.ndarray, lengths: np.ndarray | None = None, batch_size: int = DEFAULT_BATCH_SIZE
     ) -> np.ndarray:
@@ -113,23 +112,61 @@ class ModelHandle:
 
         Full segments run without a mask, exactly as a whole-record run does; padded ones run with their mask.
         """
+        return self._run(segments, lengths, batch_size, saliency=False)[0]
+
+    def run_with_saliency(
+        self, segments: np.ndarray, lengths: np.ndarray | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`run`'s outputs and each segment's saliency ``[N, T]`` float32 (T = 156 for 2500 samples).
+
+        The saliency is ECG-FM quickstart's reduction of fairseq-signals' attention weights
+        (:func:`ecgfm.model.attention_max`): the last layer's head-mean post-softmax weights, padded keys masked,
+        and for each query step its largest weight on any key. Computed with an explicit softmax (the default
+        :meth:`run` keeps the fused attention kernel); same chunks, same padding masks.
+        """
+        outputs, saliency = self._run(segments, lengths, batch_size, saliency=True)
+        return outputs, saliency  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _run(
+        self, segments: np.ndarray, lengths: np.ndarray | None, batch_size: int, saliency: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         segments = np.asarray(segments, dtype=np.float32)
         out = np.empty((len(segments), self.output_dim), dtype=np.float32)
+        reduced: np.ndarray | None = None
         padded = np.zeros(len(segments), bool) if lengths is None else np.asarray(lengths) < segments.shape[-1]
         for rows, with_mask in ((np.flatnonzero(~padded), False), (np.flatnonzero(padded), True)):
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
                 mask = padding_mask_from_lengths(lengths[chunk], segments.shape[-1]) if with_mask else None
-                out[chunk] = self._forward(segments[chunk], mask)
-        return out
+                out[chunk], chunk_saliency = self._forward(segments[chunk], mask, saliency)
+                if chunk_saliency is not None:
+                    if reduced is None:
+                        reduced = np.empty((len(segments), chunk_saliency.shape[1]), dtype=np.float32)
+                    reduced[chunk] = chunk_saliency
+        if saliency and reduced is None:  # no segments
+            reduced = np.empty((0, 0), dtype=np.float32)
+        return out, reduced
 
-    def _forward(self, segments: np.ndarray, padding_mask: np.ndarray | None) -> np.ndarray:
+    def _forward(
+        self, segments: np.ndarray, padding_mask: np.ndarray | None, saliency: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         source = host_to_device(segments, self.device)
         mask = None if padding_mask is None else host_to_device(padding_mask, self.device)
         model = self.loaded.model
+        weights = None
         if isinstance(model, ECGFMClassifier):
-            return torch.sigmoid(model(source, mask).float()).cpu().numpy()
-        return time_mean(*model(source, mask)).float().cpu().numpy()
+            logits = model(source, mask, need_weights=True) if saliency else model(source, mask)
+            if saliency:
+                logits, weights = logits
+            out = torch.sigmoid(logits.float())
+        elif saliency:
+            hidden, frame_mask, weights = model(source, mask, need_weights=True)
+            out = time_mean(hidden, frame_mask)
+        else:
+            out = time_mean(*model(source, mask))
+        reduced = None if weights is None else attention_max(weights).float().cpu().numpy()
+        return out.float().cpu().numpy(), reduced
 
     def warm_up(self) -> None:
         """One forward on a zero segment, so that the first request does not pay for lazy initialisation."""
@@ -270,22 +307,31 @@ class Predictor:
             self._checkpoints[handle.kind] = handle.checkpoint().public()
         return self._checkpoints[handle.kind]
 
-    def predict_preprocessed(self, prep: PreprocessedECG, per_segment: bool = False) -> dict[str, Any]:
-        """``{"clinical": ..., "features": ...}`` (JSON bodies) for the models this predictor holds."""
+    def predict_preprocessed(
+        self, prep: PreprocessedECG, per_segment: bool = False, saliency: bool = False
+    ) -> dict[str, Any]:
+        """``{"clinical": ..., "features": ...}`` (JSON bodies) for the models this predictor holds; with
+        ``saliency``, each body has its model's ``saliency`` (:class:`ecgfm.outputs.Saliency`)."""
         result: dict[str, Any] = {}
         lengths = record_lengths(prep)
-        if self.finetuned is not None:
-            probabilities = self.finetuned.run(prep.segments, lengths)
-            clinical = ClinicalOutput.from_segments(probabilities, prep, self._checkpoint(self.finetuned), per_segment)
-            result["clinical"] = clinical.to_json()
-        if self.pretrained is not None:
-            embeddings = self.pretrained.run(prep.segments, lengths)
-            features = FeaturesOutput.from_segments(embeddings, prep, self._checkpoint(self.pretrained), per_segment)
-            result["features"] = features.to_json()
+        for key, handle, output in (
+            ("clinical", self.finetuned, ClinicalOutput),
+            ("features", self.pretrained, FeaturesOutput),
+        ):
+            if handle is None:
+                continue
+            if saliency:
+                values, reduced = handle.run_with_saliency(prep.segments, lengths)
+            else:
+                values, reduced = handle.run(prep.segments, lengths), None
+            body = output.from_segments(values, prep, self._checkpoint(handle), per_segment, reduced)
+            result[key] = body.to_json()
         return result
 
-    def predict(self, record: ECGRecord, per_segment: bool = False, **options: Any) -> dict[str, Any]:
+    def predict(
+        self, record: ECGRecord, per_segment: bool = False, saliency: bool = False, **options: Any
+    ) -> dict[str, Any]:
         """One JSON-ready object per record: ``{"record": name, "clinical": ..., "features": ...}``."""
         prep = self.preprocess(record, **options)
         conversion = {"conversion": record.conversion} if record.conversion is not None else {}
-        return {"record": record.name, **conversion, **self.predict_preprocessed(prep, per_segment)}
+        return {"record": record.name, **conversion, **self.predict_preprocessed(prep, per_segment, saliency)}

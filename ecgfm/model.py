@@ -12,6 +12,7 @@ feature extractor (156 for 2500 samples), ``C`` conv channels, ``D`` embedding d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -149,7 +150,13 @@ class ConvolutionalPositionalEmbedding(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with separate q/k/v/out projections, via ``scaled_dot_product_attention``."""
+    """Multi-head self-attention with separate q/k/v/out projections.
+
+    By default through the fused ``scaled_dot_product_attention``. With ``need_weights=True`` it computes the
+    attention explicitly, as ``torch.nn.functional.multi_head_attention_forward`` does when fairseq-signals asks it
+    for weights (``q`` scaled by ``1/sqrt(head_dim)``, ``-inf`` at padded keys, softmax over keys), and also returns
+    the post-softmax weights averaged over heads (``average_attn_weights=True``).
+    """
 
     def __init__(self, embed_dim: int, num_heads: int) -> None:
         super().__init__()
@@ -160,24 +167,34 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(embed_dim, embed_dim)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """
         Args:
             x (Tensor): shape ``[B, T, D]``.
             key_padding_mask (Tensor or None): shape ``[B, T]``, True at padded frames.
+            need_weights: also return the attention weights.
         Returns:
-            Tensor: shape ``[B, T, D]``.
+            Tensor: shape ``[B, T, D]``; with ``need_weights``, a tuple of it and the head-mean attention weights
+            ``[B, T, T]`` (query, key; rows sum to 1, 0 at padded keys, padded query rows kept).
         """
         batch, frames, dim = x.shape
 
         def heads(t: Tensor) -> Tensor:
             return t.view(batch, frames, self.num_heads, self.head_dim).transpose(1, 2)
 
-        attn_mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(
-            heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)), attn_mask=attn_mask
-        )
-        return self.out_proj(out.transpose(1, 2).reshape(batch, frames, dim))
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        if not need_weights:
+            attn_mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            return self.out_proj(out.transpose(1, 2).reshape(batch, frames, dim))
+        scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # [B, H, T, T]
+        if key_padding_mask is not None:
+            scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        weights = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+        out = self.out_proj((weights @ v).transpose(1, 2).reshape(batch, frames, dim))
+        return out, weights.mean(dim=1)
 
 
 class FeedForward(nn.Module):
@@ -203,19 +220,27 @@ class EncoderLayer(nn.Module):
         self.feed_forward = FeedForward(config.embed_dim, config.ffn_dim)
         self.final_layer_norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """
         Args:
             x (Tensor): shape ``[B, T, D]``.
             key_padding_mask (Tensor or None): shape ``[B, T]``, True at padded frames.
+            need_weights: also return the attention weights of this layer.
         Returns:
-            Tensor: shape ``[B, T, D]``.
+            Tensor: shape ``[B, T, D]``; with ``need_weights``, a tuple of it and the weights ``[B, T, T]``.
         """
+        attention = partial(self.attention, key_padding_mask=key_padding_mask, need_weights=need_weights)
         if self.layer_norm_first:
-            x = x + self.attention(self.attention_layer_norm(x), key_padding_mask)
-            return x + self.feed_forward(self.final_layer_norm(x))
-        x = self.attention_layer_norm(x + self.attention(x, key_padding_mask))
-        return self.final_layer_norm(x + self.feed_forward(x))
+            attended = attention(self.attention_layer_norm(x))
+            x = x + (attended[0] if need_weights else attended)
+            x = x + self.feed_forward(self.final_layer_norm(x))
+        else:
+            attended = attention(x)
+            x = self.attention_layer_norm(x + (attended[0] if need_weights else attended))
+            x = self.final_layer_norm(x + self.feed_forward(x))
+        return (x, attended[1]) if need_weights else x
 
 
 class TransformerEncoder(nn.Module):
@@ -227,23 +252,32 @@ class TransformerEncoder(nn.Module):
         self.layer_norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
 
-    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, padding_mask: Tensor | None = None, need_weights: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """
         Args:
             x (Tensor): transformer input ``[B, T, D]`` (features plus positional branch).
             padding_mask (Tensor or None): shape ``[B, T]``, True at padded frames.
+            need_weights: also return every layer's attention weights (fairseq-signals' ``saliency``).
         Returns:
-            Tensor: shape ``[B, T, D]``.
+            Tensor: shape ``[B, T, D]``; with ``need_weights``, a tuple of it and the weights stacked over layers,
+            ``[B, num_layers, T, T]``.
         """
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
+        weights = []
         for layer in self.layers:
-            x = layer(x, padding_mask)
+            if need_weights:
+                x, layer_weights = layer(x, padding_mask, need_weights=True)
+                weights.append(layer_weights)
+            else:
+                x = layer(x, padding_mask)
         if self.layer_norm_first:
             x = self.layer_norm(x)
-        return x
+        return (x, torch.stack(weights, dim=1)) if need_weights else x
 
 
 class ECGFMEncoder(nn.Module):
@@ -278,19 +312,26 @@ class ECGFMEncoder(nn.Module):
         positions = torch.arange(frames, device=padding_mask.device)
         return positions[None, :] >= lengths.clamp(min=0)[:, None]
 
-    def forward(self, source: Tensor, padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, source: Tensor, padding_mask: Tensor | None = None, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, Tensor]:
         """
         Args:
             source (Tensor): shape ``[B, leads, L]``, standardised leads in ECG-FM order.
             padding_mask (Tensor or None): bool ``[B, L]`` or ``[B, leads, L]``, True at padded samples.
+            need_weights: also return the attention weights (explicit softmax instead of the fused kernel).
         Returns:
             (Tensor, Tensor or None): hidden states ``[B, T, D]`` and the frame padding mask ``[B, T]``
-            (None when nothing is padded).
+            (None when nothing is padded); with ``need_weights`` a third element, the head-mean post-softmax
+            attention weights of every layer ``[B, num_layers, T, T]`` (fairseq-signals' ``saliency``).
         """
         features = self.feature_extractor(source).transpose(1, 2)
         _, x = self.feature_projection(features)
         frame_mask = self.frame_padding_mask(padding_mask, x.shape[1])
         x = x + self.pos_conv(x)
+        if need_weights:
+            hidden, weights = self.encoder(x, frame_mask, need_weights=True)
+            return hidden, frame_mask, weights
         return self.encoder(x, frame_mask), frame_mask
 
 
@@ -335,16 +376,33 @@ class ECGFMClassifier(nn.Module):
         self.encoder = ECGFMEncoder(config)
         self.classifier = nn.Linear(config.embed_dim, config.num_labels)
 
-    def forward(self, source: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, source: Tensor, padding_mask: Tensor | None = None, need_weights: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """
         Args:
             source (Tensor): shape ``[B, leads, L]``.
             padding_mask (Tensor or None): bool ``[B, L]`` or ``[B, leads, L]``.
+            need_weights: also return the attention weights ``[B, num_layers, T, T]`` (see :class:`ECGFMEncoder`).
         Returns:
-            Tensor: logits ``[B, num_labels]`` (no sigmoid).
+            Tensor: logits ``[B, num_labels]`` (no sigmoid); with ``need_weights``, a tuple of them and the weights.
         """
+        if need_weights:
+            hidden, frame_mask, weights = self.encoder(source, padding_mask, need_weights=True)
+            return self.classifier(masked_mean_pool(hidden, frame_mask)), weights
         hidden, frame_mask = self.encoder(source, padding_mask)
         return self.classifier(masked_mean_pool(hidden, frame_mask))
+
+
+def attention_max(weights: Tensor) -> Tensor:
+    """ECG-FM quickstart's saliency reduction: the last layer, for each query step its largest weight on any key.
+
+    Args:
+        weights (Tensor): ``[B, num_layers, T, T]`` from ``forward(..., need_weights=True)``.
+    Returns:
+        Tensor: shape ``[B, T]`` (``saliency[:, -1].max(axis=2)``).
+    """
+    return weights[:, -1].amax(dim=-1)
 
 
 def build_model(config: ECGFMConfig) -> ECGFMEncoder | ECGFMClassifier:

@@ -6,10 +6,11 @@ model outputs and the preprocessed record:
 
 * :class:`ClinicalOutput` (``/clinical``, ``ecgfm predict``'s ``clinical``): the 17 label probabilities;
 * :class:`FeaturesOutput` (``/features``, ``features``): the pretrained encoder's embedding;
+* :class:`Saliency` (``saliency``, only when asked): where in the tracing the model attended;
 * :class:`CheckpointInfo`: which weights produced it (never the server's file path: that is in
   :class:`LoadedCheckpoint`, which only ``/info`` reports).
 
-:meth:`RecordOutput.to_json` gives the JSON body (``segments`` only when asked for).
+:meth:`RecordOutput.to_json` gives the JSON body (``segments`` and ``saliency`` only when asked for).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from ecgfm.labels import LABELS, aggregate_probabilities
-from ecgfm.preprocess import PreprocessedECG
+from ecgfm.preprocess import SEGMENT_SAMPLES, TARGET_FS, PreprocessedECG
 
 
 class CheckpointInfo(BaseModel):
@@ -74,6 +75,33 @@ class ConversionReport(BaseModel):
     notes: list[str]
 
 
+class Saliency(BaseModel):
+    """Where in the tracing ECG-FM attended, per 5 s segment: ECG-FM quickstart's reduction of fairseq-signals'
+    attention (the last layer's head-mean post-softmax weights, padded keys masked; for each time step, the largest
+    weight it puts on any step). It shows attention, not causation: which parts the model weighed, not why it
+    answered what it did."""
+
+    values: list[list[float]] = Field(
+        description="[n_segments][T] attention values in [0, 1] (T = 156 for a 5 s segment); step i of segment k "
+        "covers [segment_start_s[k] + i * step_s, + step_s) on the record's time axis. Steps after the end of a "
+        "padded (short) record are padding: leave them out."
+    )
+    step_s: float = Field(description="Duration of one step in seconds (16 input samples at 500 Hz: 0.032 s).")
+    segment_start_s: list[float] = Field(description="Start of each segment on the record's time axis (5 s * k).")
+
+    @classmethod
+    def from_segments(cls, values: np.ndarray) -> Saliency:
+        """From :meth:`ecgfm.inference.ModelHandle.run_with_saliency`'s ``[n_segments, T]``; each step covers
+        ``SEGMENT_SAMPLES // T`` input samples (16: the feature extractor's four stride-2 convs)."""
+        values = np.asarray(values, dtype=np.float64)
+        step_samples = SEGMENT_SAMPLES // values.shape[1]
+        return cls(
+            values=values.tolist(),
+            step_s=step_samples / TARGET_FS,
+            segment_start_s=[k * SEGMENT_SAMPLES / TARGET_FS for k in range(len(values))],
+        )
+
+
 class RecordOutput(BaseModel):
     """What every per-record result says about the record and the weights."""
 
@@ -86,6 +114,9 @@ class RecordOutput(BaseModel):
     checkpoint: CheckpointInfo
     conversion: ConversionReport | None = Field(
         default=None, description="Only for an uploaded file (/<post>/file): how it was read."
+    )
+    saliency: Saliency | None = Field(
+        default=None, description="Only with saliency: where in the tracing the model attended (attention, not cause)."
     )
 
     @staticmethod
@@ -101,8 +132,8 @@ class RecordOutput(BaseModel):
         }
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON body: ``segments`` is left out unless it was asked for."""
-        unset = {name for name in ("segments", "conversion") if getattr(self, name, None) is None}
+        """The JSON body: ``segments``, ``conversion`` and ``saliency`` are left out unless there are any."""
+        unset = {name for name in ("segments", "conversion", "saliency") if getattr(self, name, None) is None}
         return self.model_dump(mode="json", exclude=unset or None)
 
 
@@ -120,13 +151,20 @@ class ClinicalOutput(RecordOutput):
 
     @classmethod
     def from_segments(
-        cls, probabilities: np.ndarray, prep: PreprocessedECG, checkpoint: CheckpointInfo, per_segment: bool = False
+        cls,
+        probabilities: np.ndarray,
+        prep: PreprocessedECG,
+        checkpoint: CheckpointInfo,
+        per_segment: bool = False,
+        saliency: np.ndarray | None = None,
     ) -> ClinicalOutput:
-        """Aggregate per-segment probabilities ``[n_segments, 17]`` into the record (max or mean per label)."""
+        """Aggregate per-segment probabilities ``[n_segments, 17]`` into the record (max or mean per label);
+        ``saliency`` ``[n_segments, T]`` when asked for (:class:`Saliency`)."""
         record = aggregate_probabilities(probabilities)
         return cls(
             probabilities={label: float(p) for label, p in zip(LABELS, record, strict=True)},
             segments=np.asarray(probabilities, dtype=np.float64).tolist() if per_segment else None,
+            saliency=None if saliency is None else Saliency.from_segments(saliency),
             **cls.record_fields(prep, checkpoint),
         )
 
@@ -143,14 +181,21 @@ class FeaturesOutput(RecordOutput):
 
     @classmethod
     def from_segments(
-        cls, embeddings: np.ndarray, prep: PreprocessedECG, checkpoint: CheckpointInfo, per_segment: bool = False
+        cls,
+        embeddings: np.ndarray,
+        prep: PreprocessedECG,
+        checkpoint: CheckpointInfo,
+        per_segment: bool = False,
+        saliency: np.ndarray | None = None,
     ) -> FeaturesOutput:
-        """The record's embedding from per-segment embeddings ``[n_segments, D]``."""
+        """The record's embedding from per-segment embeddings ``[n_segments, D]``; ``saliency`` as for
+        :meth:`ClinicalOutput.from_segments`."""
         embeddings = np.asarray(embeddings, dtype=np.float64)
         return cls(
             features=embeddings.mean(axis=0).tolist(),
             dim=int(embeddings.shape[1]),
             segments=embeddings.tolist() if per_segment else None,
+            saliency=None if saliency is None else Saliency.from_segments(saliency),
             **cls.record_fields(prep, checkpoint),
         )
 
