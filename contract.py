@@ -223,6 +223,11 @@ class ECGRequest(BaseModel):
     per_segment: Annotated[bool, Strict()] = Field(
         default=False, description="Also return the outputs of every 5 s segment under 'segments'."
     )
+    saliency: Annotated[bool, Strict()] = Field(
+        default=False,
+        description="Also return 'saliency': per 5 s segment, where in the tracing the model attended (the last "
+        "attention layer, for each 32 ms step its largest weight on any step). It shows attention, not causation.",
+    )
 
 
 # ---- responses ------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ class PreparedRequest:
     batch: np.ndarray  # float32 [n_segments, 12, 2500], padding encoded (ecgfm.inference.encode_batch)
     per_segment: bool
     conversion: ConversionReport | None = None  # how an uploaded file was read (/<post>/file)
+    saliency: bool = False  # also run the model services' saliency APIs (ecgfm.outputs.Saliency)
 
 
 def prepare(
@@ -39,12 +40,23 @@ def prepare(
     fs: float,
     lead_names: list[str] | None,
     per_segment: bool,
+    saliency: bool = False,
     *,
     max_duration_s: float,
 ) -> PreparedRequest:
     """Validate and preprocess a record once (raises :class:`ECGInputError`, 422, with a message to act on)."""
     record = preprocess(signal, fs, lead_names, max_duration_s=max_duration_s)
-    return PreparedRequest(record, encode_batch(record.segments, record_lengths(record)), per_segment)
+    batch = encode_batch(record.segments, record_lengths(record))
+    return PreparedRequest(record, batch, per_segment, saliency=saliency)
+
+
+def query_flag(name: str, value: str | None) -> bool:
+    """A ``true``/``false`` (or ``1``/``0``) query parameter; absent is False (:class:`BadRequestError` else)."""
+    if value is None:
+        return False
+    if value.lower() not in _FLAGS:
+        raise BadRequestError(f"the query parameter {name} must be true or false")
+    return _FLAGS[value.lower()]
 
 
 def decode_npy(
@@ -52,13 +64,14 @@ def decode_npy(
     fs: str | None,
     lead_names: str | None,
     per_segment: str | None,
+    saliency: str | None = None,
     *,
     max_duration_s: float,
 ) -> PreparedRequest:
     """A ``POST /<route>/npy`` request: the body is ``numpy.save`` of a ``[leads, samples]`` numeric array.
 
-    Query parameters: ``fs`` (required, Hz), ``lead_names`` (comma-separated, optional), ``per_segment``
-    (``true``/``false``, optional).
+    Query parameters: ``fs`` (required, Hz), ``lead_names`` (comma-separated, optional), ``per_segment`` and
+    ``saliency`` (``true``/``false``, optional).
 
     Raises:
         BadRequestError: not an ``.npy`` array, a pickled object array, or unreadable query parameters.
@@ -71,6 +84,7 @@ def decode_npy(
         raise BadRequestError("the query parameter fs must be a number (Hz)") from None
     if per_segment is not None and per_segment.lower() not in _FLAGS:
         raise BadRequestError("the query parameter per_segment must be true or false")
+    with_saliency = query_flag("saliency", saliency)
     names = [name.strip() for name in lead_names.split(",")] if lead_names else None
     try:
         signal = np.load(io.BytesIO(body), allow_pickle=False)
@@ -81,7 +95,7 @@ def decode_npy(
     if not isinstance(signal, np.ndarray) or signal.dtype.kind not in "iuf":
         raise BadRequestError("the .npy array must hold numbers (integer or float)")
     flag = _FLAGS[per_segment.lower()] if per_segment else False
-    return prepare(signal, fs_hz, names, flag, max_duration_s=max_duration_s)
+    return prepare(signal, fs_hz, names, flag, with_saliency, max_duration_s=max_duration_s)
 
 
 def file_media_type(content_type: str | None) -> str:
@@ -95,10 +109,12 @@ def file_media_type(content_type: str | None) -> str:
     return given
 
 
-def decode_file(body: bytes, per_segment: str | None, *, max_duration_s: float) -> PreparedRequest:
+def decode_file(
+    body: bytes, per_segment: str | None, saliency: str | None = None, *, max_duration_s: float
+) -> PreparedRequest:
     """A ``POST /<route>/file`` request: ``body`` is a hospital ECG file (DICOM, HL7 aECG, Philips, GE MUSE,
     SCP-ECG), its format told by its content (:func:`ecgfm.formats.read_bytes`); leads beyond the standard 12 are
-    kept out of the model. Query parameter: ``per_segment`` (``true``/``false``).
+    kept out of the model. Query parameters: ``per_segment`` and ``saliency`` (``true``/``false``).
 
     Raises:
         BadRequestError: an empty body or an unreadable ``per_segment``.
@@ -106,10 +122,11 @@ def decode_file(body: bytes, per_segment: str | None, *, max_duration_s: float) 
     """
     if per_segment is not None and per_segment.lower() not in _FLAGS:
         raise BadRequestError("the query parameter per_segment must be true or false")
+    with_saliency = query_flag("saliency", saliency)
     if not body:
         raise BadRequestError("the body is empty: send the ECG file as the body or as the multipart field 'file'")
     record = read_bytes(body)
     signal, lead_names = record.model_input()
     flag = _FLAGS[per_segment.lower()] if per_segment else False
-    prepared = prepare(signal, record.fs, lead_names, flag, max_duration_s=max_duration_s)
+    prepared = prepare(signal, record.fs, lead_names, flag, with_saliency, max_duration_s=max_duration_s)
     return replace(prepared, conversion=ConversionReport.model_validate(record.conversion))

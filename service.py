@@ -129,23 +129,25 @@ async def call_model(method: Callable[..., Awaitable[Any]], *args: Any) -> Any:
 
 
 async def npy_decoder(
-    request: Request, fs: str | None, lead_names: str | None, per_segment: str | None
+    request: Request, fs: str | None, lead_names: str | None, per_segment: str | None, saliency: str | None = None
 ) -> Callable[..., PreparedRequest]:
     """:func:`decoding.decode_npy` bound to a request's body and query parameters."""
-    return partial(decode_npy, await request.body(), fs, lead_names, per_segment)
+    return partial(decode_npy, await request.body(), fs, lead_names, per_segment, saliency)
 
 
 def _raise(exc: Exception, **_: Any) -> PreparedRequest:
     raise exc
 
 
-async def file_decoder(request: Request, per_segment: str | None) -> Callable[..., PreparedRequest]:
+async def file_decoder(
+    request: Request, per_segment: str | None, saliency: str | None = None
+) -> Callable[..., PreparedRequest]:
     """:func:`decoding.decode_file` bound to the uploaded file: the raw body, or the multipart field ``file``.
     An error on the way (415, 400) is bound instead, so that ``_answer`` answers it like any other."""
     try:
         media_type = file_media_type(request.headers.get("content-type"))
         if media_type != MULTIPART_MEDIA_TYPE:
-            return partial(decode_file, await request.body(), per_segment)
+            return partial(decode_file, await request.body(), per_segment, saliency)
         try:
             form = await request.form(max_files=1, max_fields=8)
         except Exception:  # malformed multipart: starlette raises its own kinds
@@ -155,7 +157,7 @@ async def file_decoder(request: Request, per_segment: str | None) -> Callable[..
             raise BadRequestError(f"the multipart/form-data body has no field '{FILE_FIELD}' holding the ECG file")
         body = upload.encode() if isinstance(upload, str) else await upload.read()
         await form.close()
-        return partial(decode_file, body, per_segment)
+        return partial(decode_file, body, per_segment, saliency)
     except ANSWERED_ERRORS as exc:
         return partial(_raise, exc)
 
@@ -170,10 +172,15 @@ class ModelService:
         self.handle.warm_up()
         self.stats = BatchStats()
 
-    def run_batch(self, encoded: np.ndarray) -> np.ndarray:
-        """Outputs ``[N, 17]`` or ``[N, D]`` for one batch from the dispatcher (padding decoded from NaNs)."""
+    def run_batch(self, encoded: np.ndarray, saliency: bool = False) -> np.ndarray:
+        """Outputs ``[N, 17]`` or ``[N, D]`` for one batch from the dispatcher (padding decoded from NaNs); with
+        ``saliency``, each row followed by the segment's T saliency values (``[N, 17 + T]`` or ``[N, D + T]``)."""
         started = time.perf_counter()
-        out = self.handle.run(*decode_batch(encoded), batch_size=SERVING.max_batch_size)
+        if saliency:
+            outputs, reduced = self.handle.run_with_saliency(*decode_batch(encoded), batch_size=SERVING.max_batch_size)
+            out = np.concatenate([outputs, reduced], axis=1)
+        else:
+            out = self.handle.run(*decode_batch(encoded), batch_size=SERVING.max_batch_size)
         self.stats.observe(len(encoded), time.perf_counter() - started)
         return out
 
@@ -197,6 +204,11 @@ class Pretrained(ModelService):
     def embed(self, segments: np.ndarray) -> np.ndarray:
         return self.run_batch(segments)
 
+    @bentoml.api(batchable=True, **BATCHING)
+    def embed_with_saliency(self, segments: np.ndarray) -> np.ndarray:
+        """``[N, D + T]``: the embeddings, then the saliency (its own API, so batches never mix the two paths)."""
+        return self.run_batch(segments, saliency=True)
+
 
 @bentoml.service(name="Finetuned", **MODEL_SERVICE_CONFIG)
 class Finetuned(ModelService):
@@ -207,6 +219,11 @@ class Finetuned(ModelService):
     @bentoml.api(batchable=True, **BATCHING)
     def classify(self, segments: np.ndarray) -> np.ndarray:
         return self.run_batch(segments)
+
+    @bentoml.api(batchable=True, **BATCHING)
+    def classify_with_saliency(self, segments: np.ndarray) -> np.ndarray:
+        """``[N, 17 + T]``: the probabilities, then the saliency (its own API, so batches never mix the two paths)."""
+        return self.run_batch(segments, saliency=True)
 
 
 # FastAPI's own /docs, /redoc and /openapi.json are off: they load scripts from a CDN, and /docs.json documents all.
@@ -292,9 +309,10 @@ class ECGFMService:
         ctx: bentoml.Context,
         lead_names: list[str] | None = None,
         per_segment: bool = False,
+        saliency: bool = False,
     ) -> ClinicalResponse:
         """Probabilities of the 17 ECG-FM labels (finetuned model); raw outputs, no thresholds."""
-        decode = partial(prepare, signal, fs, lead_names, per_segment)
+        decode = partial(prepare, signal, fs, lead_names, per_segment, saliency)
         return await self._answer(self._clinical, decode, ctx.request.headers.get("accept"))
 
     @bentoml.api(route="/features", input_spec=ECGRequest)
@@ -305,9 +323,10 @@ class ECGFMService:
         ctx: bentoml.Context,
         lead_names: list[str] | None = None,
         per_segment: bool = False,
+        saliency: bool = False,
     ) -> FeaturesResponse:
         """The record's embedding from the pretrained encoder."""
-        decode = partial(prepare, signal, fs, lead_names, per_segment)
+        decode = partial(prepare, signal, fs, lead_names, per_segment, saliency)
         return await self._answer(self._features, decode, ctx.request.headers.get("accept"))
 
     @bentoml.api(route="/both", input_spec=ECGRequest)
@@ -318,51 +337,73 @@ class ECGFMService:
         ctx: bentoml.Context,
         lead_names: list[str] | None = None,
         per_segment: bool = False,
+        saliency: bool = False,
     ) -> BothResponse:
         """/clinical and /features of one record; the two models run at the same time."""
-        decode = partial(prepare, signal, fs, lead_names, per_segment)
+        decode = partial(prepare, signal, fs, lead_names, per_segment, saliency)
         return await self._answer(self._both, decode, ctx.request.headers.get("accept"))
 
     @app.post("/clinical/npy", response_model=ClinicalResponse, openapi_extra=NPY_REQUEST_BODY)
     async def clinical_npy(
-        self, request: Request, fs: str | None = None, lead_names: str | None = None, per_segment: str | None = None
+        self,
+        request: Request,
+        fs: str | None = None,
+        lead_names: str | None = None,
+        per_segment: str | None = None,
+        saliency: str | None = None,
     ) -> Response:
         """``/clinical`` with the signal as a NumPy ``.npy`` body ``[leads, samples]``; fields as query parameters."""
-        decode = await npy_decoder(request, fs, lead_names, per_segment)
+        decode = await npy_decoder(request, fs, lead_names, per_segment, saliency)
         return await self._answer(self._clinical, decode, request.headers.get("accept"))
 
     @app.post("/features/npy", response_model=FeaturesResponse, openapi_extra=NPY_REQUEST_BODY)
     async def features_npy(
-        self, request: Request, fs: str | None = None, lead_names: str | None = None, per_segment: str | None = None
+        self,
+        request: Request,
+        fs: str | None = None,
+        lead_names: str | None = None,
+        per_segment: str | None = None,
+        saliency: str | None = None,
     ) -> Response:
         """``/features`` with the signal as a NumPy ``.npy`` body ``[leads, samples]``; fields as query parameters."""
-        decode = await npy_decoder(request, fs, lead_names, per_segment)
+        decode = await npy_decoder(request, fs, lead_names, per_segment, saliency)
         return await self._answer(self._features, decode, request.headers.get("accept"))
 
     @app.post("/both/npy", response_model=BothResponse, openapi_extra=NPY_REQUEST_BODY)
     async def both_npy(
-        self, request: Request, fs: str | None = None, lead_names: str | None = None, per_segment: str | None = None
+        self,
+        request: Request,
+        fs: str | None = None,
+        lead_names: str | None = None,
+        per_segment: str | None = None,
+        saliency: str | None = None,
     ) -> Response:
         """``/both`` with the signal as a NumPy ``.npy`` body ``[leads, samples]``; fields as query parameters."""
-        decode = await npy_decoder(request, fs, lead_names, per_segment)
+        decode = await npy_decoder(request, fs, lead_names, per_segment, saliency)
         return await self._answer(self._both, decode, request.headers.get("accept"))
 
     @app.post("/clinical/file", response_model=ClinicalResponse, openapi_extra=FILE_REQUEST_BODY)
-    async def clinical_file(self, request: Request, per_segment: str | None = None) -> Response:
+    async def clinical_file(
+        self, request: Request, per_segment: str | None = None, saliency: str | None = None
+    ) -> Response:
         """``/clinical`` for an uploaded ECG file (DICOM, HL7 aECG, Philips, GE MUSE, SCP-ECG)."""
-        decode = await file_decoder(request, per_segment)
+        decode = await file_decoder(request, per_segment, saliency)
         return await self._answer(self._clinical, decode, request.headers.get("accept"))
 
     @app.post("/features/file", response_model=FeaturesResponse, openapi_extra=FILE_REQUEST_BODY)
-    async def features_file(self, request: Request, per_segment: str | None = None) -> Response:
+    async def features_file(
+        self, request: Request, per_segment: str | None = None, saliency: str | None = None
+    ) -> Response:
         """``/features`` for an uploaded ECG file (DICOM, HL7 aECG, Philips, GE MUSE, SCP-ECG)."""
-        decode = await file_decoder(request, per_segment)
+        decode = await file_decoder(request, per_segment, saliency)
         return await self._answer(self._features, decode, request.headers.get("accept"))
 
     @app.post("/both/file", response_model=BothResponse, openapi_extra=FILE_REQUEST_BODY)
-    async def both_file(self, request: Request, per_segment: str | None = None) -> Response:
+    async def both_file(
+        self, request: Request, per_segment: str | None = None, saliency: str | None = None
+    ) -> Response:
         """``/both`` for an uploaded ECG file (DICOM, HL7 aECG, Philips, GE MUSE, SCP-ECG)."""
-        decode = await file_decoder(request, per_segment)
+        decode = await file_decoder(request, per_segment, saliency)
         return await self._answer(self._both, decode, request.headers.get("accept"))
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
@@ -430,9 +471,13 @@ class ECGFMService:
 
     async def _output(self, kind: ModelKind, prepared: PreparedRequest) -> RecordOutput:
         """One model's result for a record: the batched model call and the (cached) checkpoint, concurrently."""
-        model = self.finetuned.to_async.classify if kind == "finetuned" else self.pretrained.to_async.embed
-        values, checkpoint = await asyncio.gather(call_model(model, prepared.batch), self._checkpoint(kind))
-        output = OUTPUTS[kind].from_segments(values, prepared.record, checkpoint, prepared.per_segment)
+        model = MODEL_APIS[kind, prepared.saliency]
+        values, checkpoint = await asyncio.gather(call_model(model(self), prepared.batch), self._checkpoint(kind))
+        reduced = None
+        if prepared.saliency:  # [N, out + T]: the outputs, then the saliency
+            width = checkpoint.num_labels or checkpoint.embed_dim
+            values, reduced = values[:, :width], values[:, width:]
+        output = OUTPUTS[kind].from_segments(values, prepared.record, checkpoint, prepared.per_segment, reduced)
         output.conversion = prepared.conversion
         return output
 
@@ -455,6 +500,14 @@ class ECGFMService:
             for kind, answer in zip(kinds, answers, strict=True)
         }
 
+
+# The model service API a request needs: with saliency, the separate batchable *_with_saliency APIs.
+MODEL_APIS: dict[tuple[ModelKind, bool], Callable[[ECGFMService], Callable[..., Awaitable[Any]]]] = {
+    ("finetuned", False): lambda service: service.finetuned.to_async.classify,
+    ("finetuned", True): lambda service: service.finetuned.to_async.classify_with_saliency,
+    ("pretrained", False): lambda service: service.pretrained.to_async.embed,
+    ("pretrained", True): lambda service: service.pretrained.to_async.embed_with_saliency,
+}
 
 # Outermost first (serving.py says what each does).
 ECGFMService.add_asgi_middleware(RequestStatsMiddleware, stats=REQUEST_STATS)

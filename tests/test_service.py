@@ -287,7 +287,7 @@ def test_openapi_describes_the_six_endpoints_with_schemas(client: httpx.Client) 
         operation = spec["paths"][path][method]
         assert operation["responses"]["200"]["content"]["application/json"]["schema"], path
     request_schema = spec["paths"]["/clinical"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert set(request_schema["properties"]) == {"signal", "fs", "lead_names", "per_segment"}
+    assert set(request_schema["properties"]) == {"signal", "fs", "lead_names", "per_segment", "saliency"}
     assert request_schema["additionalProperties"] is False
 
 
