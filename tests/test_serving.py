@@ -6,6 +6,7 @@ The same behaviour through the real server is tested in ``tests/test_hardening.p
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
@@ -73,18 +74,21 @@ def run_asgi(
     path: str = "/clinical",
     headers: dict[str, str] | None = None,
     body_chunks: tuple[bytes, ...] = (b"{}",),
+    method: str = "POST",
 ) -> list[dict]:
-    """One POST through an ASGI app; the messages it sent."""
+    """One request (a POST unless ``method``) through an ASGI app; the messages it sent."""
     sent: list[dict] = []
     scope = {
         "type": "http",
-        "method": "POST",
+        "method": method,
         "path": path,
         "headers": [(k.encode(), v.encode()) for k, v in (headers or {"content-type": JSON_MEDIA_TYPE}).items()],
     }
     chunks = list(body_chunks)
 
     async def receive() -> dict:
+        if not chunks:
+            return {"type": "http.disconnect"}
         chunk = chunks.pop(0)
         return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
 
@@ -98,6 +102,125 @@ def run_asgi(
 async def answers_200(scope: dict, receive: object, send: object) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"{}"})
+
+
+async def echo(scope: dict, receive: object, send: object) -> None:
+    """The app behind a middleware: answers 200 with the method, path and whole body it was given."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            break
+    payload = json.dumps({"method": scope["method"], "path": scope["path"], "body": body.decode()}).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-echo", b"1")]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def answer_of(sent: list[dict]) -> tuple[int, dict[bytes, bytes], dict]:
+    """(status, headers, JSON body) of the messages an ASGI app sent."""
+    headers = dict(sent[0]["headers"])
+    body = b"".join(message.get("body", b"") for message in sent[1:])
+    if b"content-length" in headers:
+        assert int(headers[b"content-length"]) == len(body)
+    return sent[0]["status"], headers, json.loads(body)
+
+
+GUARDS = {
+    "api key": lambda app: ApiKeyMiddleware(app, api_key="s3cret", public_paths=PUBLIC_PATHS),
+    "media type": lambda app: MediaTypeMiddleware(app, media_types=POST_MEDIA_TYPES),
+    "concurrency": lambda app: ConcurrencyLimitMiddleware(app, paths=POST_MEDIA_TYPES, max_concurrency=1),
+    "body size": lambda app: BodySizeLimitMiddleware(app, paths=POST_MEDIA_TYPES, max_body_bytes=10),
+    "retry after": RetryAfterMiddleware,
+}
+KEYED = {"content-type": JSON_MEDIA_TYPE, "authorization": "Bearer s3cret"}
+
+
+@pytest.mark.parametrize("guard", GUARDS)
+def test_an_admitted_request_reaches_the_app_unchanged(guard: str) -> None:
+    sent = run_asgi(GUARDS[guard](echo), headers=KEYED, body_chunks=(b'{"a"', b": 1}"))
+    status, headers, body = answer_of(sent)
+    assert (status, headers.get(b"x-echo"), body) == (200, b"1", {"method": "POST", "path": "/clinical",
+                                                                   "body": '{"a": 1}'})  # fmt: skip
+
+
+@pytest.mark.parametrize("guard", ["media type", "concurrency", "body size"])
+def test_the_post_guards_leave_other_methods_and_paths_alone(guard: str) -> None:
+    middleware = GUARDS[guard](echo)
+    if guard == "concurrency":
+        middleware.in_flight = 1  # full: a guarded POST would be refused
+    big = (b"x" * 11,)  # over the body limit
+    no_type = {"authorization": "Bearer s3cret"}
+    for method, path in (("GET", "/clinical"), ("POST", "/elsewhere"), ("PUT", "/clinical/npy")):
+        status, _, body = answer_of(run_asgi(middleware, path=path, method=method, headers=no_type, body_chunks=big))
+        assert (status, body["path"], body["body"]) == (200, path, "x" * 11), (method, path)
+
+
+@pytest.mark.parametrize(("guard", "status", "message"), [
+    ("api key", 401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'"),
+    ("media type", 415, "the body must be JSON, sent with 'Content-Type: application/json'"),
+    ("body size", 413, "the body is larger than 10 bytes (ECGFM_MAX_BODY_BYTES)"),
+    ("concurrency", 429, "more than 1 requests in flight (ECGFM_MAX_CONCURRENCY); retry later"),
+])  # fmt: skip
+def test_a_refusal_is_the_contracts_json_error_and_the_app_is_not_called(guard: str, status: int, message: str) -> None:
+    called = []
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        called.append(scope)
+        await answers_200(scope, receive, send)
+
+    middleware = GUARDS[guard](app)
+    headers = {"content-type": "text/plain"} if guard == "media type" else {"content-type": JSON_MEDIA_TYPE}
+    if guard == "concurrency":
+        middleware.in_flight = 1
+    got, response_headers, body = answer_of(run_asgi(middleware, headers=headers, body_chunks=(b"0123456789", b"!")))
+    assert (got, body, called) == (status, {"error": message}, [])
+    assert response_headers[b"content-type"] == b"application/json"
+
+
+def test_the_npy_routes_ask_for_a_numpy_body() -> None:
+    sent = run_asgi(GUARDS["media type"](echo), path="/both/npy", headers={"content-type": JSON_MEDIA_TYPE})
+    error = "the body must be a NumPy .npy file, sent with 'Content-Type: application/octet-stream'"
+    assert answer_of(sent)[0::2] == (415, {"error": error})
+
+
+def test_a_concurrency_slot_is_freed_when_the_request_ends_even_by_an_error() -> None:
+    middleware = ConcurrencyLimitMiddleware(echo, paths=POST_MEDIA_TYPES, max_concurrency=1)
+    assert answer_of(run_asgi(middleware))[0] == 200 and middleware.in_flight == 0
+
+    async def broken(scope: dict, receive: object, send: object) -> None:
+        raise RuntimeError("a bug")
+
+    failing = ConcurrencyLimitMiddleware(broken, paths=POST_MEDIA_TYPES, max_concurrency=1)
+    with pytest.raises(RuntimeError):
+        run_asgi(failing)
+    assert failing.in_flight == 0
+    assert answer_of(run_asgi(middleware))[0] == 200  # the next request gets the slot
+
+
+def test_the_api_key_header_is_found_whatever_its_case_and_must_match_exactly() -> None:
+    guarded = ApiKeyMiddleware(echo, api_key="s3cret", public_paths=PUBLIC_PATHS)
+    assert answer_of(run_asgi(guarded, headers={"Authorization": "Bearer s3cret"}))[0] == 200
+    for wrong in ("bearer s3cret", "Bearer s3cret ", "Bearer", "s3cret", ""):
+        assert answer_of(run_asgi(guarded, headers={"authorization": wrong}))[0] == 401, wrong
+    assert answer_of(run_asgi(guarded, headers={}))[0] == 401
+    assert answer_of(run_asgi(guarded, path="/health", method="GET", headers={}))[0] == 200
+
+
+def test_retry_after_replaces_one_already_there_and_leaves_other_statuses_alone() -> None:
+    def answering(status: int, headers: list) -> object:
+        async def app(scope: dict, receive: object, send: object) -> None:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": b"{}"})
+
+        return app
+
+    for status in (429, 503):
+        start = run_asgi(RetryAfterMiddleware(answering(status, [(b"Retry-After", b"60")])))[0]
+        assert [v for k, v in start["headers"] if k.lower() == b"retry-after"] == [b"2"], status
+    for status in (200, 400, 500):
+        start = run_asgi(RetryAfterMiddleware(answering(status, [(b"x", b"y")])))[0]
+        assert start["headers"] == [(b"x", b"y")], status
 
 
 def test_a_503_from_behind_gets_retry_after() -> None:
