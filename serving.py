@@ -423,9 +423,9 @@ class ValidationTracebackFilter(logging.Filter):
     known field names only.
     """
 
-    def __init__(self, known_fields: Iterable[str]) -> None:
+    def __init__(self, known_fields: Iterable[str] = ()) -> None:
         super().__init__()
-        self.known_fields = frozenset(known_fields)
+        self.known_fields = frozenset(known_fields)  # kept in the summary; any other key is shown as "-"
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
