@@ -30,6 +30,7 @@ A 500 is a bug (see the server log).
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -81,6 +82,9 @@ GET_ROUTES = ("/health", "/info", "/status")
 # With ECGFM_API_KEY set, "Authorization: Bearer <key>" is required on every path but these probes.
 PUBLIC_PATHS = ("/health", "/livez", "/healthz", "/readyz")  # /healthz is BentoML's alias of /livez
 RETRY_AFTER_S = 2  # the Retry-After of every 429 and 503
+REQUEST_ID_HEADER = "X-Request-ID"  # accepted or generated, and returned (serving.RequestIdMiddleware)
+# The ID of the request being answered: set by serving.RequestIdMiddleware, read by error bodies and log lines.
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
 # ---- errors ---------------------------------------------------------------------------------------------------
@@ -161,7 +165,11 @@ def error_status(exc: Exception) -> ErrorStatus:
 
 
 def error_body(exc: Exception) -> dict[str, str]:
-    return {"error": error_status(exc).message or str(exc)}
+    """``{"error": <message>, "request_id": <the request's X-Request-ID>}`` (the ID while a request is answered)."""
+    body = {"error": error_status(exc).message or str(exc)}
+    if (request_id := REQUEST_ID.get()) is not None:
+        body["request_id"] = request_id
+    return body
 
 
 def error_headers(status: int) -> dict[str, str]:
@@ -237,6 +245,7 @@ class ErrorResponse(BaseModel):
     """A 400 (``.npy``), 401, 413, 415, 422, 429 or 503 body: one message an integrator can act on."""
 
     error: str = Field(description="What is wrong with the request and how to fix it.")
+    request_id: str | None = Field(default=None, description="The request's X-Request-ID (quote it to operators).")
 
 
 class ValidationErrorResponse(BaseModel):
@@ -244,6 +253,7 @@ class ValidationErrorResponse(BaseModel):
 
     error: str = Field(description="'<n> validation error(s) for ...'")
     detail: list[dict[str, Any]] = Field(description="One item per problem: loc (where), msg (what), type.")
+    request_id: str | None = Field(default=None, description="The request's X-Request-ID (quote it to operators).")
 
 
 # The 200 bodies of the POSTs are the typed results of ecgfm.outputs.

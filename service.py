@@ -82,11 +82,13 @@ from serving import (
     LandingPageMiddleware,
     MediaTypeMiddleware,
     OpenAPIDocumentMiddleware,
+    RequestIdMiddleware,
     RequestStats,
     RequestStatsMiddleware,
     RetryAfterMiddleware,
     fill_template,
     install_log_filter,
+    install_request_id_logging,
     rss_mb,
 )
 
@@ -133,6 +135,13 @@ async def npy_decoder(
 ) -> Callable[..., PreparedRequest]:
     """:func:`decoding.decode_npy` bound to a request's body and query parameters."""
     return partial(decode_npy, await request.body(), fs, lead_names, per_segment, saliency)
+
+
+def with_status(ctx: bentoml.Context, response: Response) -> Response:
+    """``response`` with its own status: BentoML gives the response of an API that takes a ``ctx`` the status of
+    ``ctx.response`` (200 unless set), which would turn a 422 from ``_answer`` into a 200."""
+    ctx.response.status_code = response.status_code
+    return response
 
 
 def _raise(exc: Exception, **_: Any) -> PreparedRequest:
@@ -288,6 +297,7 @@ class ECGFMService:
 
     def __init__(self) -> None:
         install_log_filter(ECGRequest.model_fields)
+        install_request_id_logging()
         self.checkpoints: dict[str, CheckpointInfo] = {}
 
     @bentoml.on_deployment
@@ -313,7 +323,7 @@ class ECGFMService:
     ) -> ClinicalResponse:
         """Probabilities of the 17 ECG-FM labels (finetuned model); raw outputs, no thresholds."""
         decode = partial(prepare, signal, fs, lead_names, per_segment, saliency)
-        return await self._answer(self._clinical, decode, ctx.request.headers.get("accept"))
+        return with_status(ctx, await self._answer(self._clinical, decode, ctx.request.headers.get("accept")))
 
     @bentoml.api(route="/features", input_spec=ECGRequest)
     async def features(
@@ -327,7 +337,7 @@ class ECGFMService:
     ) -> FeaturesResponse:
         """The record's embedding from the pretrained encoder."""
         decode = partial(prepare, signal, fs, lead_names, per_segment, saliency)
-        return await self._answer(self._features, decode, ctx.request.headers.get("accept"))
+        return with_status(ctx, await self._answer(self._features, decode, ctx.request.headers.get("accept")))
 
     @bentoml.api(route="/both", input_spec=ECGRequest)
     async def both(
@@ -341,7 +351,7 @@ class ECGFMService:
     ) -> BothResponse:
         """/clinical and /features of one record; the two models run at the same time."""
         decode = partial(prepare, signal, fs, lead_names, per_segment, saliency)
-        return await self._answer(self._both, decode, ctx.request.headers.get("accept"))
+        return with_status(ctx, await self._answer(self._both, decode, ctx.request.headers.get("accept")))
 
     @app.post("/clinical/npy", response_model=ClinicalResponse, openapi_extra=NPY_REQUEST_BODY)
     async def clinical_npy(
@@ -510,6 +520,7 @@ MODEL_APIS: dict[tuple[ModelKind, bool], Callable[[ECGFMService], Callable[..., 
 }
 
 # Outermost first (serving.py says what each does).
+ECGFMService.add_asgi_middleware(RequestIdMiddleware)
 ECGFMService.add_asgi_middleware(RequestStatsMiddleware, stats=REQUEST_STATS)
 ECGFMService.add_asgi_middleware(ApiKeyMiddleware, api_key=SERVING.api_key, public_paths=PUBLIC_PATHS)
 ECGFMService.add_asgi_middleware(RetryAfterMiddleware)

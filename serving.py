@@ -2,6 +2,8 @@
 
 Nothing here knows about ECGs. ``service.py`` registers the middlewares explicitly, outermost first:
 
+0. :class:`RequestIdMiddleware`: every request has an ID (``X-Request-ID``, accepted or generated), returned on
+   the response, in its error body and in its log lines (:class:`RequestIdLogFilter`);
 1. :class:`RequestStatsMiddleware`: counts every response of the routes (``/status``);
 2. :class:`ApiKeyMiddleware`: 401 without ``Authorization: Bearer <key>`` (when a key is set);
 3. :class:`RetryAfterMiddleware`: ``Retry-After`` on every 429 and 503 (BentoML's own 503s included);
@@ -29,6 +31,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
@@ -39,6 +42,8 @@ from pydantic import ValidationError
 from contract import (
     ERRORS,
     JSON_MEDIA_TYPE,
+    REQUEST_ID,
+    REQUEST_ID_HEADER,
     RETRY_AFTER_S,
     RETRY_AFTER_STATUSES,
     BodyTooLargeError,
@@ -82,6 +87,83 @@ def header(scope: Scope, name: bytes) -> bytes:
 
 def is_post_to(scope: Scope, paths: Iterable[str]) -> bool:
     return scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path") in paths
+
+
+# ---- request IDs ------------------------------------------------------------------------------------------------
+
+# An X-Request-ID a caller sends is kept when it is 1 to 128 of these characters (a UUID, a gateway's ID), else
+# replaced by a new one: what reaches a log line or a header cannot carry a line break or markup.
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+class RequestIdMiddleware:
+    """Every HTTP request gets an ID: the caller's ``X-Request-ID`` when it matches :data:`REQUEST_ID_PATTERN`,
+    else a new UUID (hex). It is set in :data:`contract.REQUEST_ID` while the request is answered (error bodies
+    and log lines read it), sent back as ``X-Request-ID``, and added to JSON error bodies written by BentoML
+    itself (its 400 for a body that does not match the schema, its 503 for a full queue)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = header(scope, REQUEST_ID_HEADER.lower().encode()).decode("latin-1")
+        request_id = given if REQUEST_ID_PATTERN.fullmatch(given) else uuid.uuid4().hex
+        token = REQUEST_ID.set(request_id)
+        start: Message = {}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", request_id.encode())]}
+                if message["status"] >= 400 and header(message, b"content-type").startswith(JSON_MEDIA_TYPE.encode()):
+                    start.update(message)  # held until the body is known to carry the ID
+                    return
+            elif message["type"] == "http.response.body" and start:
+                if not message.get("more_body", False):  # a whole JSON body (a streamed one is left as it is)
+                    message = {**message, "body": self.with_request_id(message.get("body", b""), request_id)}
+                    headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+                    start["headers"] = [*headers, (b"content-length", str(len(message["body"])).encode())]
+                await send(dict(start))
+                start.clear()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            REQUEST_ID.reset(token)
+
+    @staticmethod
+    def with_request_id(body: bytes, request_id: str) -> bytes:
+        """A JSON object body with ``request_id`` added when it has none (any other body unchanged)."""
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return body
+        if not isinstance(payload, dict) or "request_id" in payload:
+            return body
+        return json.dumps({**payload, "request_id": request_id}).encode()
+
+
+class RequestIdLogFilter(logging.Filter):
+    """Adds `` (request_id=<id>)`` to a log line written while a request is answered. It runs on BentoML's
+    handlers after BentoML's own ``TraceRecordFilter``, whose ``trace_msg`` ends every line of its format."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = REQUEST_ID.get()
+        if request_id is not None and "request_id=" not in getattr(record, "trace_msg", ""):
+            record.trace_msg = f"{getattr(record, 'trace_msg', '')} (request_id={request_id})"
+        return True
+
+
+def install_request_id_logging() -> None:
+    """Attach :class:`RequestIdLogFilter` to every handler of the root and ``bentoml`` loggers (once per process)."""
+    for logger in (logging.getLogger(), logging.getLogger("bentoml")):
+        for handler in logger.handlers:
+            if not any(isinstance(existing, RequestIdLogFilter) for existing in handler.filters):
+                handler.addFilter(RequestIdLogFilter())
 
 
 # ---- statistics -----------------------------------------------------------------------------------------------
