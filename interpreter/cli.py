@@ -26,7 +26,7 @@ from ecgfm.settings import ServingSettings
 from interpreter import DISCLAIMER
 from interpreter.findings import ConfigError, interpret, load_config
 from interpreter.heart_rate import detect_heart_rate
-from interpreter.report import summary_row, write_reports, write_summary_csv
+from interpreter.report import summary_row, write_fhir_bundle, write_reports, write_summary_csv
 
 
 class InputError(ValueError):
@@ -176,7 +176,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if record is not None:
             heart_rate = detect_heart_rate(record.signal, record.fs, record.lead_names).to_dict()
         interp = interpret(probs, heart_rate, config, record=key)
-        write_reports(interp, out, record, meta)
+        if args.format == "fhir":
+            write_fhir_bundle(interp, out, demo=bool(meta.get("demo")))
+        else:
+            write_reports(interp, out, record, meta)
         rows.append(summary_row(interp))
     csv_path = write_summary_csv(rows, out / "summary.csv")
     print(f"{len(rows)} report(s) in {out}; summary {csv_path}", file=sys.stderr)
@@ -204,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--thresholds", help="YAML overriding interpreter/thresholds.yaml")
     rep.add_argument("--fs", type=float, help="sampling rate, for .csv/.npy records")
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
+    rep.add_argument(
+        "--format",
+        choices=("reports", "fhir"),
+        default="reports",
+        help="reports: <record>.txt/.json/.html (default); fhir: <record>.fhir.json, a FHIR R4 Bundle (heart rate, "
+        "the reported findings, the 17 probabilities, the research-use statement)",
+    )
     rep.set_defaults(func=_cmd_report)
     return parser
 

@@ -264,6 +264,32 @@ def write_summary_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
+def file_stem(record: str) -> str:
+    """A record's name made safe as a file name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in record) or "record"
+
+
+def write_fhir_bundle(interp: Interpretation, out_dir: str | Path, demo: bool = False) -> Path:
+    """``<record>.fhir.json``: a FHIR R4 Bundle (:func:`ecgfm.fhir.bundle`) of the interpretation: the measured heart
+    rate when reliable, each reported finding with its probability, and the 17 probabilities."""
+    from ecgfm.fhir import bundle
+
+    hr = interp.heart_rate or {}
+    bpm = hr.get("heart_rate_bpm") if hr.get("quality") != "unreliable" else None
+    findings = [
+        {"statement": f"{f.label}: {f.status}", "label": f.label, "group": f.group, "severity": f.severity,
+         "probability": f.probability}
+        for f in interp.reported_findings()
+    ]  # fmt: skip
+    resource = bundle(probabilities=interp.probabilities, heart_rate_bpm=bpm, findings=findings, demo=demo)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = file_stem(interp.record)
+    path = out / f"{stem}.fhir.json"
+    path.write_text(json.dumps(resource, indent=1), encoding="utf-8")
+    return path
+
+
 def write_reports(
     interp: Interpretation, out_dir: str | Path, record: Any | None = None, meta: dict[str, Any] | None = None
 ) -> dict[str, Path]:
@@ -273,7 +299,7 @@ def write_reports(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in interp.record) or "record"
+    stem = file_stem(interp.record)
     png = None
     if record is not None:
         hr = interp.heart_rate or {}

@@ -88,3 +88,24 @@ def test_accept_fhir_json_on_the_server(server_url: str, route: str) -> None:
     _, observations = validate(answer)
     expected = {"/clinical": len(LABELS), "/clinical/file": len(LABELS), "/both/file": len(LABELS) + 1}
     assert len(observations) == expected.get(route, 1)
+
+
+def test_the_interpreter_writes_a_fhir_bundle_with_heart_rate_findings_and_probabilities(tmp_path) -> None:
+    """``python -m interpreter report --format fhir``: heart rate measured from the record, the reported findings
+    with the interpreter's words, and the 17 probabilities, every resource valid."""
+    from interpreter.cli import main
+
+    results = tmp_path / "results.jsonl"
+    probabilities = dict.fromkeys(LABELS, 0.02) | {"Sinus rhythm": 0.9, "Bradycardia": 0.8}
+    results.write_text(json.dumps({"record": "JS01048", "clinical": {"probabilities": probabilities}}) + "\n")
+    record = str(DATA_DIR / "JS01048.json")
+    assert main(["report", record, "--results", str(results), "--out", str(tmp_path / "out"), "--format", "fhir",
+                 "--quiet"]) == 0  # fmt: skip
+    assert not (tmp_path / "out" / "JS01048.html").exists()
+    report, observations = validate(json.loads((tmp_path / "out" / "JS01048.fhir.json").read_text()))
+    rate, *rest = observations
+    assert rate.code.coding[0].code == "8867-4" and float(rate.valueQuantity.value) == pytest.approx(49.7, abs=0.1)
+    findings = [o.code.text for o in rest[: len(rest) - len(LABELS)]]
+    assert "Sinus rhythm: present" in findings and "Bradycardia: present" in findings
+    assert [o.code.text for o in rest[-len(LABELS) :]] == list(LABELS)
+    assert "Research use only" in report.conclusion
