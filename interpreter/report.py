@@ -24,6 +24,27 @@ SEVERITY_COLOURS = {
 }
 
 
+SALIENCY_NOTE = (
+    "Shading: where ECG-FM attended (its last attention layer; for each 32 ms step the largest weight it puts on any "
+    "step), darker = more, scaled over the whole record. It shows attention, not causation: not why a finding was "
+    "given, nor where it is."
+)
+
+
+def saliency_steps(saliency: dict[str, Any], duration_s: float) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """A response's ``saliency`` on the record's time axis: step edges ``[n + 1]`` (s), values ``[n]``, and the
+    record-wide (min, max) used for the colour scale. Steps that start at or after ``duration_s`` (the padding of
+    a short record) are left out."""
+    step = float(saliency["step_s"])
+    segments = zip(saliency["segment_start_s"], saliency["values"], strict=True)
+    starts = np.concatenate([start + step * np.arange(len(row)) for start, row in segments])
+    values = np.concatenate([np.asarray(row, dtype=np.float64) for row in saliency["values"]])
+    keep = starts < duration_s
+    starts, values = starts[keep], values[keep]
+    edges = np.append(starts, min(starts[-1] + step, duration_s))
+    return edges, values, float(values.min()), float(values.max())
+
+
 def _fmt(value: Any, digits: int = 1, unit: str = "") -> str:
     if value is None:
         return "n/a"
@@ -111,8 +132,10 @@ def plot_ecg_png(
     r_peaks: list[int] | None = None,
     peak_lead: str | None = None,
     max_seconds: float = 10.0,
+    saliency: dict[str, Any] | None = None,
 ) -> bytes:
-    """A PNG of every lead (the first ``max_seconds``) on ECG-paper-like axes, R peaks marked."""
+    """A PNG of every lead (the first ``max_seconds``) on ECG-paper-like axes, R peaks marked; with ``saliency``
+    (a response's ``saliency`` object) each lead's panel is shaded by it, one colour scale for the whole record."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,6 +148,7 @@ def plot_ecg_png(
     cols = 2 if n_leads > 6 else 1
     rows = int(np.ceil(n_leads / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(12, 1.3 * rows + 0.8), sharex=True, squeeze=False)
+    shading = saliency_steps(saliency, sig.shape[1] / fs) if saliency else None
     for k in range(rows * cols):
         ax = axes[k % rows][k // rows]
         if k >= n_leads:
@@ -135,12 +159,20 @@ def plot_ecg_png(
         if r_peaks and lead_names[k] == peak_lead:
             peaks = [p for p in r_peaks if p < n]
             ax.plot(np.asarray(peaks) / fs, x[peaks], "v", color="#d84315", markersize=4, label="R peak")
+        if shading is not None:
+            edges, values, low, high = shading
+            y_low, y_high = ax.get_ylim()
+            ax.pcolormesh(edges, [y_low, y_high], values[None, :], cmap="Oranges", vmin=low, vmax=high, alpha=0.55,
+                          shading="flat", zorder=0, rasterized=True)  # fmt: skip
+            ax.set_ylim(y_low, y_high)
+            ax.set_xlim(0, n / fs)
         ax.set_ylabel(lead_names[k], rotation=0, ha="right", va="center")
         ax.grid(True, color="#f4b6b6", linewidth=0.4)
         ax.tick_params(labelsize=7)
     for c in range(cols):
         axes[rows - 1][c].set_xlabel("time (s)")
-    fig.suptitle(f"ECG, first {n / fs:.1f} s at {fs:g} Hz (mV); ▼ = detected R peaks in lead {peak_lead}", fontsize=9)
+    title = f"ECG, first {n / fs:.1f} s at {fs:g} Hz (mV); ▼ = detected R peaks in lead {peak_lead}"
+    fig.suptitle(title + ("\n" + SALIENCY_NOTE if shading is not None else ""), fontsize=8 if shading else 9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
@@ -148,7 +180,9 @@ def plot_ecg_png(
     return buf.getvalue()
 
 
-def render_html(interp: Interpretation, png: bytes | None = None, meta: dict[str, Any] | None = None) -> str:
+def render_html(
+    interp: Interpretation, png: bytes | None = None, meta: dict[str, Any] | None = None, saliency: bool = False
+) -> str:
     """Self-contained HTML report; the ECG plot is embedded as a base64 PNG."""
     e = html.escape
     colour = SEVERITY_COLOURS[interp.severity]
@@ -204,6 +238,8 @@ def render_html(interp: Interpretation, png: bytes | None = None, meta: dict[str
             'style="width:100%" '
             f'src="data:image/png;base64,{base64.b64encode(png).decode()}">'
         )
+        if saliency:
+            parts.append(f'<p id="saliency-note">{e(SALIENCY_NOTE)}</p>')
     parts.append(
         "<h2>All probabilities</h2><table><tr><th>label</th><th>probability</th></tr>"
         + "".join(f"<tr><td>{e(label)}</td><td>{interp.probabilities[label]:.3f}</td></tr>" for label in LABELS)
@@ -291,11 +327,16 @@ def write_fhir_bundle(interp: Interpretation, out_dir: str | Path, demo: bool = 
 
 
 def write_reports(
-    interp: Interpretation, out_dir: str | Path, record: Any | None = None, meta: dict[str, Any] | None = None
+    interp: Interpretation,
+    out_dir: str | Path,
+    record: Any | None = None,
+    meta: dict[str, Any] | None = None,
+    saliency: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``<record>.txt``, ``<record>.json`` and ``<record>.html`` into ``out_dir``.
 
-    ``record`` (an :class:`ecgfm.records.ECGRecord`) adds the ECG plot to the HTML report.
+    ``record`` (an :class:`ecgfm.records.ECGRecord`) adds the ECG plot to the HTML report; ``saliency`` (the
+    ``/clinical`` body's ``saliency``) shades it by where the model attended.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -303,9 +344,13 @@ def write_reports(
     png = None
     if record is not None:
         hr = interp.heart_rate or {}
-        png = plot_ecg_png(record.signal, record.fs, record.lead_names, hr.get("r_peaks"), hr.get("lead"))
+        png = plot_ecg_png(
+            record.signal, record.fs, record.lead_names, hr.get("r_peaks"), hr.get("lead"), saliency=saliency
+        )
     paths = {"txt": out / f"{stem}.txt", "json": out / f"{stem}.json", "html": out / f"{stem}.html"}
     paths["txt"].write_text(render_text(interp, meta), encoding="utf-8")
     paths["json"].write_text(render_json(interp, meta), encoding="utf-8")
-    paths["html"].write_text(render_html(interp, png, meta), encoding="utf-8")
+    paths["html"].write_text(
+        render_html(interp, png, meta, saliency=png is not None and bool(saliency)), encoding="utf-8"
+    )
     return paths

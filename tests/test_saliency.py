@@ -167,3 +167,27 @@ def test_ecgfm_predict_saliency_matches_fairseq_per_segment(saliency_reference, 
         np.testing.assert_allclose(np.array(saliency["values"]), np.stack([reduction, reduction]), **SALIENCY_TOL)
     assert ecgfm_main([*argv, "--device", "cpu", "-o", str(out)]) == 0
     assert "saliency" not in json.loads(out.read_text())["clinical"]
+
+
+def test_the_report_shades_each_lead_by_saliency_scaled_over_the_whole_record(finetuned, tmp_path):
+    from ecgfm.inference import Predictor
+    from ecgfm.records import read_record
+    from interpreter.findings import interpret, load_config
+    from interpreter.report import SALIENCY_NOTE, plot_ecg_png, saliency_steps, write_reports
+    from tests.conftest import DATA_DIR, TWELVE_LEAD_RECORDS
+
+    record = read_record(DATA_DIR / TWELVE_LEAD_RECORDS[0])
+    clinical = Predictor(finetuned=finetuned).predict(record, saliency=True)["clinical"]
+    saliency = clinical["saliency"]
+    edges, values, low, high = saliency_steps(saliency, clinical["duration_s"])
+    everything = np.concatenate(saliency["values"])
+    assert (low, high) == (everything.min(), everything.max())  # one scale for the record, not per segment
+    assert len(values) == 156 * clinical["n_segments"] and edges[-1] <= clinical["duration_s"]
+    short = saliency_steps({**saliency, "values": saliency["values"][:1], "segment_start_s": [0.0]}, 4.0)
+    assert len(short[1]) == 125  # the padded steps after a 4 s record's end are not drawn
+    plain = plot_ecg_png(record.signal, record.fs, record.lead_names)
+    assert plot_ecg_png(record.signal, record.fs, record.lead_names, saliency=saliency) != plain
+    interp = interpret(clinical["probabilities"], None, load_config(None), record=record.name)
+    html = write_reports(interp, tmp_path, record, saliency=saliency)["html"].read_text()
+    assert SALIENCY_NOTE.split(":")[0] in html and "attention, not causation" in html
+    assert "saliency-note" not in write_reports(interp, tmp_path / "plain", record)["html"].read_text()
