@@ -56,6 +56,9 @@ DEFAULT_RECORDS_PER_BATCH = 16  # records per model call (~32 segments of 10 s r
 DEFAULT_PART_SIZE = 1000  # rows per part file
 DEFAULT_PART_SECONDS = 300.0  # a part is committed at least this often while rows are pending
 READ_CPUS = 1.0  # Ray CPUs per read task
+# Default Ray CPUs of a model actor: below READ_CPUS, so that Ray Data does not fuse the read tasks into the actor
+# (it fuses maps with equal resource requests; the reads would then run one at a time inside the model's actor).
+MAX_DEFAULT_ACTOR_CPUS = 0.9
 CHECKPOINT_COLUMN = "_checkpoint_{kind}"  # the stage's public checkpoint (JSON), moved into the schema metadata
 
 # What a read task hands to the model stages: the record's fields and its segments as float32 bytes.
@@ -280,7 +283,7 @@ def plan_resources(job: BatchJob, cluster_cpus: float, cluster_gpus: float) -> d
     gpus = job.gpus_per_actor if job.gpus_per_actor is not None else (min(1.0, cluster_gpus / total) if use_gpu else 0)
     cpus = job.cpus_per_actor
     if cpus is None:
-        cpus = round(min(1.0, max(cluster_cpus - READ_CPUS, 0.1) / total), 3)
+        cpus = round(min(MAX_DEFAULT_ACTOR_CPUS, max(cluster_cpus - READ_CPUS, 0.1) / total), 3)
     threads = job.threads or max(1, int(cluster_cpus // total) if job.address is None else int(max(cpus, 1)))
     return {"actors": actors, "cpus_per_actor": cpus, "gpus_per_actor": gpus, "threads": threads}
 
@@ -444,11 +447,9 @@ class ray_session:  # noqa: N801 (a context manager used as a function)
         import ray
         import ray.data
 
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # Workers of the local Ray import ecgfm from where this process does (Ray expands ${PYTHONPATH}).
         package_root = str(Path(__file__).resolve().parents[1])
-        runtime_env = {
-            "env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-        }
+        runtime_env = {"env_vars": {"PYTHONPATH": f"{package_root}{os.pathsep}${{PYTHONPATH}}"}}
         if self.job.address is None:
             self.temp_dir = tempfile.mkdtemp(prefix="ecgfm-ray-")
             ray.init(
@@ -579,6 +580,10 @@ def run_batch(args: argparse.Namespace) -> int:
         print("ecgfm: batch interrupted; committed parts are kept, rerun with --resume", file=sys.stderr)
         return 1
     except Exception as exc:  # Ray wraps a failed actor or task; the message is what the user can act on
+        weights_error = _weights_error(exc)
+        if weights_error is not None:  # a checkpoint an actor could not load: the job cannot start
+            print(f"ecgfm: {weights_error}", file=sys.stderr)
+            return 2
         print(f"ecgfm: batch failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         print("ecgfm: committed parts are kept; rerun with --resume", file=sys.stderr)
         return 1
@@ -596,6 +601,23 @@ def _check_local_checkpoints(job: BatchJob) -> None:
         path = job.checkpoints.get(kind)
         if path is not None and not Path(path).is_file():
             raise BatchError(f"{path}: no such {kind} checkpoint file")
+
+
+def _weights_error(exc: BaseException) -> str | None:
+    """The message of the CheckpointError or WeightsNotFoundError that stopped a model actor, if that is what
+    Ray raised (an actor that dies in ``__init__`` comes back as ActorDiedError carrying the traceback as text)."""
+    from ecgfm.checkpoint import CheckpointError
+    from ecgfm.hub import WeightsNotFoundError
+
+    cause = getattr(exc, "cause", None)
+    for candidate in (cause, exc.__cause__, exc):
+        if isinstance(candidate, CheckpointError | WeightsNotFoundError):
+            return str(candidate).splitlines()[0] if str(candidate) else type(candidate).__name__
+    for name in ("CheckpointError: ", "WeightsNotFoundError: "):
+        text = str(exc)
+        if name in text:
+            return text.rsplit(name, 1)[1].splitlines()[0]
+    return None
 
 
 def _raise_system_exit(signum: int, frame: object) -> None:
