@@ -118,10 +118,12 @@ async def echo(scope: dict, receive: object, send: object) -> None:
 
 
 def answer_of(sent: list[dict]) -> tuple[int, dict[bytes, bytes], dict]:
-    """(status, headers, JSON body) of the messages an ASGI app sent."""
+    """(status, headers, JSON body) of the messages an ASGI app sent, checked to be one well-formed response."""
+    assert sent[0]["type"] == "http.response.start"
+    assert [message["type"] for message in sent[1:]] == ["http.response.body"] * (len(sent) - 1)
     headers = dict(sent[0]["headers"])
     body = b"".join(message.get("body", b"") for message in sent[1:])
-    if b"content-length" in headers:
+    if sent[0]["status"] != 200 or b"x-echo" not in headers:  # the middlewares' own answers say their length
         assert int(headers[b"content-length"]) == len(body)
     return sent[0]["status"], headers, json.loads(body)
 
@@ -295,3 +297,76 @@ def test_the_log_filter_is_installed_once_on_bentomls_http_logger() -> None:
     install_log_filter(ECGRequest.model_fields)
     install_log_filter(ECGRequest.model_fields)
     assert sum(isinstance(f, ValidationTracebackFilter) for f in logger.filters) == 1
+
+
+def test_a_body_of_exactly_the_limit_is_admitted_by_its_declared_length_too() -> None:
+    middleware = BodySizeLimitMiddleware(echo, paths=POST_MEDIA_TYPES, max_body_bytes=10)
+    declared = {"content-type": JSON_MEDIA_TYPE, "content-length": "10"}
+    assert answer_of(run_asgi(middleware, headers=declared, body_chunks=(b"0123456789",)))[0::2] == (
+        200, {"method": "POST", "path": "/clinical", "body": "0123456789"}
+    )  # fmt: skip
+
+
+def test_the_app_gets_the_read_body_once_then_what_the_client_sends_next() -> None:
+    seen = []
+
+    async def reads_twice(scope: dict, receive: object, send: object) -> None:
+        seen.append(await receive())
+        seen.append(await receive())
+        await answers_200(scope, receive, send)
+
+    run_asgi(BodySizeLimitMiddleware(reads_twice, paths=POST_MEDIA_TYPES, max_body_bytes=10), body_chunks=(b"ab", b"c"))
+    assert seen == [{"type": "http.request", "body": b"abc", "more_body": False}, {"type": "http.disconnect"}]
+
+
+def test_a_client_that_disconnects_mid_body_is_not_passed_on() -> None:
+    called = []
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        called.append(scope)
+
+    sent: list[dict] = []
+    messages = [{"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.disconnect"}]
+    scope = {"type": "http", "method": "POST", "path": "/clinical", "headers": []}
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(BodySizeLimitMiddleware(app, paths=POST_MEDIA_TYPES, max_body_bytes=10)(scope, receive, send))
+    assert called == []
+
+
+def test_the_concurrency_limit_counts_every_request_in_flight() -> None:
+    release = asyncio.Event()
+
+    async def holds(scope: dict, receive: object, send: object) -> None:
+        await release.wait()
+        await answers_200(scope, receive, send)
+
+    middleware = ConcurrencyLimitMiddleware(holds, paths=POST_MEDIA_TYPES, max_concurrency=2)
+    scope = {"type": "http", "method": "POST", "path": "/clinical", "headers": []}
+
+    async def one() -> int:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        await middleware(scope, receive, send)
+        return sent[0]["status"]
+
+    async def three() -> list[int]:
+        tasks = [asyncio.create_task(one()) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        in_flight = middleware.in_flight
+        release.set()
+        return [*(await asyncio.gather(*tasks)), in_flight]
+
+    *statuses, in_flight = asyncio.run(three())
+    assert sorted(statuses) == [200, 200, 429] and in_flight == 2 and middleware.in_flight == 0
