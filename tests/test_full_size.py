@@ -44,3 +44,22 @@ def test_full_size_fft_positional_conv_keeps_probabilities_within_parity_toleran
     fast_model = optimize_for_inference(copy.deepcopy(handle.loaded.model), precision="fp32", pos_conv="fft")
     fast_handle = dataclasses.replace(handle, loaded=dataclasses.replace(handle.loaded, model=fast_model))
     np.testing.assert_allclose(classify_segments(fast_handle, prep.segments), reference, atol=1e-5)
+
+
+def test_full_size_record_outputs_are_the_documented_aggregation_of_its_segments(predictor):
+    """Each label's record probability is the max or the mean of its per-segment ones (labels.AGGREGATION, the
+    quickstart's AGG_METHODS), and the embedding is the mean of the segments' embeddings."""
+    from ecgfm.labels import AGGREGATION
+
+    result = predictor.predict(read_record(DATA_DIR / "A1041.json"), per_segment=True)
+    segments = np.asarray(result["clinical"]["segments"])
+    for i, label in enumerate(LABELS):
+        expected = segments[:, i].max() if AGGREGATION[label] == "max" else segments[:, i].mean()
+        assert result["clinical"]["probabilities"][label] == pytest.approx(expected, abs=1e-12), label
+    assert len({round(p, 6) for p in segments.ravel()}) > 17  # the outputs vary by label and segment
+    np.testing.assert_allclose(result["features"]["features"], np.mean(result["features"]["segments"], axis=0))
+
+
+def test_full_size_inference_is_deterministic(predictor):
+    segments = predictor.preprocess(read_record(DATA_DIR / "JS06908.json")).segments
+    np.testing.assert_array_equal(predictor.pretrained.run(segments), predictor.pretrained.run(segments))
