@@ -86,10 +86,12 @@ from serving import (
     RequestStats,
     RequestStatsMiddleware,
     RetryAfterMiddleware,
+    defer_sigterm,
     fill_template,
     install_log_filter,
     install_request_id_logging,
     rss_mb,
+    worker_alive,
 )
 
 SETTINGS = Settings.from_env()  # every ECGFM_* variable, read once (docs/deployment.md)
@@ -106,6 +108,7 @@ MODEL_SERVICE_CONFIG: dict[str, Any] = {
 BATCHING: dict[str, Any] = {"max_batch_size": SERVING.max_batch_size, "max_latency_ms": SERVING.max_latency_ms}
 PROBE_TIMEOUT_S = 3.0  # /health, /info, /status and /readyz give up on a model service after this long
 CONNECTION_RETRIES = 2  # see call_model
+DRAIN_MARGIN_S = 5  # a model worker outlives the API worker's drain by at most this (ModelService.drain_before_exit)
 STARTED_AT = time.time()
 REQUEST_STATS = RequestStats((*JSON_POST_ROUTES, *GET_ROUTES, *NPY_POST_ROUTES, *FILE_POST_ROUTES))
 OUTPUTS: dict[ModelKind, type[ClinicalOutput] | type[FeaturesOutput]] = {
@@ -192,6 +195,12 @@ class ModelService:
             out = self.handle.run(*decode_batch(encoded), batch_size=SERVING.max_batch_size)
         self.stats.observe(len(encoded), time.perf_counter() - started)
         return out
+
+    @bentoml.on_startup
+    async def drain_before_exit(self) -> None:  # async: runs on the main thread, where signal handlers are set
+        """On SIGTERM, stay until the API worker has answered its requests in flight (they may still need this
+        model), at most ECGFM_REQUEST_TIMEOUT_S plus a margin (docs/operations.md, "Shutdown")."""
+        defer_sigterm(lambda: not worker_alive("ECGFMService"), SERVING.request_timeout_s + DRAIN_MARGIN_S)
 
     @bentoml.api
     async def describe(self) -> dict[str, Any]:  # async: answers on the event loop, even while a batch runs

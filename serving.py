@@ -14,6 +14,8 @@ Nothing here knows about ECGs. ``service.py`` registers the middlewares explicit
 6. :class:`ConcurrencyLimitMiddleware`: 429 when too many POSTs are in flight (bodies being read included);
 7. :class:`BodySizeLimitMiddleware`: 413 for a POST body over the limit, before BentoML parses it.
 
+:func:`defer_sigterm` keeps a model worker up on SIGTERM until the API worker has drained its requests.
+
 Every refusal is an error of ``contract.ERRORS``, answered by :func:`send_error`. :func:`install_log_filter` is
 called once at start-up. No request body or signal value is ever logged or kept: the statistics hold counts,
 sizes and latencies only.
@@ -26,9 +28,12 @@ import collections
 import hashlib
 import hmac
 import html
+import itertools
 import json
 import logging
+import os
 import re
+import signal
 import threading
 import time
 import uuid
@@ -489,6 +494,45 @@ class LandingPageMiddleware:
             return
         await send({"type": "http.response.start", "status": 200, "headers": self.headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else self.body})
+
+
+# ---- shutdown -------------------------------------------------------------------------------------------------
+
+
+def worker_alive(service_name: str) -> bool:
+    """Whether a sibling worker process (same parent, the ``bentoml serve`` arbiter) serves ``service_name``."""
+    try:
+        siblings = psutil.Process(os.getppid()).children()
+    except psutil.Error:
+        return False
+    for sibling in siblings:
+        try:
+            command = sibling.cmdline()
+        except psutil.Error:
+            continue
+        if any(a == "--service-name" and b == service_name for a, b in itertools.pairwise(command)):
+            return True
+    return False
+
+
+def defer_sigterm(until: Callable[[], bool], bound_s: float) -> None:
+    """On SIGTERM, call the handler installed now (uvicorn's graceful exit) only once ``until()`` holds or after
+    ``bound_s``. A model worker calls this at start-up with "the API worker has exited": ``bentoml serve`` stops
+    every worker at the same time, and a model worker that left at once would fail the API worker's requests in
+    flight (503) instead of letting them drain. Must be called on the main thread."""
+    original = signal.getsignal(signal.SIGTERM)
+
+    def exit_when_done(signum: int) -> None:
+        deadline = time.monotonic() + bound_s
+        while not until() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if callable(original):
+            original(signum, None)
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        threading.Thread(target=exit_when_done, args=(signum,), daemon=True, name="deferred-sigterm").start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 # ---- logs -----------------------------------------------------------------------------------------------------

@@ -7,15 +7,22 @@ loops are bounded in time and requests.
 
 from __future__ import annotations
 
+import collections
+import io
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
+import psutil
 import pytest
 import yaml
 
@@ -137,3 +144,203 @@ def test_every_log_line_of_a_request_carries_its_id(server: ServerProcess, body:
     assert lines, "no access log line for /features"
     assert all(f"(request_id={request_id})" in line for line in lines if "/features" in line and request_id in line)
     assert any(f"(request_id={request_id})" in line for line in lines)
+
+
+# ---- faults under load ----------------------------------------------------------------------------------------
+
+FAULT_TIMEOUT_S = 10  # ECGFM_REQUEST_TIMEOUT_S of the fault servers: no request may wait longer (plus slack)
+SLACK_S = 5
+STOPPED_S = 8  # how long the Pretrained worker stays SIGSTOPped
+RECOVERY_BOUND_S = 60  # a SIGKILLed worker is restarted and its model loaded again within this
+# SIGTERM to exit: the requests in flight finish (each bounded by ECGFM_REQUEST_TIMEOUT_S, 300 s by default), then
+# the workers stop. docs/operations.md: terminationGracePeriodSeconds = ECGFM_REQUEST_TIMEOUT_S + 30.
+GRACE_PERIOD_S = 30
+SLOW_CLIENTS = 60
+
+
+def model_worker(server: ServerProcess, service_name: str) -> psutil.Process:
+    """The worker process of one BentoML service (``--service-name <name>`` in its command line)."""
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        command = child.cmdline()
+        if "_bentoml_impl.worker.service" in command and command[command.index("--service-name") + 1] == service_name:
+            return child
+    raise AssertionError(f"no {service_name} worker in the server's process tree")
+
+
+def npy_body(body: dict) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(body["signal"], dtype=np.float32))
+    return buffer.getvalue()
+
+
+class Load:
+    """``clients`` threads posting /clinical (JSON), /features/npy and /both (JSON) in turn until stopped; every
+    outcome is kept as (path, status or exception name, seconds)."""
+
+    def __init__(self, url: str, body: dict, clients: int) -> None:
+        json_body, npy = json.dumps(body).encode(), npy_body(body)
+        self.requests = [
+            ("/clinical", json_body, "application/json"),
+            ("/features/npy?fs=500", npy, "application/octet-stream"),
+            ("/both", json_body, "application/json"),
+        ]
+        self.url, self.stop, self.outcomes = url, threading.Event(), []
+        self.threads = [threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(clients)]
+
+    def client(self, index: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=FAULT_TIMEOUT_S + 3 * SLACK_S) as http:
+            for n in range(10_000):
+                if self.stop.is_set():
+                    return
+                path, content, content_type = self.requests[(index + n) % len(self.requests)]
+                started = time.monotonic()
+                try:
+                    status: int | str = http.post(
+                        path, content=content, headers={"content-type": content_type}
+                    ).status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                self.outcomes.append((path, status, time.monotonic() - started))
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=FAULT_TIMEOUT_S + 4 * SLACK_S)
+
+
+def seconds_until_ok(url: str, path: str, content: bytes, content_type: str, bound_s: float) -> float:
+    """How long until a POST of ``path`` answers 200 (polled; fails after ``bound_s``)."""
+    started = time.monotonic()
+    while time.monotonic() - started < bound_s:
+        try:
+            response = httpx.post(url + path, content=content, headers={"content-type": content_type}, timeout=20)
+            if response.status_code == 200:
+                return round(time.monotonic() - started, 1)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{path} did not answer 200 within {bound_s} s")
+
+
+def health(url: str) -> tuple[int, dict, int]:
+    """(/health status, its models, /readyz status)."""
+    answer = httpx.get(url + "/health", timeout=FAULT_TIMEOUT_S)
+    return answer.status_code, answer.json()["models"], httpx.get(url + "/readyz", timeout=FAULT_TIMEOUT_S).status_code
+
+
+def test_a_killed_and_a_stopped_model_worker_never_cause_a_500_a_reset_or_a_hang(tmp_path: Path, body: dict) -> None:
+    server = start_server(tmp_path, {"ECGFM_REQUEST_TIMEOUT_S": str(FAULT_TIMEOUT_S)})
+    json_body = json.dumps(body).encode()
+    try:
+        with Load(server.url, body, clients=4) as load:
+            time.sleep(3)
+            finetuned = model_worker(server, "Finetuned")
+            finetuned.send_signal(signal.SIGKILL)
+            finetuned.wait(10)
+            status, models, ready = health(server.url)
+            assert (status, models["finetuned"]["loaded"], models["pretrained"]["loaded"], ready) == (
+                503,
+                False,
+                True,
+                503,
+            )
+            kill_recovery_s = seconds_until_ok(server.url, "/clinical", json_body, "application/json", RECOVERY_BOUND_S)
+            assert model_worker(server, "Finetuned").pid != finetuned.pid  # restarted, not the old one
+
+            pretrained = model_worker(server, "Pretrained")
+            pretrained.send_signal(signal.SIGSTOP)
+            stopped_at = time.monotonic()
+            try:
+                status, models, ready = health(server.url)
+                assert (status, models["pretrained"]["loaded"], models["finetuned"]["loaded"], ready) == (
+                    503,
+                    False,
+                    True,
+                    503,
+                )
+                time.sleep(max(0.0, STOPPED_S - (time.monotonic() - stopped_at)))
+            finally:
+                pretrained.send_signal(signal.SIGCONT)
+            stop_recovery_s = seconds_until_ok(server.url, "/features", json_body, "application/json", 30)
+            time.sleep(2)  # load after both recoveries
+        outcomes = load.outcomes
+    finally:
+        server.stop()
+    statuses = {status for _, status, _ in outcomes}
+    assert statuses <= {200, 503, 504}, f"unexpected outcomes {statuses - {200, 503, 504}}"
+    assert max(seconds for _, _, seconds in outcomes) <= FAULT_TIMEOUT_S + SLACK_S
+    assert sum(status == 200 for _, status, _ in outcomes[-8:]) == 8, "not all 200 after recovery"
+    assert kill_recovery_s <= RECOVERY_BOUND_S and stop_recovery_s <= 30
+    print(
+        f"faults: {len(outcomes)} requests {dict(collections.Counter(s for _, s, _ in outcomes))}, "
+        f"SIGKILL recovery {kill_recovery_s} s, SIGSTOP recovery {stop_recovery_s} s"
+    )
+
+
+def test_sigterm_answers_the_requests_in_flight_refuses_new_ones_and_exits_within_the_grace_period(
+    tmp_path: Path, body: dict
+) -> None:
+    """What Kubernetes does to a pod it stops: SIGTERM to the server's main process (PID 1 in the image)."""
+    long_record = npy_body({"signal": np.tile(np.asarray(body["signal"]), 12)})  # 120 s: 24 segments per model
+    server = start_server(tmp_path)
+    answers: list[int | str] = []  # 200, else the error body or the exception's name
+
+    def post() -> None:
+        try:
+            headers = {"content-type": "application/octet-stream"}
+            response = httpx.post(server.url + "/both/npy?fs=500", content=long_record, headers=headers, timeout=60)
+            answers.append(response.status_code if response.status_code == 200 else response.text)
+        except httpx.HTTPError as exc:
+            answers.append(type(exc).__name__)
+
+    try:
+        in_flight = [threading.Thread(target=post) for _ in range(6)]
+        for thread in in_flight:
+            thread.start()
+        time.sleep(2)  # the bodies are sent, the batches are running (one such request takes 3 s or more here)
+        server.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        time.sleep(1.0)
+        with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):  # no answer, no wait
+            httpx.post(server.url + "/clinical", json=body, timeout=5)
+        server.process.wait(timeout=GRACE_PERIOD_S)
+        exited_s = time.monotonic() - signalled
+        for thread in in_flight:
+            thread.join(timeout=10)
+    finally:
+        server.stop()
+    assert answers == [200] * 6
+    assert exited_s < GRACE_PERIOD_S
+    print(f"sigterm: 6 in flight answered, exit after {exited_s:.1f} s")
+
+
+def test_slow_clients_trickling_a_body_do_not_hold_up_other_clients(server: ServerProcess, body: dict) -> None:
+    content = json.dumps(body).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(SLOW_CLIENTS):
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            head = f"POST /clinical HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            sock.sendall(f"{head}Content-Length: {len(content)}\r\n\r\n".encode() + content[:1])
+            slow.append(sock)
+        latencies = []
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            for i in range(10):
+                for sock in slow:
+                    sock.sendall(content[i + 1 : i + 2])  # one more byte each
+                started = time.monotonic()
+                assert (
+                    http.post("/clinical", content=content, headers={"content-type": "application/json"}).status_code
+                    == 200
+                )
+                latencies.append(time.monotonic() - started)
+    finally:
+        for sock in slow:
+            sock.close()
+    assert max(latencies) < 10, latencies
