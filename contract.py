@@ -16,6 +16,11 @@ path            method  request                     response (200)
 /info           GET     -                           :class:`InfoResponse` (503 :class:`ErrorResponse` when a model
                                                     is down)
 /status         GET     -                           :class:`StatusResponse` (503 :class:`ErrorResponse` likewise)
+/decode         POST    a record file (multipart    :class:`DecodedRecordResponse`: the signal, fs and leads the
+                        field ``file``; WFDB: .hea  service reads from it, and the conversion report (for /ui)
+                        and signal files)
+/interpret      POST    :class:`InterpretRequest`   :class:`InterpretationResponse`: heart rate, grouped findings,
+                                                    severity and rule identifiers (:mod:`interpreter`)
 ==============  ======  ==========================  ===============================================================
 
 200 bodies are raw model outputs (probabilities / embeddings): no thresholds, no diagnosis. Their schemas are
@@ -35,12 +40,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from bentoml.exceptions import ServiceUnavailable
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, model_validator
 from starlette.responses import JSONResponse
 
 from ecgfm.formats import FormatError
 from ecgfm.labels import AGGREGATION, LABELS
-from ecgfm.outputs import BothOutput, ClinicalOutput, FeaturesOutput, LoadedCheckpoint
+from ecgfm.outputs import BothOutput, ClinicalOutput, ConversionReport, FeaturesOutput, LoadedCheckpoint
 from ecgfm.preprocess import LEAD_ORDER, MAX_FS, MIN_DURATION_S, MIN_FS, SEGMENT_SAMPLES, TARGET_FS, ECGInputError
 
 SERVICE_NAME = "ecgfm-serve"
@@ -72,10 +77,15 @@ FILE_MEDIA_TYPES = (
     MULTIPART_MEDIA_TYPE,
 )
 FILE_FIELD = "file"
+# The page at /ui (web/, docs/ui.md) asks what the service reads from a record file (/decode: multipart, field `file`,
+# a WFDB record as its .hea and signal files; checked by its decoder) and what the interpreter makes of it (/interpret).
+DECODE_ROUTE = "/decode"
+INTERPRET_ROUTE = "/interpret"
 POST_MEDIA_TYPES: dict[str, str] = (
     dict.fromkeys(JSON_POST_ROUTES, JSON_MEDIA_TYPE)
     | dict.fromkeys(NPY_POST_ROUTES, NPY_MEDIA_TYPE)
     | dict.fromkeys(FILE_POST_ROUTES, NPY_MEDIA_TYPE)
+    | {DECODE_ROUTE: MULTIPART_MEDIA_TYPE, INTERPRET_ROUTE: JSON_MEDIA_TYPE}
 )
 FHIR_MEDIA_TYPE = "application/fhir+json"  # Accept: application/fhir+json on a POST answers a FHIR R4 Bundle
 GET_ROUTES = ("/health", "/info", "/status")
@@ -419,3 +429,103 @@ def models_unavailable(described: Described) -> ModelsUnavailableError | None:
     return ModelsUnavailableError(
         f"the {' and '.join(missing)} model service is not available (still loading or failed); see /health"
     )
+
+
+# ---- the page at /ui: what a file is read as, and what the interpreter makes of a record -------------------------
+
+
+class InterpretRequest(BaseModel):
+    """The body of ``POST /interpret``: a record's 17 probabilities (``/clinical``'s) and, for the heart rate, the
+    record itself (as for ``/clinical``). Unknown fields are rejected (400)."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    probabilities: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        description="Probability of each of the 17 labels (the 'probabilities' of /clinical)."
+    )
+    signal: Signal | None = Field(default=None, description="As for /clinical; without it no heart rate (rule H8).")
+    fs: Hz | None = Field(default=None, description="Sampling rate in Hz, required with signal.")
+    lead_names: list[Annotated[str, Strict()]] | None = Field(default=None, description="As for /clinical.")
+    record: Annotated[str, Strict(), Field(max_length=200)] = Field(default="", description="A name for the report.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> InterpretRequest:
+        missing = [label for label in LABELS if label not in self.probabilities]
+        unknown = [label for label in self.probabilities if label not in LABELS]
+        if missing or unknown:
+            raise ValueError(
+                f"probabilities must have exactly the 17 labels of /info; missing {missing}, unknown {unknown}"
+            )
+        if self.signal is not None and self.fs is None:
+            raise ValueError("fs (Hz) is required with signal")
+        return self
+
+
+def validation_error_response(exc: ValidationError) -> JSONResponse:
+    """A 400 of :class:`ValidationErrorResponse`'s shape for a body parsed here (never echoing the values)."""
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_input=False)]
+    body = {
+        "error": f"{len(detail)} validation error{'s' if len(detail) > 1 else ''} for {exc.title}",
+        "detail": detail,
+    }
+    return JSONResponse(body, status_code=400)
+
+
+class DecodedRecordResponse(BaseModel):
+    """``POST /decode``: the record the service reads from a file, as the model is given it (leads beyond the 12
+    left out), before preprocessing: the signal the page at /ui draws and sends to /clinical."""
+
+    name: str = Field(description="The record's name (the file's stem unless the file names it).")
+    format: str = Field(description="json, csv, npy, wfdb, or the hospital format (conversion.format).")
+    fs: float = Field(description="Sampling rate in Hz, as in the file.")
+    lead_names: list[str]
+    signal: list[list[float]] = Field(description="One list per lead of lead_names, as stored (usually mV).")
+    n_samples: int
+    duration_s: float
+    conversion: ConversionReport | None = Field(description="How a hospital file was read; null for the others.")
+
+    @classmethod
+    def of(cls, record: Any, kind: str) -> DecodedRecordResponse:
+        """From an :class:`ecgfm.records.ECGRecord` and its format."""
+        signal, lead_names = record.model_input()
+        return cls(
+            name=record.name,
+            format=kind,
+            fs=record.fs,
+            lead_names=lead_names,
+            signal=signal.tolist(),
+            n_samples=signal.shape[1],
+            duration_s=round(signal.shape[1] / record.fs, 6),
+            conversion=record.conversion,
+        )
+
+
+class InterpretedFinding(BaseModel):
+    label: str
+    group: str
+    probability: float | None
+    threshold: float
+    status: Literal["present", "possible", "discordant"]
+    severity: Literal["normal", "borderline", "abnormal", "critical"]
+    source: str = Field(description="model, heart_rate or model+heart_rate.")
+    rules: list[str] = Field(description="The identifiers of the rules applied (docs/clinical_methodology.md).")
+    notes: list[str]
+
+
+class InterpretationResponse(BaseModel):
+    """``POST /interpret``: the JSON report of ``python -m interpreter report`` for one record."""
+
+    disclaimer: str
+    record: str
+    severity: Literal["normal", "borderline", "abnormal", "critical"] = Field(description="The overall severity.")
+    severity_reasons: list[str] = Field(description="Why, each reason led by its rule or finding.")
+    findings: list[InterpretedFinding] = Field(description="The reported findings (status other than absent).")
+    groups: dict[str, list[str]] = Field(description="Rhythm, Conduction, Ischemia, Structural, Other -> labels.")
+    group_notes: dict[str, str]
+    heart_rate: dict[str, Any] | None = Field(description="heart_rate_bpm, r_peaks, quality, ... (null: no signal).")
+    rate_severity: str | None
+    discordances: list[str]
+    notes: list[str]
+    probabilities: dict[str, float]
+    thresholds_source: str
+    source: dict[str, Any]

@@ -10,16 +10,19 @@ format, a file reader say, is one more). Decoders raise the errors of
 from __future__ import annotations
 
 import io
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
 from contract import FILE_MEDIA_TYPES, BadRequestError, UnsupportedMediaTypeError
-from ecgfm.formats import read_bytes
+from ecgfm.formats import FormatError, read_bytes
 from ecgfm.inference import encode_batch, record_lengths
 from ecgfm.outputs import ConversionReport
-from ecgfm.preprocess import PreprocessedECG, preprocess
+from ecgfm.preprocess import ECGInputError, PreprocessedECG, preprocess
+from ecgfm.records import ECGRecord, RecordError, read_record
 
 _FLAGS = {"true": True, "1": True, "false": False, "0": False}
 
@@ -130,3 +133,65 @@ def decode_file(
     flag = _FLAGS[per_segment.lower()] if per_segment else False
     prepared = prepare(signal, record.fs, lead_names, flag, with_saliency, max_duration_s=max_duration_s)
     return replace(prepared, conversion=ConversionReport.model_validate(record.conversion))
+
+
+# What ecgfm.records reads by suffix (any other file is read by its content, as /<post>/file reads it).
+RECORD_FORMATS = {".json": "json", ".csv": "csv", ".npy": "npy", ".hea": "wfdb"}
+MAX_UPLOAD_FILES = 8  # a WFDB record is its .hea and one or a few signal files
+
+
+def decode_record_files(
+    files: list[tuple[str, bytes]], fs: str | None, lead_names: str | None
+) -> tuple[ECGRecord, str]:
+    """A ``POST /decode`` request: the record in the uploaded files and its format (``json``, ``csv``, ``npy``,
+    ``wfdb`` or the hospital format), read as ``ecgfm predict`` reads files (:func:`ecgfm.records.read_record`),
+    a hospital file exactly as ``/<post>/file`` reads it. ``files`` are (file name, content); several files are one
+    WFDB record (its ``.hea`` and the signal files it names). ``fs`` and ``lead_names`` are for ``.csv``/``.npy``.
+
+    Raises:
+        BadRequestError: no file, several files without a ``.hea``, a bad file name, or no ``fs`` for .csv/.npy.
+        ecgfm.formats.FormatError: a file that cannot be read (422; the message names the file, never a path).
+    """
+    if not files:
+        raise BadRequestError(
+            "no file: send the record in the multipart field 'file' (WFDB: its .hea and signal files)"
+        )
+    if len(files) > MAX_UPLOAD_FILES:
+        raise BadRequestError(f"at most {MAX_UPLOAD_FILES} files (a WFDB record is its .hea and its signal files)")
+    names = [Path(name.replace("\\", "/")).name for name, _ in files]
+    if any(not name or name.startswith(".") for name in names):
+        raise BadRequestError("every uploaded file needs a name (e.g. record.hea, record.json)")
+    headers = [i for i, name in enumerate(names) if name.lower().endswith(".hea")]
+    if len(files) > 1 and len(headers) != 1:
+        raise BadRequestError("several files must be one WFDB record: its .hea and the signal files it names")
+    main = headers[0] if headers else 0
+    suffix = Path(names[main]).suffix.lower()
+    if suffix not in RECORD_FORMATS:  # a hospital file: told by its content
+        record = read_bytes(files[main][1], Path(names[main]).stem)
+        return record, record.conversion["format"] if record.conversion else "unknown"
+    fs_hz = None
+    if fs is not None:
+        try:
+            fs_hz = float(fs)
+        except ValueError:
+            raise BadRequestError("the query parameter fs must be a number (Hz)") from None
+    elif suffix in (".csv", ".npy"):
+        raise BadRequestError(f"{names[main]}: a {suffix} file carries no sampling rate; give fs (Hz), e.g. ?fs=500")
+    leads = [name.strip() for name in lead_names.split(",")] if lead_names else None
+    with tempfile.TemporaryDirectory(prefix="ecgfm-decode-") as tmp:
+        for name, (_, data) in zip(names, files, strict=True):
+            (Path(tmp) / name).write_bytes(data)
+        try:
+            record = read_record(Path(tmp) / names[main], fs=fs_hz, lead_names=leads)
+        except RecordError as exc:  # its message starts with the path: keep the file name only
+            raise FormatError(str(exc).replace(f"{tmp}/", "")) from None
+        except Exception as exc:  # a library's own error on a malformed file (wfdb raises several kinds)
+            raise FormatError(
+                f"{names[main]}: cannot be read as {RECORD_FORMATS[suffix]} ({type(exc).__name__})"
+            ) from None
+    bad = [name for name, lead in zip(record.lead_names, record.signal, strict=False) if not np.isfinite(lead).all()]
+    if bad:  # as preprocess says it (and JSON cannot carry them)
+        raise ECGInputError(
+            f"non-finite values (NaN or infinity) in lead{'s' if len(bad) > 1 else ''} {', '.join(bad)}"
+        )
+    return record, RECORD_FORMATS[suffix]

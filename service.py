@@ -33,16 +33,19 @@ import numpy as np
 import torch
 from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI, Request
+from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
 import ecgfm
 from contract import (
     ANSWERED_ERRORS,
+    DECODE_ROUTE,
     DOCS_PAGES,
     FILE_FIELD,
     FILE_MEDIA_TYPES,
     FILE_POST_ROUTES,
     GET_ROUTES,
+    INTERPRET_ROUTE,
     JSON_POST_ROUTES,
     MULTIPART_MEDIA_TYPE,
     NPY_MEDIA_TYPE,
@@ -55,25 +58,31 @@ from contract import (
     BadRequestError,
     BothResponse,
     ClinicalResponse,
+    DecodedRecordResponse,
     ECGRequest,
     ErrorResponse,
     FeaturesResponse,
     HealthResponse,
     Hz,
     InfoResponse,
+    InterpretationResponse,
+    InterpretRequest,
     ModelDescription,
     Signal,
     StatusResponse,
+    UnsupportedMediaTypeError,
     error_response,
     models_unavailable,
+    validation_error_response,
 )
-from decoding import PreparedRequest, decode_file, decode_npy, file_media_type, prepare
+from decoding import PreparedRequest, decode_file, decode_npy, decode_record_files, file_media_type, prepare
 from ecgfm.checkpoint import ModelKind
 from ecgfm.fhir import FHIR_MEDIA_TYPE, bundle_for_result
 from ecgfm.hub import WeightsNotFoundError, resolve_all
 from ecgfm.inference import decode_batch, load_model
 from ecgfm.outputs import BothOutput, CheckpointInfo, ClinicalOutput, FeaturesOutput, RecordOutput
 from ecgfm.settings import Settings
+from interpreter.api import interpret_record
 from serving import (
     ApiKeyMiddleware,
     BatchStats,
@@ -86,11 +95,13 @@ from serving import (
     RequestStats,
     RequestStatsMiddleware,
     RetryAfterMiddleware,
+    StaticFilesMiddleware,
     defer_sigterm,
     fill_template,
     install_log_filter,
     install_request_id_logging,
     rss_mb,
+    static_files,
     worker_alive,
 )
 
@@ -172,6 +183,22 @@ async def file_decoder(
         return partial(decode_file, body, per_segment, saliency)
     except ANSWERED_ERRORS as exc:
         return partial(_raise, exc)
+
+
+async def uploaded_files(request: Request) -> list[tuple[str, bytes]]:
+    """The (name, content) of each multipart field ``file`` of a ``/decode`` request (415, 400 otherwise)."""
+    if file_media_type(request.headers.get("content-type")) != MULTIPART_MEDIA_TYPE:
+        raise UnsupportedMediaTypeError(
+            f"the body must be multipart/form-data with the record file in the field '{FILE_FIELD}'"
+        )
+    try:
+        form = await request.form(max_files=8, max_fields=8)
+    except Exception:  # malformed multipart: starlette raises its own kinds
+        raise BadRequestError("the multipart/form-data body cannot be parsed") from None
+    uploads = [upload for upload in form.getlist(FILE_FIELD) if not isinstance(upload, str)]
+    files = [(upload.filename or "", await upload.read()) for upload in uploads]
+    await form.close()
+    return files
 
 
 class ModelService:
@@ -261,6 +288,35 @@ LANDING_PAGE = fill_template(
     description=SERVICE_DESCRIPTION,
     research_use=RESEARCH_USE,
 )
+# The page at /ui (docs/ui.md) and its files are public: they hold no data, and every request the page makes carries
+# the key. The bundled records it offers (sample_data/, under /ui/samples/) are behind the key like any other data.
+UI_PAGE = fill_template((REPO_DIR / "web" / "ui.html").read_text(), research_use=RESEARCH_USE).encode()
+UI_ASSETS = ("ui.js", "ecg.js", "ui.css", "favicon.svg")
+UI_FILES = {"/ui": (UI_PAGE, "text/html; charset=utf-8")} | static_files(REPO_DIR / "web", "/ui/", UI_ASSETS)
+SAMPLE_FILES = static_files(REPO_DIR / "sample_data", "/ui/samples/")
+DECODE_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": f"The record file as the field '{FILE_FIELD}' of multipart/form-data (a WFDB record: its .hea "
+        "and the signal files it names, each as a 'file' field): JSON, CSV, .npy, WFDB, or a hospital file (DICOM, HL7 "
+        "aECG, Philips, GE MUSE, SCP-ECG, told by the content). Query parameters fs and lead_names for .csv/.npy.",
+        "content": {
+            MULTIPART_MEDIA_TYPE: {
+                "schema": {
+                    "type": "object",
+                    "required": [FILE_FIELD],
+                    "properties": {FILE_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                }
+            }
+        },
+    }
+}
+INTERPRET_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": InterpretRequest.model_json_schema(mode="validation")}},
+    }
+}
 FILE_REQUEST_BODY = {
     "requestBody": {
         "required": True,
@@ -458,6 +514,30 @@ class ECGFMService:
             return JSONResponse({"error": f"no such page; the pages are {', '.join(DOCS_PAGES)}"}, status_code=404)
         return Response((REPO_DIR / "docs" / page).read_bytes(), media_type="text/markdown; charset=utf-8")
 
+    @app.post(DECODE_ROUTE, response_model=DecodedRecordResponse, openapi_extra=DECODE_REQUEST_BODY)
+    async def decode(self, request: Request, fs: str | None = None, lead_names: str | None = None) -> Response:
+        """The record the service reads from an uploaded file: signal, fs, leads and how it was converted."""
+        try:
+            files = await uploaded_files(request)
+            record, kind = await anyio.to_thread.run_sync(partial(decode_record_files, files, fs, lead_names))
+        except ANSWERED_ERRORS as exc:
+            return error_response(exc)
+        return JSONResponse(DecodedRecordResponse.of(record, kind).model_dump(mode="json"))
+
+    @app.post(INTERPRET_ROUTE, response_model=InterpretationResponse, openapi_extra=INTERPRET_REQUEST_BODY)
+    async def interpret(self, request: Request) -> Response:
+        """The interpreter's report of a record: heart rate from its signal, findings from its probabilities."""
+        try:
+            body = InterpretRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return validation_error_response(exc)
+        fields = body.model_dump(exclude={"probabilities"})
+        report = partial(interpret_record, body.probabilities, **fields, max_duration_s=SERVING.max_duration_s)
+        try:
+            return JSONResponse(await anyio.to_thread.run_sync(report))
+        except ANSWERED_ERRORS as exc:
+            return error_response(exc)
+
     async def __is_ready__(self) -> bool:
         return HealthResponse.of(await self._describe_models()).status == "ok"
 
@@ -531,15 +611,17 @@ MODEL_APIS: dict[tuple[ModelKind, bool], Callable[[ECGFMService], Callable[..., 
 # Outermost first (serving.py says what each does).
 ECGFMService.add_asgi_middleware(RequestIdMiddleware)
 ECGFMService.add_asgi_middleware(RequestStatsMiddleware, stats=REQUEST_STATS)
-ECGFMService.add_asgi_middleware(ApiKeyMiddleware, api_key=SERVING.api_key, public_paths=PUBLIC_PATHS)
+ECGFMService.add_asgi_middleware(ApiKeyMiddleware, api_key=SERVING.api_key, public_paths=(*PUBLIC_PATHS, *UI_FILES))
 ECGFMService.add_asgi_middleware(RetryAfterMiddleware)
 ECGFMService.add_asgi_middleware(
     OpenAPIDocumentMiddleware, info=OPENAPI_INFO, media_types=POST_MEDIA_TYPES, public_paths=PUBLIC_PATHS
 )
 ECGFMService.add_asgi_middleware(LandingPageMiddleware, html=LANDING_PAGE)
+ECGFMService.add_asgi_middleware(StaticFilesMiddleware, files=UI_FILES | SAMPLE_FILES)
 # The /file routes take several media types: their decoder checks them (decoding.file_media_type).
 ECGFMService.add_asgi_middleware(
-    MediaTypeMiddleware, media_types={k: v for k, v in POST_MEDIA_TYPES.items() if k not in FILE_POST_ROUTES}
+    MediaTypeMiddleware,
+    media_types={k: v for k, v in POST_MEDIA_TYPES.items() if k not in (*FILE_POST_ROUTES, DECODE_ROUTE)},
 )
 ECGFMService.add_asgi_middleware(
     ConcurrencyLimitMiddleware, paths=POST_MEDIA_TYPES, max_concurrency=SERVING.max_concurrency

@@ -10,6 +10,7 @@ Nothing here knows about ECGs. ``service.py`` registers the middlewares explicit
 4. :class:`OpenAPIDocumentMiddleware`: the OpenAPI document (``/docs.json``) describes this service and lists
    ``contract.ERRORS``;
    :class:`LandingPageMiddleware`: ``GET /`` is the service's own page (no third-party resources), not BentoML's;
+   :class:`StaticFilesMiddleware`: the page at ``/ui`` and its files (scripts and styles from this origin only);
 5. :class:`MediaTypeMiddleware`: 415 for a POST body without its route's ``Content-Type``;
 6. :class:`ConcurrencyLimitMiddleware`: 429 when too many POSTs are in flight (bodies being read included);
 7. :class:`BodySizeLimitMiddleware`: 413 for a POST body over the limit, before BentoML parses it.
@@ -38,6 +39,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -494,6 +496,71 @@ class LandingPageMiddleware:
             return
         await send({"type": "http.response.start", "status": 200, "headers": self.headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else self.body})
+
+
+class StaticFilesMiddleware:
+    """``GET`` (or ``HEAD``) of one of ``files``' paths answers that file (its bytes and media type), under a
+    Content-Security-Policy that allows scripts, styles, images and requests from this origin only (nothing inline,
+    nothing from another host); every other request passes through. The service's page at /ui is served so."""
+
+    POLICY = (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+
+    def __init__(self, app: ASGIApp, files: dict[str, tuple[bytes, str]]) -> None:
+        self.app = app
+        self.files = {
+            path: (
+                body,
+                [
+                    (b"content-type", media_type.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"content-security-policy", self.POLICY.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"cache-control", b"no-cache"),
+                ],
+            )
+            for path, (body, media_type) in files.items()
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = self.files.get(scope.get("path")) if scope["type"] == "http" else None
+        if found is None or scope.get("method") not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        body, headers = found
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+
+MEDIA_TYPES_BY_SUFFIX = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".json": "application/json",
+    ".csv": "text/csv; charset=utf-8",
+    ".hea": "text/plain; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8",
+}
+
+
+def static_files(directory: Path, prefix: str, names: Iterable[str] | None = None) -> dict[str, tuple[bytes, str]]:
+    """``{prefix + name: (bytes, media type)}`` for the files of ``directory`` (or those of ``names``), read now;
+    nothing when the directory is absent."""
+    if not directory.is_dir():
+        return {}
+    paths = [directory / name for name in names] if names is not None else sorted(directory.iterdir())
+    return {
+        prefix + path.name: (
+            path.read_bytes(),
+            MEDIA_TYPES_BY_SUFFIX.get(path.suffix.lower(), "application/octet-stream"),
+        )
+        for path in paths
+        if path.is_file()
+    }
 
 
 # ---- shutdown -------------------------------------------------------------------------------------------------
