@@ -1,0 +1,369 @@
+"""The page at /ui in a real browser (headless Chromium driven by Playwright) against the real server.
+
+Each browser test uploads real files (``../shared/data``, ``sample_data/``) through the page's file input and
+checks that what the page shows equals what the API answers for the same file, that every request the page makes
+goes to the service (anything else is aborted and fails the test) and that the browser reports no error (a
+Content-Security-Policy violation is one). Screenshots go to the test's tmp dir and to ``build/ui-screenshots/``.
+
+Without Chromium or Playwright the browser tests are skipped, saying why; under CI (``CI=true``) they fail instead
+(``.ci/run`` installs Debian's ``chromium``; Playwright is pinned in requirements-dev.txt).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ecgfm.records import read_record
+from interpreter.cli import heart_rate_of
+from interpreter.findings import interpret
+from tests.conftest import DATA_DIR, REPO_DIR, TWELVE_LEAD_RECORDS, bentoml_server
+
+pytestmark = pytest.mark.server
+
+SCREENSHOT_DIR = REPO_DIR / "build" / "ui-screenshots"
+FORMATS_DIR = DATA_DIR / "formats"
+SAMPLES_DIR = REPO_DIR / "sample_data"
+HOSPITAL_FILES = [
+    FORMATS_DIR / "dicom" / "ecgtoolkit_Example.dcm",
+    FORMATS_DIR / "ge_muse" / "ecg2dcm_guangxi_teaching_sinus_rhythm.xml",
+    FORMATS_DIR / "hl7_aecg" / "hl7_Example_aECG.xml",
+    FORMATS_DIR / "philips_sierra" / "sierra_129DYPRG.XML",
+    FORMATS_DIR / "scp_ecg" / "ecgtoolkit_Example.scp",
+]
+API_KEY = "ui-test-key-4f1c"
+TIMEOUT_MS = 120_000
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def browser_missing(reason: str) -> None:
+    """Skip outside CI; fail under CI, where the browser must be there (.ci/run installs it)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        browser_missing("Playwright is not installed (pip install -r requirements-dev.txt)")
+    if CHROMIUM is None:
+        browser_missing("no Chromium on PATH (apt-get install chromium; .ci/run installs it under CI)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def keyed_demo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server with demo weights and an API key."""
+    log_path = tmp_path_factory.mktemp("keyed-demo") / "server.log"
+    with bentoml_server({"ECGFM_DEMO": "1", "ECGFM_API_KEY": API_KEY}, log_path, ready_path="/health") as url:
+        yield url
+
+
+class Visit:
+    """One page in its own browser context: every request it makes, and every error the browser reports."""
+
+    def __init__(self, page: Any, origin: str) -> None:
+        self.page, self.origin = page, origin
+        self.requests: list[Any] = []
+        self.errors: list[str] = []
+        page.on("request", lambda request: self.requests.append(request))
+        page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+    def foreign_requests(self) -> list[str]:
+        return [r.url for r in self.requests if not r.url.startswith(self.origin + "/")]
+
+    def upload(self, *paths: Path) -> None:
+        self.page.set_input_files("#file", [str(p) for p in paths])
+
+    def wait_until_done(self) -> None:
+        self.page.wait_for_selector("body[data-state]", timeout=TIMEOUT_MS)
+        state = self.page.get_attribute("body", "data-state")
+        assert state == "done", self.page.inner_text("#error")
+
+    def shown_probabilities(self) -> dict[str, tuple[str, float]]:
+        """label -> (the number shown, the full value kept beside it)."""
+        rows = self.page.query_selector_all("#prob-table tbody tr")
+        return {
+            row.get_attribute("data-label"): (
+                row.query_selector("td.num").inner_text(),
+                float(row.query_selector("td.num").get_attribute("data-probability")),
+            )
+            for row in rows
+        }
+
+    def fact(self, term: str) -> str:
+        """The value the page lists for ``term`` (or ``term (...)``) under 'What the service read'."""
+        facts = self.page.evaluate(
+            "[...document.querySelectorAll('#record-facts dt')].map(dt => [dt.textContent, dt.nextSibling.textContent])"
+        )
+        (value,) = [dd for dt, dd in facts if dt == term or dt.startswith(term + " (")]
+        return value
+
+    def screenshot(self, name: str, tmp_path: Path) -> Path:
+        path = tmp_path / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, SCREENSHOT_DIR / path.name)
+        return path
+
+
+@contextlib.contextmanager
+def visit(browser: Any, origin: str, width: int = 1280, height: int = 800) -> Iterator[Visit]:
+    """The page at ``origin``/ui; a request anywhere else is aborted (so nothing leaves the machine) and recorded."""
+    context = browser.new_context(viewport={"width": width, "height": height}, service_workers="block")
+    context.route(
+        "**/*", lambda route: route.continue_() if route.request.url.startswith(origin + "/") else route.abort()
+    )
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    seen = Visit(page, origin)
+    page.goto(origin + "/ui", wait_until="networkidle")
+    try:
+        yield seen
+    finally:
+        context.close()
+    assert seen.foreign_requests() == []
+
+
+def clinical(url: str, signal: Any, fs: float, lead_names: list[str], headers: dict | None = None) -> dict:
+    body = {"signal": signal, "fs": fs, "lead_names": lead_names}
+    response = httpx.post(url + "/clinical", json=body, headers=headers, timeout=120)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def assert_page_shows(seen: Visit, probabilities: dict[str, float]) -> None:
+    shown = seen.shown_probabilities()
+    assert list(shown) == sorted(probabilities, key=probabilities.get, reverse=True)  # sorted, highest first
+    assert {label: text for label, (text, _) in shown.items()} == {
+        label: f"{p:.4f}" for label, p in probabilities.items()
+    }
+    assert {label: value for label, (_, value) in shown.items()} == probabilities  # the API's float, exactly
+
+
+# ---- the page and its files, without a browser -----------------------------------------------------------------
+
+
+def test_the_page_and_its_files_come_from_the_service_under_a_self_only_policy(server_url: str) -> None:
+    page = httpx.get(server_url + "/ui", timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'self'" in policy and "connect-src 'self'" in policy
+    assert "unsafe-inline" not in policy and "http" not in policy
+    assets = re.findall(r'(?:src|href)="([^"#]+)"', page.text)
+    assert {"/ui/ui.js", "/ui/ecg.js", "/ui/ui.css"} <= set(assets)
+    for asset in (a for a in assets if a.startswith("/ui/")):
+        response = httpx.get(server_url + asset, timeout=30)
+        assert response.status_code == 200, asset
+        text = response.text.replace('xmlns="http://www.w3.org/2000/svg"', "")  # a name, not a resource
+        assert "http://" not in text and "https://" not in text  # nothing from another host
+    assert all(a.startswith("/") for a in assets)  # every link stays on this origin
+    assert "Research use only" in page.text
+
+
+def test_every_bundled_sample_the_page_offers_is_served(server_url: str) -> None:
+    script = (REPO_DIR / "web" / "ui.js").read_text()
+    offered = {name for files in re.findall(r"files: \[([^\]]+)\]", script) for name in re.findall(r'"([^"]+)"', files)}
+    assert "JS36330.hea" in offered and "JS36330.npy" in offered
+    for name in sorted(offered):
+        response = httpx.get(f"{server_url}/ui/samples/{name}", timeout=30)
+        assert response.status_code == 200 and response.content == (SAMPLES_DIR / name).read_bytes(), name
+
+
+def test_decode_answers_the_record_as_the_cli_reads_it(server_url: str) -> None:
+    files = [("file", (p.name, p.read_bytes())) for p in (SAMPLES_DIR / "JS36330.hea", SAMPLES_DIR / "JS36330.mat")]
+    decoded = httpx.post(server_url + "/decode", files=files, timeout=60).json()
+    record = read_record(SAMPLES_DIR / "JS36330.hea")
+    assert (decoded["format"], decoded["fs"], decoded["lead_names"]) == ("wfdb", record.fs, record.lead_names)
+    assert decoded["signal"] == record.signal.tolist() and decoded["duration_s"] == 10.0
+
+
+def test_decode_errors_name_the_file_never_a_server_path(server_url: str) -> None:
+    response = httpx.post(server_url + "/decode", files={"file": ("broken.json", b'{"signal": [[1, 2]]}')})
+    assert response.status_code == 422
+    assert response.json()["error"] == "broken.json: a JSON record needs an 'fs' field (sampling rate in Hz)"
+    response = httpx.post(server_url + "/decode", json={"signal": []})
+    assert response.status_code == 415
+
+
+def test_interpret_answers_what_the_interpreter_reports(server_url: str) -> None:
+    record = read_record(SAMPLES_DIR / "JS06908.json")
+    probabilities = clinical(server_url, record.signal.tolist(), record.fs, record.lead_names)["probabilities"]
+    body = {"signal": record.signal.tolist(), "fs": record.fs, "lead_names": record.lead_names}
+    report = httpx.post(server_url + "/interpret", json=body | {"probabilities": probabilities}, timeout=60).json()
+    expected = interpret(probabilities, {k: v for k, v in heart_rate_of(record).items() if k != "record"})
+    assert report["heart_rate"]["heart_rate_bpm"] == expected.heart_rate["heart_rate_bpm"]
+    assert (report["severity"], report["severity_reasons"]) == (expected.severity, expected.severity_reasons)
+    assert [(f["label"], f["rules"]) for f in report["findings"]] == [
+        (f.label, f.rules) for f in expected.reported_findings()
+    ]
+    missing = httpx.post(server_url + "/interpret", json={"probabilities": {"Sinus rhythm": 0.5}}, timeout=60)
+    assert missing.status_code == 400 and "missing" in missing.json()["detail"][0]["msg"]
+
+
+# ---- in the browser ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [TWELVE_LEAD_RECORDS[0], "ptbdb_s0010_re_first10s.json"])
+def test_a_json_record_shows_the_apis_probabilities_and_the_heart_rate(
+    browser: Any, server_url: str, tmp_path: Path, name: str
+) -> None:
+    path = DATA_DIR / name
+    record = read_record(path)
+    expected = clinical(server_url, record.signal.tolist(), record.fs, record.lead_names)
+    bpm = heart_rate_of(record)["heart_rate_bpm"]  # as `python -m interpreter hr` measures it
+    with visit(browser, server_url) as seen:
+        seen.upload(path)
+        seen.wait_until_done()
+        assert_page_shows(seen, expected["probabilities"])
+        assert seen.page.inner_text("#heart-rate") == f"{round(bpm)} bpm"
+        assert float(seen.page.get_attribute("#heart-rate", "data-bpm")) == bpm
+        assert seen.fact("Segments").startswith(
+            f"{expected['n_segments']} × 5 s, {expected['used_duration_s']:g} s used"
+        )
+        assert seen.fact("Sampling rate") == f"{record.fs:g} Hz"
+        assert seen.page.locator("#severity").inner_text().lower() in ("normal", "borderline", "abnormal", "critical")
+        assert seen.page.locator(".rules").count() >= 1  # each finding names its rules (T1, H1, ...)
+        assert seen.page.is_hidden("#demo-banner")  # the parity checkpoints are not demo weights
+        seen.screenshot(f"json-{path.stem}-1280x800", tmp_path)
+        assert seen.errors == []
+
+
+@pytest.mark.parametrize("path", HOSPITAL_FILES, ids=lambda p: p.parent.name)
+def test_a_hospital_file_shows_what_the_file_routes_answer(
+    browser: Any, server_url: str, tmp_path: Path, path: Path
+) -> None:
+    answer = httpx.post(
+        server_url + "/clinical/file", content=path.read_bytes(), headers={"content-type": "application/octet-stream"}
+    )
+    assert answer.status_code == 200, answer.text
+    expected = answer.json()
+    with visit(browser, server_url) as seen:
+        seen.upload(path)
+        seen.wait_until_done()
+        assert_page_shows(seen, expected["probabilities"])
+        assert re.fullmatch(r"\d+ bpm|not measured", seen.page.inner_text("#heart-rate"))
+        conversion = expected["conversion"]
+        assert seen.fact("Format") == conversion["format"]
+        assert seen.fact("Derived leads") == (", ".join(conversion["derived_leads"]) or "none")
+        trimmed = [f"{t['what']}, {t['start_s']:g}–{t['end_s']:g} s" for t in conversion["trimmed"]]
+        assert seen.fact("Trimmed") == (", ".join(trimmed) or "none")
+        seen.screenshot(f"file-{path.parent.name}-1280x800", tmp_path)
+        assert seen.errors == []
+
+
+def test_a_wfdb_record_is_chosen_as_its_header_and_signal_file(browser: Any, server_url: str, tmp_path: Path) -> None:
+    record = read_record(SAMPLES_DIR / "JS36330.hea")
+    expected = clinical(server_url, record.signal.tolist(), record.fs, record.lead_names)
+    with visit(browser, server_url) as seen:
+        seen.upload(SAMPLES_DIR / "JS36330.hea", SAMPLES_DIR / "JS36330.mat")
+        seen.wait_until_done()
+        assert_page_shows(seen, expected["probabilities"])
+        assert seen.fact("Format") == "wfdb"
+
+
+def test_a_csv_without_its_rate_shows_the_apis_error_then_reads_with_it(
+    browser: Any, server_url: str, tmp_path: Path
+) -> None:
+    csv = SAMPLES_DIR / "JS36330.csv"
+    refused = httpx.post(server_url + "/decode", files={"file": (csv.name, csv.read_bytes())}, timeout=60)
+    record = read_record(csv, fs=500)
+    expected = clinical(server_url, record.signal.tolist(), record.fs, record.lead_names)
+    with visit(browser, server_url) as seen:
+        seen.upload(csv)
+        seen.page.wait_for_selector("body[data-state=error]")
+        assert seen.page.inner_text("#error .api-message") == refused.json()["error"]  # as the API words it
+        assert seen.page.inner_text("#error .where") == f"POST /decode answered {refused.status_code}"
+        seen.screenshot("csv-without-fs-error", tmp_path)
+        seen.page.evaluate("document.body.removeAttribute('data-state')")
+        seen.page.get_by_label("Sampling rate (Hz) for .csv/.npy").fill("500")
+        seen.page.keyboard.press("Tab")  # a new rate reads the chosen file again
+        seen.wait_until_done()
+        assert_page_shows(seen, expected["probabilities"])
+
+
+def test_an_unreadable_file_shows_the_error_exactly_as_the_api_words_it(
+    browser: Any, server_url: str, tmp_path: Path
+) -> None:
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(HOSPITAL_FILES[0].read_bytes()[:400])
+    answer = httpx.post(server_url + "/clinical/file", content=truncated.read_bytes(),
+                        headers={"content-type": "application/dicom"})  # fmt: skip
+    assert answer.status_code == 422
+    with visit(browser, server_url) as seen:
+        seen.upload(truncated)
+        seen.page.wait_for_selector("body[data-state=error]")
+        assert seen.page.inner_text("#error .api-message") == answer.json()["error"]
+        assert seen.page.is_hidden("#results")
+
+
+def test_a_bundled_sample_is_chosen_and_loaded_with_the_keyboard(browser: Any, server_url: str, tmp_path: Path) -> None:
+    record = read_record(SAMPLES_DIR / "JS36330.npy", fs=500)
+    expected = clinical(server_url, record.signal.tolist(), record.fs, record.lead_names)
+    with visit(browser, server_url) as seen:
+        page = seen.page
+        page.get_by_label("or a bundled sample").focus()  # every control is found by its label
+        page.select_option("#sample", label="JS36330 · the same as NumPy .npy (500 Hz)")
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "sample-load"
+        page.keyboard.press("Enter")
+        seen.wait_until_done()
+        assert_page_shows(seen, expected["probabilities"])
+        assert page.input_value("#fs") == "500"
+        for name in ("Choose or drop an ECG file", "Sampling rate (Hz) for .csv/.npy"):
+            assert page.get_by_label(name).count() == 1
+
+
+def test_with_an_api_key_the_page_asks_for_it_and_sends_it_as_the_bearer_header(
+    browser: Any, keyed_demo_url: str, tmp_path: Path
+) -> None:
+    path = SAMPLES_DIR / "JS01048.json"
+    with visit(browser, keyed_demo_url) as seen:  # the page itself is public: it holds no data
+        page = seen.page
+        page.wait_for_selector("#error:not([hidden])")
+        assert page.inner_text("#error .where") == "GET /info answered 401"
+        assert page.inner_text("#error .api-message").startswith("missing or wrong API key")
+        page.get_by_label("API key (when the service has ECGFM_API_KEY)").fill(API_KEY)
+        page.click("#key-save")
+        page.wait_for_selector("#demo-banner:not([hidden])")  # /info, now with the key, says demo weights
+        seen.upload(path)
+        seen.wait_until_done()
+        assert page.evaluate("sessionStorage.getItem('ecgfm-api-key')") == API_KEY
+        assert page.evaluate("localStorage.length") == 0
+        record = read_record(path)
+        expected = clinical(keyed_demo_url, record.signal.tolist(), record.fs, record.lead_names,
+                            headers={"authorization": f"Bearer {API_KEY}"})  # fmt: skip
+        assert_page_shows(seen, expected["probabilities"])
+        posts = [r for r in seen.requests if r.method == "POST"]
+        assert {r.url.split("?")[0].removeprefix(keyed_demo_url) for r in posts} == {
+            "/decode",
+            "/clinical",
+            "/interpret",
+        }
+        assert all(r.headers.get("authorization") == f"Bearer {API_KEY}" for r in posts)
+        seen.screenshot("api-key-demo-weights", tmp_path)
+
+
+def test_at_phone_width_nothing_but_the_tracing_scrolls_sideways(browser: Any, server_url: str, tmp_path: Path) -> None:
+    with visit(browser, server_url, width=390, height=844) as seen:
+        seen.upload(SAMPLES_DIR / "JS06908.json")
+        seen.wait_until_done()
+        assert seen.page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert seen.page.evaluate("document.querySelector('#ecg').clientWidth") > 390  # the grid stays readable
+        seen.screenshot("phone-390x844", tmp_path)
+        assert seen.errors == []
