@@ -370,3 +370,24 @@ def test_the_concurrency_limit_counts_every_request_in_flight() -> None:
 
     *statuses, in_flight = asyncio.run(three())
     assert sorted(statuses) == [200, 200, 429] and in_flight == 2 and middleware.in_flight == 0
+
+
+def test_the_log_summary_names_known_fields_keeps_the_record_and_other_logs_alone() -> None:
+    try:
+        ECGRequest.model_validate_json('{"signal": "text", "fs": 500, "Jane Doe": 1}')
+    except ValidationError as exc:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "Exception", (), (ValidationError, exc, None))
+    assert ValidationTracebackFilter(ECGRequest.model_fields).filter(record) is True  # the line is kept
+    assert record.getMessage().endswith("in fields ['-', 'signal']") and "Jane" not in record.getMessage()
+    other = logging.LogRecord("x", logging.ERROR, __file__, 1, "a message", (), None)
+    assert ValidationTracebackFilter().filter(other) is True and other.getMessage() == "a message"
+
+
+def test_the_log_filter_goes_on_bentomls_http_logger_with_the_request_fields() -> None:
+    logger = logging.getLogger("bentoml._internal.server.http_app")
+    for existing in [f for f in logger.filters if isinstance(f, ValidationTracebackFilter)]:
+        logger.removeFilter(existing)
+    install_log_filter(ECGRequest.model_fields)
+    (installed,) = [f for f in logger.filters if isinstance(f, ValidationTracebackFilter)]
+    assert installed.known_fields == frozenset(ECGRequest.model_fields)
+    assert not any(isinstance(f, ValidationTracebackFilter) for f in logging.getLogger().filters)
