@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import types
 
 import aiohttp
 import numpy as np
@@ -67,6 +68,9 @@ def test_both_calls_the_two_model_services_at_the_same_time() -> None:
     api.__dict__["finetuned"] = _SlowModelService("finetuned", 17, events)
     api.__dict__["pretrained"] = _SlowModelService("pretrained", 64, events)
     record = load_json_record("JS06908.json")
-    response = asyncio.run(api.both(signal=record["signal"], fs=record["fs"]))
-    assert response.status_code == 200
+    ctx = types.SimpleNamespace(
+        response=types.SimpleNamespace(status_code=200), request=types.SimpleNamespace(headers={})
+    )
+    response = asyncio.run(api.both(signal=record["signal"], fs=record["fs"], ctx=ctx))
+    assert response.status_code == 200 == ctx.response.status_code
     assert [kind for kind, _ in events[:2]] == ["start", "start"]  # both started before either finished
