@@ -244,13 +244,16 @@ def test_a_killed_and_a_stopped_model_worker_never_cause_a_500_a_reset_or_a_hang
             finetuned = model_worker(server, "Finetuned")
             finetuned.send_signal(signal.SIGKILL)
             finetuned.wait(10)
-            status, models, ready = health(server.url)
-            assert (status, models["finetuned"]["loaded"], models["pretrained"]["loaded"], ready) == (
-                503,
-                False,
-                True,
-                503,
-            )
+            # The small model's worker is back within about a second: probe until both probes say ready again.
+            readings = [health(server.url)]
+            while readings[-1][0] != 200 or readings[-1][2] != 200:
+                assert len(readings) < 200, readings[-3:]
+                time.sleep(0.05)
+                readings.append(health(server.url))
+            assert any(status == 503 or ready == 503 for status, _, ready in readings)  # the outage was seen
+            for status, models, _ in readings:  # whenever /health saw it, it named the killed model only
+                if not models["finetuned"]["loaded"]:
+                    assert status == 503 and models["pretrained"]["loaded"]
             kill_recovery_s = seconds_until_ok(server.url, "/clinical", json_body, "application/json", RECOVERY_BOUND_S)
             assert model_worker(server, "Finetuned").pid != finetuned.pid  # restarted, not the old one
 
