@@ -132,13 +132,14 @@ async def call_model(method: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     """Call a model service, retrying when a pooled keep-alive connection was closed under us.
 
     BentoML's client reuses idle connections that the model service may have closed meanwhile; aiohttp then
-    fails with "Cannot write to closing transport" before anything was sent. Model calls are pure functions of
-    their input, so a retry cannot do anything twice that matters.
+    fails with "Cannot write to closing transport" before anything was sent. A model worker that dies while it
+    answers cuts its response short (``ClientPayloadError``). Model calls are pure functions of their input, so a
+    retry cannot do anything twice that matters.
     """
     for attempt in range(CONNECTION_RETRIES + 1):
         try:
             return await method(*args)
-        except aiohttp.ClientConnectionError as exc:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             if attempt == CONNECTION_RETRIES:  # the model service is down or restarting: 503, not 500
                 raise ServiceUnavailable("a model service is not reachable; see /health") from exc
     raise AssertionError("unreachable")

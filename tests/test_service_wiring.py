@@ -26,6 +26,18 @@ def test_model_call_is_retried_after_a_closed_keep_alive_connection() -> None:
     assert len(attempts) == CONNECTION_RETRIES + 1
 
 
+def test_a_response_cut_short_by_a_dying_worker_is_retried() -> None:
+    attempts = []
+
+    async def dies_mid_answer() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise aiohttp.ClientPayloadError("Response payload is not completed")
+        return "answer"
+
+    assert asyncio.run(call_model(dies_mid_answer)) == "answer" and len(attempts) == 2
+
+
 def test_model_call_gives_up_after_the_retries_with_503() -> None:
     async def broken() -> None:
         raise aiohttp.ServerDisconnectedError()
