@@ -10,17 +10,11 @@ import pytest
 
 from ecgfm.cli import main
 from ecgfm.records import read_record
-from tests.conftest import DATA_DIR, FINETUNED_CKPT, PRETRAINED_CKPT
+from tests.conftest import FINETUNED_CKPT, PRETRAINED_CKPT
+from tests.test_formats import FORMATS_DIR, MUSE, reference
 
-FORMATS_DIR = DATA_DIR / "formats"
 DICOM = FORMATS_DIR / "dicom" / "ecgtoolkit_Example.dcm"
-MUSE = FORMATS_DIR / "ge_muse" / "ecg2dcm_guangxi_teaching_sinus_rhythm.xml"
 PHILIPS = FORMATS_DIR / "philips_sierra" / "sierra_129DYPRG.XML"
-
-
-def reference(path: Path) -> dict[str, np.ndarray]:
-    with np.load(f"{path}.decoded.npz", allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
 
 
 def reference_json(path: Path, out: Path, samples: int | None = None) -> Path:
