@@ -42,6 +42,7 @@ import pyarrow as pa
 from ecgfm.batch_inputs import DEFAULT_PATH_COLUMN, BatchInput, InputsError, discover_inputs
 from ecgfm.batch_parts import (
     FLOATS,
+    RECORD_FIELDS,
     PartWriter,
     committed_parts,
     done_paths,
@@ -66,12 +67,7 @@ READ_SCHEMA = pa.schema(
     [
         pa.field("path", pa.string()),
         pa.field("record", pa.string()),
-        pa.field("n_segments", pa.int32()),
-        pa.field("duration_s", pa.float64()),
-        pa.field("used_duration_s", pa.float64()),
-        pa.field("padded", pa.bool_()),
-        pa.field("constant_leads", pa.list_(pa.string())),
-        pa.field("error", pa.string()),
+        *RECORD_FIELDS,
         pa.field("demo", pa.bool_()),
         pa.field("segments", pa.large_binary()),  # float32 [n_segments, 12, 2500]
         pa.field("lengths", pa.large_binary()),  # int32 [n_segments]: valid samples of each segment

@@ -39,6 +39,15 @@ TMP_PREFIX, TMP_SUFFIX = ".part-", ".parquet.tmp"
 MODEL_KINDS = ("finetuned", "pretrained")
 
 FLOATS = pa.list_(pa.float32())
+# What every row says about its record (the read stage carries the same fields to the model stages).
+RECORD_FIELDS = [
+    pa.field("n_segments", pa.int32()),
+    pa.field("duration_s", pa.float64()),
+    pa.field("used_duration_s", pa.float64()),
+    pa.field("padded", pa.bool_()),
+    pa.field("constant_leads", pa.list_(pa.string())),
+    pa.field("error", pa.string()),
+]
 
 
 def output_schema(models: Sequence[str], per_segment: bool, metadata: dict[str, Any] | None = None) -> pa.Schema:
@@ -53,14 +62,7 @@ def output_schema(models: Sequence[str], per_segment: bool, metadata: dict[str, 
         fields.append(pa.field("segment_probabilities", pa.list_(FLOATS)))
     if per_segment and "pretrained" in models:
         fields.append(pa.field("segment_features", pa.list_(FLOATS)))
-    fields += [
-        pa.field("n_segments", pa.int32()),
-        pa.field("duration_s", pa.float64()),
-        pa.field("used_duration_s", pa.float64()),
-        pa.field("padded", pa.bool_()),
-        pa.field("constant_leads", pa.list_(pa.string())),
-        pa.field("error", pa.string()),
-    ]
+    fields += RECORD_FIELDS
     fields += [pa.field(f"{kind}_sha256", pa.string()) for kind in MODEL_KINDS if kind in models]
     fields.append(pa.field("demo", pa.bool_()))
     schema = pa.schema(fields)
