@@ -163,6 +163,14 @@ def _raise(exc: Exception, **_: Any) -> PreparedRequest:
     raise exc
 
 
+async def multipart_form(request: Request, max_files: int) -> Any:
+    """The request's multipart/form-data fields (at most ``max_files`` files), or 400 when it cannot be parsed."""
+    try:
+        return await request.form(max_files=max_files, max_fields=8)
+    except Exception:  # malformed multipart: starlette raises its own kinds
+        raise BadRequestError("the multipart/form-data body cannot be parsed") from None
+
+
 async def file_decoder(
     request: Request, per_segment: str | None, saliency: str | None = None
 ) -> Callable[..., PreparedRequest]:
@@ -172,10 +180,7 @@ async def file_decoder(
         media_type = file_media_type(request.headers.get("content-type"))
         if media_type != MULTIPART_MEDIA_TYPE:
             return partial(decode_file, await request.body(), per_segment, saliency)
-        try:
-            form = await request.form(max_files=1, max_fields=8)
-        except Exception:  # malformed multipart: starlette raises its own kinds
-            raise BadRequestError("the multipart/form-data body cannot be parsed") from None
+        form = await multipart_form(request, max_files=1)
         upload = form.get(FILE_FIELD)
         if upload is None:
             raise BadRequestError(f"the multipart/form-data body has no field '{FILE_FIELD}' holding the ECG file")
@@ -192,10 +197,7 @@ async def uploaded_files(request: Request) -> list[tuple[str, bytes]]:
         raise UnsupportedMediaTypeError(
             f"the body must be multipart/form-data with the record file in the field '{FILE_FIELD}'"
         )
-    try:
-        form = await request.form(max_files=8, max_fields=8)
-    except Exception:  # malformed multipart: starlette raises its own kinds
-        raise BadRequestError("the multipart/form-data body cannot be parsed") from None
+    form = await multipart_form(request, max_files=8)
     uploads = [upload for upload in form.getlist(FILE_FIELD) if not isinstance(upload, str)]
     files = [(upload.filename or "", await upload.read()) for upload in uploads]
     await form.close()
