@@ -102,6 +102,7 @@ from serving import (
     install_request_id_logging,
     rss_mb,
     static_files,
+    tracing_config,
     worker_alive,
 )
 
@@ -109,11 +110,9 @@ SETTINGS = Settings.from_env()  # every ECGFM_* variable, read once (docs/deploy
 SERVING = SETTINGS.serving
 CUDA = torch.cuda.is_available()
 MODEL_RESOURCES: dict[str, Any] = {"gpu": 1} if CUDA else {"cpu": "1"}
-MODEL_SERVICE_CONFIG: dict[str, Any] = {
-    "workers": 1,
-    "resources": MODEL_RESOURCES,
-    "traffic": {"timeout": SERVING.request_timeout_s},
-}
+TRACING = tracing_config(SERVING.otlp_endpoint, SERVING.trace_sample_rate)  # {} (off) unless ECGFM_OTLP_ENDPOINT
+SERVICE_CONFIG: dict[str, Any] = {"traffic": {"timeout": SERVING.request_timeout_s}, "tracing": TRACING}
+MODEL_SERVICE_CONFIG: dict[str, Any] = {"workers": 1, "resources": MODEL_RESOURCES, **SERVICE_CONFIG}
 # Adaptive batching: most segments per model call across requests, and how long a request may queue before
 # BentoML refuses it with 503 (it must exceed a full batch on the slowest hardware plus the queue ahead of it).
 BATCHING: dict[str, Any] = {"max_batch_size": SERVING.max_batch_size, "max_latency_ms": SERVING.max_latency_ms}
@@ -355,7 +354,7 @@ NPY_REQUEST_BODY = {
 }
 
 
-@bentoml.service(name="ECGFMService", workers=1, traffic={"timeout": SERVING.request_timeout_s})
+@bentoml.service(name="ECGFMService", workers=1, **SERVICE_CONFIG)
 @bentoml.asgi_app(app, path="/")
 class ECGFMService:
     """ECG-FM: clinical label probabilities (/clinical), embeddings (/features), or both (/both)."""

@@ -15,6 +15,9 @@ Nothing here knows about ECGs. ``service.py`` registers the middlewares explicit
 6. :class:`ConcurrencyLimitMiddleware`: 429 when too many POSTs are in flight (bodies being read included);
 7. :class:`BodySizeLimitMiddleware`: 413 for a POST body over the limit, before BentoML parses it.
 
+:func:`tracing_config` is BentoML's tracing configuration of every service (OpenTelemetry over OTLP/HTTP, off
+unless ``ECGFM_OTLP_ENDPOINT`` is set); the request ID is an attribute of the API service's request span.
+
 :func:`defer_sigterm` keeps a model worker up on SIGTERM until the API worker has drained its requests.
 
 Every refusal is an error of ``contract.ERRORS``, answered by :func:`send_error`. :func:`install_log_filter` is
@@ -44,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+from opentelemetry import trace
 from pydantic import ValidationError
 
 from contract import (
@@ -100,6 +104,7 @@ def is_post_to(scope: Scope, paths: Iterable[str]) -> bool:
 
 # An X-Request-ID a caller sends is kept when it is 1 to 128 of these characters (a UUID, a gateway's ID), else
 # replaced by a new one: what reaches a log line or a header cannot carry a line break or markup.
+REQUEST_ID_SPAN_ATTRIBUTE = "ecgfm.request_id"  # on the API service's request span, to find a trace by its ID
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 
@@ -119,6 +124,7 @@ class RequestIdMiddleware:
         given = header(scope, REQUEST_ID_HEADER.lower().encode()).decode("latin-1")
         request_id = given if REQUEST_ID_PATTERN.fullmatch(given) else uuid.uuid4().hex
         token = REQUEST_ID.set(request_id)
+        trace.get_current_span().set_attribute(REQUEST_ID_SPAN_ATTRIBUTE, request_id)  # a no-op when not traced
         start: Message = {}
 
         async def send_with_id(message: Message) -> None:
@@ -636,3 +642,23 @@ def install_log_filter(known_fields: Iterable[str]) -> None:
     logger = logging.getLogger(BENTOML_HTTP_LOGGER)
     if not any(isinstance(existing, ValidationTracebackFilter) for existing in logger.filters):
         logger.addFilter(ValidationTracebackFilter(known_fields))
+
+
+# Probes and scrapes are not traced: they would drown the requests in a trace store.
+UNTRACED_PATHS = ("/livez", "/readyz", "/healthz", "/health", "/metrics")
+
+
+def tracing_config(endpoint: str, sample_rate: float) -> dict[str, Any]:
+    """The ``tracing`` option of ``@bentoml.service`` for every service: spans over OTLP/HTTP to ``endpoint``
+    (empty: ``{}``, BentoML's default of no tracing). BentoML opens a span per request in each service and carries
+    the trace context on its calls between services (W3C ``traceparent``), so one request is one trace. Spans hold
+    methods, paths, statuses and timings; never a header's or a body's content (OpenTelemetry captures headers
+    only when its ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*`` variables say so; docs/operations.md)."""
+    if not endpoint:
+        return {}
+    return {
+        "exporter_type": "otlp",
+        "sample_rate": sample_rate,
+        "excluded_urls": list(UNTRACED_PATHS),
+        "otlp": {"protocol": "http", "endpoint": endpoint},
+    }

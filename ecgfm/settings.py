@@ -2,7 +2,7 @@
 
 * :class:`WeightsSettings`: which checkpoints (local paths, Hub revision, sha256 pins, demo weights);
 * :class:`RuntimeSettings`: how a model runs (device, precision, positional conv, compile, weights cache);
-* :class:`ServingSettings`: the HTTP service (input and body limits, concurrency, batching, timeouts, API key).
+* :class:`ServingSettings`: the HTTP service (input and body limits, concurrency, batching, timeouts, API key, tracing).
 
 Each field declares its environment variable, parser, default and meaning (:func:`setting`); ``from_env`` reads
 them all, and this is the only module that reads an ``ECGFM_*`` variable. A bad value fails at once with one
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ POS_CONVS = ("conv", "fft")
 DEMO_SIZES = ("full", "small")
 DEFAULT_HF_REVISION = "main"  # pin a commit hash for a reproducible deployment (docs/deployment.md)
 DEFAULT_DEMO_DIR = "~/.cache/ecgfm-serve/demo"
+OTLP_TRACES_PATH = "/v1/traces"
 # The default body limit fits the longest record at 1000 Hz written by Python's json (a float64 takes at most
 # 24 bytes: 17 significant digits, sign, point, exponent, ", "): 600 s * 1000 Hz * 12 leads * 24 B = 172.8 MB.
 BODY_SIZING_FS = 1000
@@ -100,6 +102,25 @@ def choice(*options: str) -> Parser:
 
 def text(value: str) -> str:
     return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
+        raise ValueError("expected a number from 0 to 1")
+    return value
+
+
+def otlp_traces_url(value: str) -> str:
+    """An OTLP/HTTP endpoint; a bare ``http://host:4318`` gets the traces path ``/v1/traces`` (as OpenTelemetry's
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` does)."""
+    parsed = urllib.parse.urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError("expected an http:// or https:// URL such as http://otel-collector:4318")
+    return value if parsed.path.strip("/") else value.rstrip("/") + OTLP_TRACES_PATH
 
 
 def sha256_hex(value: str) -> str:
@@ -289,6 +310,19 @@ class ServingSettings:
         "when set, `Authorization: Bearer <key>` is required on every path but `/health`, `/livez`, `/healthz`, "
         "`/readyz` (docs/security.md)",
         secret=True,
+    )
+    otlp_endpoint: str = setting(
+        "ECGFM_OTLP_ENDPOINT",
+        otlp_traces_url,
+        "",
+        "OpenTelemetry collector (OTLP over HTTP, e.g. `http://otel-collector:4318`): every service sends its "
+        "spans there; unset: no tracing (docs/operations.md)",
+    )
+    trace_sample_rate: float = setting(
+        "ECGFM_TRACE_SAMPLE_RATE",
+        fraction,
+        1.0,
+        "share of requests traced when `ECGFM_OTLP_ENDPOINT` is set (0 to 1; a traced caller's decision is kept)",
     )
 
     from_env = classmethod(_from_env)

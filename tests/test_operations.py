@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -349,3 +350,116 @@ def test_slow_clients_trickling_a_body_do_not_hold_up_other_clients(server: Serv
         for sock in slow:
             sock.close()
     assert max(latencies) < 10, latencies
+
+
+# ---- tracing --------------------------------------------------------------------------------------------------
+
+
+class OtlpCollector:
+    """An OpenTelemetry collector's OTLP/HTTP traces endpoint on loopback: keeps every span it is sent, decoded
+    with OpenTelemetry's own protobuf messages, with its service's ``service.name``."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        self.spans: list[tuple[str, Any]] = []
+        self.paths: list[str] = []
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # http.server calls it by this name
+                message = ExportTraceServiceRequest.FromString(self.rfile.read(int(self.headers["Content-Length"])))
+                for resource_spans in message.resource_spans:
+                    attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                    for scope_spans in resource_spans.scope_spans:
+                        collector.spans += [(attributes["service.name"], span) for span in scope_spans.spans]
+                collector.paths.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def trace(self, trace_id: bytes) -> list[tuple[str, Any]]:
+        return [(service, span) for service, span in self.spans if span.trace_id == trace_id]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def attribute_text(span: Any) -> list[str]:
+    """Every attribute value of ``span`` and of its events, as text."""
+    values = [*span.attributes, *(attribute for event in span.events for attribute in event.attributes)]
+    return [str(getattr(value.value, value.value.WhichOneof("value") or "string_value")) for value in values]
+
+
+def test_tracing_is_off_unless_an_otlp_endpoint_is_set() -> None:
+    from ecgfm.settings import ServingSettings, SettingsError
+    from serving import tracing_config
+
+    assert tracing_config(ServingSettings.from_env({}).otlp_endpoint, 1.0) == {}
+    on = ServingSettings.from_env({"ECGFM_OTLP_ENDPOINT": "http://collector:4318", "ECGFM_TRACE_SAMPLE_RATE": "0.25"})
+    assert on.otlp_endpoint == "http://collector:4318/v1/traces"  # the traces path added, as OpenTelemetry does
+    assert tracing_config(on.otlp_endpoint, on.trace_sample_rate)["sample_rate"] == 0.25
+    with pytest.raises(SettingsError, match="ECGFM_OTLP_ENDPOINT='collector:4318'"):
+        ServingSettings.from_env({"ECGFM_OTLP_ENDPOINT": "collector:4318"})
+    with pytest.raises(SettingsError, match="ECGFM_TRACE_SAMPLE_RATE='2': expected a number from 0 to 1"):
+        ServingSettings.from_env({"ECGFM_TRACE_SAMPLE_RATE": "2"})
+
+
+def test_one_request_is_one_trace_across_the_services_without_signal_values_or_bodies(tmp_path: Path) -> None:
+    record = load_json_record("JS06908.json")  # 10 s at 500 Hz: two segments for each model
+    body = {"signal": record["signal"], "fs": record["fs"]}
+    content = json.dumps(body).encode()
+    collector = OtlpCollector()
+    # Spans leave each process in batches; a short delay keeps the test short (OpenTelemetry's own variable).
+    env = {"ECGFM_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+    try:
+        server = start_server(tmp_path, env)
+        try:
+            headers = {"content-type": "application/json", "x-request-id": "trace-test-1"}
+            response = httpx.post(server.url + "/both", content=content, headers=headers, timeout=60)
+            assert response.status_code == 200, response.text
+            httpx.get(server.url + "/readyz", timeout=10)  # a probe: not traced
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                roots = [s for service, s in collector.spans if service == "ECGFMService" and not s.parent_span_id]
+                services = {service for root in roots for service, _ in collector.trace(root.trace_id)}
+                if {"ECGFMService", "Finetuned", "Pretrained"} <= services:
+                    break
+                time.sleep(0.2)
+        finally:
+            server.stop()
+    finally:
+        collector.close()
+    assert set(collector.paths) == {"/v1/traces"}
+    (root,) = roots  # one request, one trace: the probe and the start-up's calls are not traced
+    spans = collector.trace(root.trace_id)
+    assert {service for service, _ in spans} == {"ECGFMService", "Finetuned", "Pretrained"}
+    by_id = {span.span_id: (service, span) for service, span in spans}
+    for service, span in spans:  # connected: every span's parent is in the trace, up to the API's request span
+        chain = [service]
+        while span.parent_span_id:
+            service, span = by_id[span.parent_span_id]
+            chain.append(service)
+        assert span == root, chain
+    root_attributes = {a.key: a.value.string_value for a in root.attributes}
+    assert root_attributes["ecgfm.request_id"] == "trace-test-1"
+    assert "/both" in root.name
+    model_calls = {(service, span.name) for service, span in spans if service != "ECGFMService" and span.parent_span_id}
+    assert any("classify" in name for _, name in model_calls) and any("embed" in name for _, name in model_calls)
+    samples = {json.dumps(value) for lead in body["signal"] for value in lead[:50] if len(json.dumps(value)) >= 6}
+    assert samples
+    for service, span in spans:
+        for text in attribute_text(span):
+            assert len(text) < 300, (service, span.name, text[:80])  # no body or array
+            assert not any(sample in text for sample in samples), (service, span.name, text[:80])
