@@ -120,6 +120,8 @@ def otlp_traces_url(value: str) -> str:
     parsed = urllib.parse.urlsplit(value)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ValueError("expected an http:// or https:// URL such as http://otel-collector:4318")
+    if parsed.username or parsed.password:  # /info shows the endpoint
+        raise ValueError("expected a URL without credentials; give them in OTEL_EXPORTER_OTLP_HEADERS")
     return value if parsed.path.strip("/") else value.rstrip("/") + OTLP_TRACES_PATH
 
 

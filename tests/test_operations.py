@@ -412,6 +412,8 @@ def test_tracing_is_off_unless_an_otlp_endpoint_is_set() -> None:
     assert tracing_config(on.otlp_endpoint, on.trace_sample_rate)["sample_rate"] == 0.25
     with pytest.raises(SettingsError, match="ECGFM_OTLP_ENDPOINT='collector:4318'"):
         ServingSettings.from_env({"ECGFM_OTLP_ENDPOINT": "collector:4318"})
+    with pytest.raises(SettingsError, match="without credentials; give them in OTEL_EXPORTER_OTLP_HEADERS"):
+        ServingSettings.from_env({"ECGFM_OTLP_ENDPOINT": "https://user:token@collector:4318"})
     with pytest.raises(SettingsError, match="ECGFM_TRACE_SAMPLE_RATE='2': expected a number from 0 to 1"):
         ServingSettings.from_env({"ECGFM_TRACE_SAMPLE_RATE": "2"})
 
