@@ -3,7 +3,9 @@
 Each browser test uploads real files (``../shared/data``, ``sample_data/``) through the page's file input and
 checks that what the page shows equals what the API answers for the same file, that every request the page makes
 goes to the service (anything else is aborted and fails the test) and that the browser reports no error (a
-Content-Security-Policy violation is one). Screenshots go to the test's tmp dir and to ``build/ui-screenshots/``.
+Content-Security-Policy violation is one). What the tracing draws over the signal (the saliency band, the R-peak
+marks, the 10 s window) is read from ``ECGTracing.last`` (web/ecg.js) and the canvas's ``data-`` attributes, not
+from pixels. Screenshots go to the test's tmp dir and to ``build/ui-screenshots/``.
 
 Without Chromium or Playwright the browser tests are skipped, saying why; under CI (``CI=true``) they fail instead
 (``.ci/run`` installs Debian's ``chromium``; Playwright is pinned in requirements-dev.txt).
@@ -12,6 +14,8 @@ Without Chromium or Playwright the browser tests are skipped, saying why; under 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import re
 import shutil
@@ -145,6 +149,39 @@ def clinical(url: str, signal: Any, fs: float, lead_names: list[str], headers: d
     response = httpx.post(url + "/clinical", json=body, headers=headers, timeout=120)
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def expected_band(saliency: dict, duration_s: float) -> list[dict]:
+    """The API's saliency as the page must draw it: step i of segment k covers [start_k + i·step_s, + step_s),
+    cut at the record's end; the steps of a padded short record after its end are left out (docs/api.md)."""
+    spans = []
+    for k, (origin, row) in enumerate(zip(saliency["segment_start_s"], saliency["values"], strict=True)):
+        for i, value in enumerate(row):
+            start = origin + i * saliency["step_s"]
+            if start < duration_s - 1e-9:
+                spans.append({"segment": k, "step": i, "value": value, "start": start,
+                              "end": min(start + saliency["step_s"], duration_s)})  # fmt: skip
+    return spans
+
+
+def span_times(spans: list[dict]) -> list[float]:
+    return [t for span in spans for t in (span["start"], span["end"])]
+
+
+def assert_band_is(drawn: list[dict], expected: list[dict], record_band: list[dict]) -> None:
+    """``drawn`` is ``expected`` (steps, the API's values, times), its shade on one colour scale over the whole
+    record (``record_band``'s min..max, every segment together: not the quickstart's per-segment picture)."""
+    assert [(s["segment"], s["step"]) for s in drawn] == [(s["segment"], s["step"]) for s in expected]
+    assert [s["value"] for s in drawn] == [s["value"] for s in expected]  # the API's floats, exactly
+    assert span_times(drawn) == pytest.approx(span_times(expected), abs=1e-9)
+    low, high = min(s["value"] for s in record_band), max(s["value"] for s in record_band)
+    levels = [(s["value"] - low) / (high - low) for s in expected]
+    assert [s["level"] for s in drawn] == pytest.approx(levels, abs=1e-12)
+
+
+def page_posts(seen: Visit, route: str) -> list[tuple[dict, Any]]:
+    """The JSON bodies the page posted to ``route``, each with the request (its response: ``.response()``)."""
+    return [(json.loads(r.post_data), r) for r in seen.requests if r.method == "POST" and r.url == seen.origin + route]
 
 
 def assert_page_shows(seen: Visit, probabilities: dict[str, float]) -> None:
@@ -361,9 +398,153 @@ def test_with_an_api_key_the_page_asks_for_it_and_sends_it_as_the_bearer_header(
 
 def test_at_phone_width_nothing_but_the_tracing_scrolls_sideways(browser: Any, server_url: str, tmp_path: Path) -> None:
     with visit(browser, server_url, width=390, height=844) as seen:
-        seen.upload(SAMPLES_DIR / "JS06908.json")
+        seen.upload(SAMPLES_DIR / "A1041.json")  # 17 s: the window control is shown too
         seen.wait_until_done()
+        assert seen.page.is_visible("#window-start") and seen.page.is_visible("#show-saliency")
         assert seen.page.evaluate("document.documentElement.scrollWidth") <= 390
         assert seen.page.evaluate("document.querySelector('#ecg').clientWidth") > 390  # the grid stays readable
         seen.screenshot("phone-390x844", tmp_path)
         assert seen.errors == []
+
+
+# ---- over the tracing: saliency, the whole record, R peaks -------------------------------------------------------
+
+
+def test_a_long_record_shows_the_apis_saliency_its_r_peaks_and_every_second(
+    browser: Any, server_url: str, tmp_path: Path
+) -> None:
+    """A1041 (17 s, 3 segments): the band is the API's saliency on one scale, up to the model's last step (the 2 s
+    tail is in no segment); the last 10 s can be shown; the marks are the interpreter's R peaks; hiding works."""
+    path = SAMPLES_DIR / "A1041.json"
+    record = read_record(path)
+    duration = record.signal.shape[1] / record.fs
+    plain = clinical(server_url, record.signal.tolist(), record.fs, record.lead_names)
+    body = {"signal": record.signal.tolist(), "fs": record.fs, "lead_names": record.lead_names, "saliency": True}
+    asked = httpx.post(server_url + "/clinical", json=body, timeout=120).json()["saliency"]
+    hr = heart_rate_of(record)  # as `python -m interpreter hr` measures it
+    beats = [(p, p / record.fs) for p in hr["r_peaks"]]  # (sample, s)
+    with visit(browser, server_url) as seen:
+        page = seen.page
+        seen.upload(path)
+        seen.wait_until_done()
+        # two /clinical requests: the plain one for the numbers, the saliency one for the drawing only
+        posts = page_posts(seen, "/clinical")
+        assert sorted(b.get("saliency", False) for b, _ in posts) == [False, True]
+        assert_page_shows(seen, plain["probabilities"])
+        (answer,) = [r.response().json()["saliency"] for b, r in posts if b.get("saliency")]
+        assert json.dumps(answer["segment_start_s"]) == "[0.0, 5.0, 10.0]" and answer["step_s"] == 0.032
+        for got, want in zip(answer["values"], asked["values"], strict=True):  # the page sent this record
+            assert got == pytest.approx(want, abs=1e-6)
+        band = page.evaluate("ECGTracing.last.band")
+        expected = expected_band(answer, duration)
+        assert_band_is(band["spans"], expected, expected)
+        assert len(expected) == 3 * 156 and band["spans"][0]["start"] == 0
+        assert band["end"] == pytest.approx(14.992) and max(s["end"] for s in band["spans"]) <= duration
+        assert page.inner_text("#saliency-tail").startswith("No shading after 14.99 s")
+        note = page.inner_text("#saliency-note")
+        assert "where ECG-FM attended" in note and "not causation" in note and page.is_visible("#saliency-note")
+        assert page.is_visible("#saliency-legend")
+        canvas = page.locator("#ecg")
+        assert (canvas.get_attribute("data-saliency"), canvas.get_attribute("data-window-start")) == ("shown", "0")
+        in_window = [s for s in expected if s["start"] < 10]
+        assert_band_is(page.evaluate("ECGTracing.last.saliency"), in_window, expected)
+        lead = hr["lead"]
+        assert page.inner_text("#peaks-text") == (
+            f" R peaks: the {len(beats)} beats the interpreter detected in lead {lead} (the heart rate's), marked on"
+            f" the rhythm strip and on {lead}'s panel."
+        )
+        column = next(c for row in page.evaluate("ECGTracing.LAYOUT") for c, name in enumerate(row) if name == lead)
+
+        def assert_marks(start: float) -> None:
+            marks = page.evaluate("ECGTracing.last.peaks")
+            rhythm = [m["sample"] for m in marks if m["row"] == "rhythm"]
+            assert rhythm == [p for p, t in beats if start <= t < start + 10]
+            on_lead = [m["sample"] for m in marks if m["row"] == "panel"]
+            t0, t1 = start + column * 2.5, start + (column + 1) * 2.5
+            assert on_lead == [p for p, t in beats if t0 <= t < t1]
+            assert all(m["lead"] == lead for m in marks if m["row"] == "panel")
+            assert canvas.get_attribute("data-r-peaks") == str(len(rhythm))
+
+        assert_marks(0)
+        shown = set(m["sample"] for m in page.evaluate("ECGTracing.last.peaks"))
+        seen.screenshot("saliency-A1041-0-10s", tmp_path)
+
+        page.click("#window-later")  # the last 10 s: 7-17 s
+        assert (canvas.get_attribute("data-window-start"), canvas.get_attribute("data-window-end")) == ("7", "17")
+        assert page.inner_text("#tracing-caption") == "· 7–17 s of 17 s"
+        assert page.is_disabled("#window-later") and page.is_enabled("#window-earlier")
+        assert_marks(7)
+        shown |= set(m["sample"] for m in page.evaluate("ECGTracing.last.peaks"))
+        assert shown == set(hr["r_peaks"])  # every beat of the record can be seen
+        assert_band_is(page.evaluate("ECGTracing.last.saliency"), [s for s in expected if s["end"] > 7], expected)
+        seen.screenshot("saliency-A1041-7-17s", tmp_path)
+        page.fill("#window-start", "3.5")  # the slider: any start
+        assert canvas.get_attribute("data-window-start") == "3.5"
+        assert_marks(3.5)
+
+        image = page.evaluate("document.getElementById('ecg').toDataURL()")
+        page.get_by_label("Show saliency (where the model attended)").uncheck()
+        assert canvas.get_attribute("data-saliency") == "hidden" and page.is_hidden("#saliency-legend")
+        assert page.evaluate("ECGTracing.last.saliency") == []
+        assert page.evaluate("document.getElementById('ecg').toDataURL()") != image
+        seen.screenshot("saliency-hidden-A1041", tmp_path)
+        page.get_by_label("Show saliency (where the model attended)").check()
+        assert page.evaluate("document.getElementById('ecg').toDataURL()") == image
+        assert_page_shows(seen, plain["probabilities"])
+        assert seen.errors == []
+
+
+def test_a_record_shorter_than_5_s_has_no_saliency_drawn_after_its_end(
+    browser: Any, server_url: str, tmp_path: Path
+) -> None:
+    """3.5 s of JS36330: one padded segment of 156 steps; the 46 steps after the end are padding, not drawn."""
+    source = json.loads((SAMPLES_DIR / "JS36330.json").read_text())
+    short = tmp_path / "JS36330_first3.5s.json"
+    short.write_text(json.dumps(source | {"signal": [lead[:1750] for lead in source["signal"]]}))
+    record = read_record(short)
+    body = {"signal": record.signal.tolist(), "fs": record.fs, "lead_names": record.lead_names, "saliency": True}
+    answer = httpx.post(server_url + "/clinical", json=body, timeout=120).json()
+    assert answer["padded"] and len(answer["saliency"]["values"][0]) == 156
+    with visit(browser, server_url) as seen:
+        seen.upload(short)
+        seen.wait_until_done()
+        band = seen.page.evaluate("ECGTracing.last.band")
+        assert len(band["spans"]) == math.ceil(3.5 / 0.032) == 110
+        assert band["spans"][-1]["start"] == pytest.approx(109 * 0.032) and band["end"] == 3.5  # the last step, cut
+        (saliency,) = [r.response().json()["saliency"] for b, r in page_posts(seen, "/clinical") if b.get("saliency")]
+        assert_band_is(band["spans"], expected_band(saliency, 3.5), expected_band(saliency, 3.5))
+        assert seen.page.is_hidden("#window-box")  # nothing beyond what is drawn
+        assert seen.page.inner_text("#tracing-caption") == "· 3.5 s"
+        seen.screenshot("saliency-short-3.5s", tmp_path)
+        assert seen.errors == []
+
+
+def test_when_the_saliency_request_fails_the_page_still_shows_the_ecg_and_the_numbers(
+    browser: Any, server_url: str, tmp_path: Path
+) -> None:
+    path = SAMPLES_DIR / "JS06908.json"
+    record = read_record(path)
+    expected = clinical(server_url, record.signal.tolist(), record.fs, record.lead_names)
+    refusal = {"error": "saliency is not available here (refused by the test)"}
+
+    def refuse_saliency(route: Any) -> None:  # the plain /clinical goes to the real server
+        if json.loads(route.request.post_data).get("saliency"):
+            route.fulfill(status=503, json=refusal)
+        else:
+            route.continue_()
+
+    with visit(browser, server_url) as seen:
+        seen.page.route(f"{server_url}/clinical", refuse_saliency)
+        seen.upload(path)
+        seen.wait_until_done()
+        assert_page_shows(seen, expected["probabilities"])
+        assert seen.page.inner_text("#heart-rate") == f"{round(heart_rate_of(record)['heart_rate_bpm'])} bpm"
+        assert seen.page.inner_text("#saliency-state") == (
+            f"Saliency is unavailable: POST /clinical answered 503 ({refusal['error']}). "
+            "The tracing and the numbers are not affected."
+        )
+        assert seen.page.get_attribute("#ecg", "data-saliency") == "unavailable"
+        assert seen.page.evaluate("ECGTracing.last.saliency") == [] and seen.page.is_disabled("#show-saliency")
+        assert seen.page.evaluate("ECGTracing.last.peaks.length") > 0  # the tracing is drawn, its beats marked
+        seen.screenshot("saliency-unavailable", tmp_path)
+        assert all("status of 503" in e for e in seen.errors), seen.errors  # only the refused request's log line

@@ -1,7 +1,9 @@
 /* ecgfm-serve: the page at /ui. A record file goes to POST /decode (what the service reads from it), its signal to
- * POST /clinical (ECG-FM's 17 probabilities) and both to POST /interpret (heart rate, findings, severity); the page
- * draws and lists what they answer, and shows their errors as they word them. Every request goes to this origin,
- * with the API key (kept in sessionStorage) as the Bearer header when one is set. No library, nothing to build. */
+ * POST /clinical (ECG-FM's 17 probabilities), again to POST /clinical with "saliency": true (where the model
+ * attended: drawn over the tracing only; the numbers shown are the plain request's) and both to POST /interpret
+ * (heart rate and its R peaks, findings, severity); the page draws and lists what they answer, and shows their
+ * errors as they word them. Every request goes to this origin, with the API key (kept in sessionStorage) as the
+ * Bearer header when one is set. No library, nothing to build. */
 "use strict";
 
 (function () {
@@ -21,6 +23,8 @@
   const $ = (id) => document.getElementById(id);
   let run = 0; // the latest analysis; answers to older ones are dropped
   let current = null; // the decoded record on screen, redrawn on resize
+  // what is drawn over it: the window's start (s), the saliency band and its state, the interpreter's heart rate
+  let view = { start: 0, band: null, saliency: "pending", peaks: null };
 
   class ApiError extends Error {
     constructor(route, status, body) {
@@ -82,19 +86,91 @@
     $("error").replaceChildren();
     $("results").hidden = true;
     current = null;
+    view = { start: 0, band: null, saliency: "pending", peaks: null };
   }
 
   // ---- rendering ----------------------------------------------------------------------------------------------
 
+  const seconds = (t) => String(+t.toFixed(2));
+
   function drawTracing() {
     if (!current) return;
-    const width = $("ecg").parentElement.clientWidth - 2;
-    const drawn = window.ECGTracing.draw($("ecg"), current, width);
+    const canvas = $("ecg");
+    const width = canvas.parentElement.clientWidth - 2;
+    const shade = view.saliency === "shown" ? view.band : null;
+    const drawn = window.ECGTracing.draw(canvas, current, width, { start: view.start, band: shade, peaks: view.peaks });
     const total = current.duration_s;
     $("tracing-caption").textContent = total > drawn.shownSeconds + 1e-9
-      ? `· first ${drawn.shownSeconds} s of ${total} s` : `· ${total} s`;
-    $("ecg").setAttribute("aria-label", `12-lead ECG tracing of record ${current.name}, ${current.lead_names.length}`
-      + ` leads at ${current.fs} Hz; the numbers are listed below.`);
+      ? `· ${seconds(drawn.start)}–${seconds(drawn.end)} s of ${total} s` : `· ${total} s`;
+    $("window-out").textContent = `${seconds(drawn.start)}–${seconds(drawn.end)} s of ${total} s`;
+    $("window-earlier").disabled = drawn.start <= 0;
+    $("window-later").disabled = drawn.end >= drawn.total - 1e-9;
+    canvas.dataset.windowStart = String(drawn.start);
+    canvas.dataset.windowEnd = String(drawn.end);
+    canvas.dataset.saliency = view.saliency;
+    canvas.dataset.rPeaks = String(drawn.peaks.filter((mark) => mark.row === "rhythm").length);
+    canvas.setAttribute("aria-label", `12-lead ECG tracing of record ${current.name}, ${current.lead_names.length}`
+      + ` leads at ${current.fs} Hz, ${seconds(drawn.start)} to ${seconds(drawn.end)} s`
+      + (shade ? ", shaded where the model attended" : "") + "; the numbers are listed below.");
+  }
+
+  /** The window control: shown for a record longer than the 10 s the layout holds. */
+  function setUpWindow(decoded) {
+    const strip = window.ECGTracing.STRIP_S;
+    const slider = $("window-start");
+    const room = Math.max(0, decoded.duration_s - strip);
+    slider.max = String(Math.ceil(room * 10) / 10);
+    slider.value = "0";
+    $("window-box").hidden = room <= 1e-9;
+  }
+
+  function moveWindow(start) {
+    if (!current) return;
+    const room = Math.max(0, current.duration_s - window.ECGTracing.STRIP_S);
+    view.start = Math.max(0, Math.min(start, room));
+    $("window-start").value = String(view.start);
+    drawTracing();
+  }
+
+  function showSaliency(clinical) {
+    const saliency = clinical && clinical.saliency;
+    if (!saliency || !Array.isArray(saliency.values)) {
+      saliencyUnavailable("the answer of POST /clinical had no saliency");
+      return;
+    }
+    view.band = window.ECGTracing.saliencyBand(saliency, current.duration_s);
+    view.saliency = $("show-saliency").checked ? "shown" : "hidden";
+    const band = view.band;
+    $("saliency-range").textContent = `(values ${band.min.toFixed(4)} to ${band.max.toFixed(4)} over the record)`;
+    const tail = current.duration_s - band.end;
+    $("saliency-tail").textContent = tail > 0.05 // a record's tail shorter than 5 s is not given to the model
+      ? `No shading after ${seconds(band.end)} s: the model reads whole 5 s segments, and the last`
+        + ` ${seconds(tail)} s were not part of one.` : "";
+    $("show-saliency").disabled = false;
+    $("saliency-legend").hidden = view.saliency !== "shown";
+    $("saliency-state").textContent = "";
+    drawTracing();
+  }
+
+  function saliencyUnavailable(why) {
+    view.band = null;
+    view.saliency = "unavailable";
+    $("show-saliency").disabled = true;
+    $("saliency-legend").hidden = true;
+    $("saliency-tail").textContent = "";
+    $("saliency-state").textContent = `Saliency is unavailable: ${why}. The tracing and the numbers are not affected.`;
+    drawTracing();
+  }
+
+  function showPeaks(report) {
+    const hr = report.heart_rate;
+    view.peaks = hr && Array.isArray(hr.r_peaks) && hr.r_peaks.length ? hr : null;
+    $("peaks-note").hidden = !view.peaks;
+    if (view.peaks) {
+      $("peaks-text").textContent = ` R peaks: the ${hr.r_peaks.length} beats the interpreter detected in lead`
+        + ` ${hr.lead} (the heart rate's), marked on the rhythm strip and on ${hr.lead}'s panel.`;
+    }
+    drawTracing();
   }
 
   function fact(list, term, value) {
@@ -207,6 +283,7 @@
 
   async function analyze(files, fs) {
     const mine = ++run;
+    let failed = false;
     clearResults();
     const names = files.map((f) => f.name).join(" + ");
     try {
@@ -220,11 +297,25 @@
       $("results").hidden = false;
       $("prob-table").tBodies[0].replaceChildren();
       $("groups").replaceChildren();
+      $("peaks-note").hidden = true;
+      $("saliency-legend").hidden = true;
+      $("saliency-tail").textContent = "";
+      $("saliency-state").textContent = "Saliency: asking the model where it attended …";
+      setUpWindow(decoded);
       drawTracing();
       renderRecord(decoded, null);
       setProgress(`Running ECG-FM on ${decoded.name} …`);
       const record = { signal: decoded.signal, fs: decoded.fs, lead_names: decoded.lead_names };
       const json = { "Content-Type": "application/json" };
+      // Its own request: the saliency forward differs from the plain one by ~1e-7, and the numbers shown must be
+      // the plain /clinical answer. A failure here leaves the rest of the page as it is.
+      const saliency = call("/clinical", {
+        method: "POST", headers: json, body: JSON.stringify({ ...record, saliency: true }),
+      }).then((answer) => { if (mine === run && !failed) showSaliency(answer); }, (err) => {
+        if (mine !== run || failed) return; // when the analysis itself failed, its error is the one to read
+        saliencyUnavailable(err instanceof ApiError ? `POST /clinical answered ${err.status} (${err.message})`
+          : `the service could not be reached (${err.message})`);
+      });
       const clinical = await call("/clinical", {
         method: "POST", headers: json, body: JSON.stringify({ ...record, per_segment: true }),
       });
@@ -239,10 +330,16 @@
       });
       if (mine !== run) return;
       renderInterpretation(report);
+      showPeaks(report);
+      if (view.saliency === "pending") setProgress(`${decoded.name}: working out where the model attended …`);
+      await saliency;
+      if (mine !== run) return;
       setProgress(`${decoded.name}: done.`);
       document.body.dataset.state = "done";
     } catch (err) {
       if (mine !== run) return;
+      failed = true;
+      $("saliency-state").textContent = "";
       setProgress("");
       showError(err);
       document.body.dataset.state = "error";
@@ -322,6 +419,15 @@
       sessionStorage.removeItem(KEY_STORE);
       $("api-key").value = "";
       setProgress("The key is forgotten.");
+    });
+    $("window-start").addEventListener("input", () => moveWindow(Number($("window-start").value)));
+    $("window-earlier").addEventListener("click", () => moveWindow(view.start - window.ECGTracing.STRIP_S));
+    $("window-later").addEventListener("click", () => moveWindow(view.start + window.ECGTracing.STRIP_S));
+    $("show-saliency").addEventListener("change", () => {
+      if (view.saliency !== "shown" && view.saliency !== "hidden") return;
+      view.saliency = $("show-saliency").checked ? "shown" : "hidden";
+      $("saliency-legend").hidden = view.saliency !== "shown";
+      drawTracing();
     });
     let resizing = 0;
     window.addEventListener("resize", () => {
