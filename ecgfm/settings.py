@@ -31,6 +31,7 @@ DEMO_SIZES = ("full", "small")
 DEFAULT_HF_REVISION = "main"  # pin a commit hash for a reproducible deployment (docs/deployment.md)
 DEFAULT_DEMO_DIR = "~/.cache/ecgfm-serve/demo"
 OTLP_TRACES_PATH = "/v1/traces"
+OTEL_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 # The default body limit fits the longest record at 1000 Hz written by Python's json (a float64 takes at most
 # 24 bytes: 17 significant digits, sign, point, exponent, ", "): 600 s * 1000 Hz * 12 leads * 24 B = 172.8 MB.
 BODY_SIZING_FS = 1000
@@ -45,9 +46,23 @@ Parser = Callable[[str], Any]
 T = TypeVar("T")
 
 
-def setting(env: str, parse: Parser, default: Any, doc: str, *, secret: bool = False, default_doc: str = "") -> Any:
-    """A settings field read from ``env`` with ``parse``; ``default`` may be a callable (computed when unset)."""
+Fallback = Callable[[Mapping[str, str]], "tuple[str, str] | None"]
+
+
+def setting(
+    env: str,
+    parse: Parser,
+    default: Any,
+    doc: str,
+    *,
+    secret: bool = False,
+    default_doc: str = "",
+    fallback: Fallback | None = None,
+) -> Any:
+    """A settings field read from ``env`` with ``parse``; ``default`` may be a callable (computed when unset);
+    ``fallback`` names another variable and its text to parse when ``env`` is unset (or returns ``None``)."""
     metadata = {"env": env, "parse": parse, "doc": doc, "secret": secret, "default_doc": default_doc}
+    metadata["fallback"] = fallback
     if callable(default):
         return field(default_factory=default, metadata=metadata, repr=not secret)
     return field(default=default, metadata=metadata, repr=not secret)
@@ -144,6 +159,30 @@ def device_name(value: str) -> str:
     return value
 
 
+def otel_traces_endpoint(environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """OpenTelemetry's own variables for the traces endpoint, read when ``ECGFM_OTLP_ENDPOINT`` is unset:
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` as it is, else ``OTEL_EXPORTER_OTLP_ENDPOINT`` plus ``/v1/traces``;
+    none when ``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none``. Only OTLP over HTTP is exported."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    if environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+        return None
+    found = [(name, environ.get(name, "").strip()) for name in OTEL_ENDPOINT_VARIABLES]
+    name, value = next(((name, value) for name, value in found if value), ("", ""))
+    if not value:
+        return None
+    for protocol_variable in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = environ.get(protocol_variable, "").strip().lower()
+        if protocol and protocol != "http/protobuf":
+            raise SettingsError(
+                f"{protocol_variable}={protocol!r}: ecgfm-serve exports OTLP over HTTP only; set http/protobuf and "
+                "the collector's HTTP port (4318), or ECGFM_OTLP_ENDPOINT"
+            )
+        if protocol:
+            break
+    return name, value if name.endswith("TRACES_ENDPOINT") else value.rstrip("/") + OTLP_TRACES_PATH
+
+
 def _cuda_available() -> bool:
     try:
         import torch
@@ -158,14 +197,16 @@ def _from_env(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
     environ = os.environ if environ is None else environ
     values = {}
     for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
-        raw = environ.get(spec.metadata["env"], "").strip()
+        name, raw = spec.metadata["env"], environ.get(spec.metadata["env"], "").strip()
+        if not raw and spec.metadata["fallback"]:
+            name, raw = spec.metadata["fallback"](environ) or (name, raw)
         if not raw:
             continue
         try:
             values[spec.name] = spec.metadata["parse"](raw)
         except ValueError as exc:
             shown = "<hidden>" if spec.metadata["secret"] else repr(raw)
-            raise SettingsError(f"{spec.metadata['env']}={shown}: {exc}") from None
+            raise SettingsError(f"{name}={shown}: {exc}") from None
     return cls(**values)
 
 
@@ -319,6 +360,9 @@ class ServingSettings:
         "",
         "OpenTelemetry collector (OTLP over HTTP, e.g. `http://otel-collector:4318`): every service sends its "
         "spans there; unset: no tracing (docs/operations.md)",
+        default_doc="OpenTelemetry's `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` when set, "
+        "else none",
+        fallback=otel_traces_endpoint,
     )
     trace_sample_rate: float = setting(
         "ECGFM_TRACE_SAMPLE_RATE",

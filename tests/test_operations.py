@@ -412,6 +412,19 @@ def test_tracing_is_off_unless_an_otlp_endpoint_is_set() -> None:
     assert tracing_config(on.otlp_endpoint, on.trace_sample_rate)["sample_rate"] == 0.25
     with pytest.raises(SettingsError, match="ECGFM_OTLP_ENDPOINT='collector:4318'"):
         ServingSettings.from_env({"ECGFM_OTLP_ENDPOINT": "collector:4318"})
+    standard = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"}  # OpenTelemetry's own variables
+    assert ServingSettings.from_env(standard).otlp_endpoint == "http://collector:4318/v1/traces"
+    traces = {**standard, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:4318/custom"}
+    assert ServingSettings.from_env(traces).otlp_endpoint == "http://traces:4318/custom"
+    assert ServingSettings.from_env({**traces, "ECGFM_OTLP_ENDPOINT": "http://ours:4318"}).otlp_endpoint == (
+        "http://ours:4318/v1/traces"
+    )
+    assert ServingSettings.from_env({**standard, "OTEL_SDK_DISABLED": "true"}).otlp_endpoint == ""
+    assert ServingSettings.from_env({**standard, "OTEL_TRACES_EXPORTER": "none"}).otlp_endpoint == ""
+    with pytest.raises(SettingsError, match="OTEL_EXPORTER_OTLP_PROTOCOL='grpc': ecgfm-serve exports OTLP over HTTP"):
+        ServingSettings.from_env({**standard, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    with pytest.raises(SettingsError, match="OTEL_EXPORTER_OTLP_ENDPOINT='collector:4318/v1/traces'"):
+        ServingSettings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"})
     with pytest.raises(SettingsError, match="without credentials; give them in OTEL_EXPORTER_OTLP_HEADERS"):
         ServingSettings.from_env({"ECGFM_OTLP_ENDPOINT": "https://user:token@collector:4318"})
     with pytest.raises(SettingsError, match="ECGFM_TRACE_SAMPLE_RATE='2': expected a number from 0 to 1"):
