@@ -11,7 +11,8 @@ The job, from inputs to part files (``docs/batch.md``):
    once with :func:`ecgfm.inference.load_model` and the service's runtime settings): the segments of the batch's
    records are concatenated with their lengths and run through :meth:`ecgfm.inference.ModelHandle.run`, then
    aggregated per record exactly as ``ecgfm predict`` does (:func:`ecgfm.labels.aggregate_probabilities`; the
-   mean over segments for features);
+   mean over segments for features); with ``--saliency`` through
+   :meth:`~ecgfm.inference.ModelHandle.run_with_saliency` instead, adding each model's per-segment saliency;
 4. **write** (the driver): rows stream back (``iter_batches``) and are committed as part files by
    :class:`ecgfm.batch_parts.PartWriter` (tmp file, fsync, rename): a part is complete or absent.
 
@@ -61,6 +62,7 @@ READ_CPUS = 1.0  # Ray CPUs per read task
 # (it fuses maps with equal resource requests; the reads would then run one at a time inside the model's actor).
 MAX_DEFAULT_ACTOR_CPUS = 0.9
 CHECKPOINT_COLUMN = "_checkpoint_{kind}"  # the stage's public checkpoint (JSON), moved into the schema metadata
+SALIENCY_AXIS_COLUMN = "_saliency_axis_{kind}"  # with --saliency: the stage's time axis (JSON), into the metadata
 
 # What a read task hands to the model stages: the record's fields and its segments as float32 bytes.
 READ_SCHEMA = pa.schema(
@@ -98,6 +100,7 @@ class BatchJob:
     checkpoints: dict[str, str | None] = field(default_factory=dict)  # kind -> path (None: settings, demo, Hub)
     preprocess: PreprocessOptions = PreprocessOptions()
     per_segment: bool = False
+    saliency: bool = False
     resume: bool = False
     device: str | None = None
     address: str | None = None  # None: a local Ray for the job
@@ -196,7 +199,9 @@ class ModelStage:
 
     The finetuned stage adds ``probabilities`` (record level, label order) and ``finetuned_sha256``; the pretrained
     stage ``features`` and ``pretrained_sha256``; with ``per_segment`` also ``segment_probabilities`` /
-    ``segment_features``. The last stage drops the segments.
+    ``segment_features``; with ``saliency`` also ``<kind>_saliency`` (``[n_segments][T]``, the values ``ecgfm
+    predict --saliency`` gives; the outputs then come from the same saliency forward, as in ``predict``). The last
+    stage drops the segments.
     """
 
     def __init__(
@@ -209,6 +214,7 @@ class ModelStage:
         segment_batch_size: int,
         per_segment: bool,
         last: bool,
+        saliency: bool = False,
     ) -> None:
         import torch
 
@@ -222,6 +228,8 @@ class ModelStage:
         self.segment_batch_size = segment_batch_size
         self.per_segment = per_segment
         self.last = last
+        self.saliency = saliency
+        self.saliency_axis_json = json.dumps(saliency_axis(self.handle.loaded.config.conv_layers)) if saliency else ""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from ecgfm.labels import aggregate_probabilities
@@ -234,15 +242,21 @@ class ModelStage:
         ]
         records: list[list[float] | None] = [None] * len(batch)
         segments_out: list[list[list[float]] | None] = [None] * len(batch)
+        saliency_out: list[list[list[float]] | None] = [None] * len(batch)
         if scored:
             blobs, blob_lengths = batch["segments"].to_pylist(), batch["lengths"].to_pylist()
             shape = (-1, len(LEAD_ORDER), SEGMENT_SAMPLES)
             segments = np.concatenate([np.frombuffer(blobs[i], np.float32).reshape(shape) for i in scored])
             lengths = np.concatenate([np.frombuffer(blob_lengths[i], np.int32) for i in scored])
-            outputs = self.handle.run(segments, lengths, self.segment_batch_size)
+            if self.saliency:
+                outputs, reduced = self.handle.run_with_saliency(segments, lengths, self.segment_batch_size)
+            else:
+                outputs, reduced = self.handle.run(segments, lengths, self.segment_batch_size), None
             start = 0
             for i in scored:
                 per_segment = outputs[start : start + n_segments[i]]
+                if reduced is not None:  # float32, as ecgfm predict's values before JSON
+                    saliency_out[i] = reduced[start : start + n_segments[i]].tolist()
                 start += n_segments[i]
                 if self.kind == "finetuned":  # as ClinicalOutput.from_segments
                     record = aggregate_probabilities(per_segment)
@@ -255,11 +269,28 @@ class ModelStage:
         batch = batch.append_column(pa.field(name, FLOATS), pa.array(records, FLOATS))
         if self.per_segment:
             batch = batch.append_column(f"segment_{name}", pa.array(segments_out, pa.list_(FLOATS)))
+        if self.saliency:
+            batch = batch.append_column(f"{self.kind}_saliency", pa.array(saliency_out, pa.list_(FLOATS)))
+            axis_column = SALIENCY_AXIS_COLUMN.format(kind=self.kind)
+            batch = batch.append_column(axis_column, pa.array([self.saliency_axis_json] * n))
         batch = batch.append_column(f"{self.kind}_sha256", pa.array([self.handle.sha256] * n, pa.string()))
         batch = batch.append_column(CHECKPOINT_COLUMN.format(kind=self.kind), pa.array([self.checkpoint_json] * n))
         demo = [bool(d) or self.handle.demo for d in batch["demo"].to_pylist()]
         batch = batch.set_column(batch.schema.get_field_index("demo"), "demo", pa.array(demo, pa.bool_()))
         return batch.drop_columns(["segments", "lengths"]) if self.last else batch
+
+
+def saliency_axis(conv_layers: Sequence[tuple[int, int, int]]) -> dict[str, Any]:
+    """Where the saliency values of a model with these feature-extractor convs lie on the record's time axis:
+    ``steps_per_segment`` (T) steps of ``step_s`` per segment, segment k starting at ``k * segment_s``; computed as
+    :meth:`ecgfm.outputs.Saliency.from_segments` places ``ecgfm predict``'s (ECG-FM: 156 steps of 0.032 s, 5 s)."""
+    from ecgfm.outputs import Saliency
+
+    steps = SEGMENT_SAMPLES
+    for _, kernel, stride in conv_layers:
+        steps = (steps - kernel) // stride + 1
+    placed = Saliency.from_segments(np.zeros((2, steps)))
+    return {"step_s": placed.step_s, "segment_s": placed.segment_start_s[1], "steps_per_segment": steps}
 
 
 # --- the job ---------------------------------------------------------------------------------------------------
@@ -286,7 +317,8 @@ def plan_resources(job: BatchJob, cluster_cpus: float, cluster_gpus: float) -> d
 
 def check_output(job: BatchJob) -> tuple[set[str], dict[str, Any]]:
     """The paths already scored (``--resume``) and the metadata of the existing parts; refuses an output of
-    another job (other models, options or per-segment columns) and a non-empty output without ``--resume``."""
+    another job (other models, options, per-segment or saliency columns) and a non-empty output without
+    ``--resume``."""
     parts = committed_parts(job.output)
     if not parts:
         return set(), {}
@@ -296,11 +328,17 @@ def check_output(job: BatchJob) -> tuple[set[str], dict[str, Any]]:
             "or choose another --output folder"
         )
     metadata = read_metadata(parts[0])
-    expected = {"models": sorted(job.models), "per_segment": job.per_segment, "options": job.options()}
+    expected = {
+        "models": sorted(job.models),
+        "per_segment": job.per_segment,
+        "saliency": job.saliency,
+        "options": job.options(),
+    }
+    found = {**metadata, "saliency": bool(metadata.get("saliency"))}  # its time axis, or None (or absent: older)
     for key, value in expected.items():
-        if metadata.get(key) != value:
+        if found.get(key) != value:
             raise BatchError(
-                f"{job.output} holds the output of another job ({key}: {metadata.get(key)!r}, "
+                f"{job.output} holds the output of another job ({key}: {found.get(key)!r}, "
                 f"this job: {value!r}); resume it with the same options, or choose another --output folder"
             )
     return done_paths(job.output), metadata
@@ -363,6 +401,7 @@ def build_dataset(job: BatchJob, todo: Sequence[BatchInput], plan: dict[str, Any
                 "segment_batch_size": job.segment_batch_size,
                 "per_segment": job.per_segment,
                 "last": index == len(job.models) - 1,
+                "saliency": job.saliency,
             },
             batch_size=job.records_per_batch,
             batch_format="pyarrow",
@@ -405,10 +444,17 @@ def _write_parts(job: BatchJob, dataset: Any, total: int, previous: dict[str, An
                 column = CHECKPOINT_COLUMN.format(kind=kind)
                 checkpoints[kind] = json.loads(batch[column][0].as_py())
                 batch = batch.drop_columns([column])
+            axes = []
+            for kind in job.models if job.saliency else ():
+                column = SALIENCY_AXIS_COLUMN.format(kind=kind)
+                axes.append(json.loads(batch[column][0].as_py()))
+                batch = batch.drop_columns([column])
             if writer is None:
                 _check_same_checkpoints(job, previous, checkpoints)
-                metadata = job_metadata(job.models, job.per_segment, job.options(), checkpoints)
-                writer = PartWriter(job.output, output_schema(job.models, job.per_segment, metadata))
+                axis = _one_saliency_axis(job, axes) if job.saliency else None
+                metadata = job_metadata(job.models, job.per_segment, job.options(), checkpoints, saliency=axis)
+                schema = output_schema(job.models, job.per_segment, metadata, saliency=job.saliency)
+                writer = PartWriter(job.output, schema)
             pending.append(batch)
             pending_rows += batch.num_rows
             progress.update(batch.num_rows)
@@ -419,6 +465,16 @@ def _write_parts(job: BatchJob, dataset: Any, total: int, previous: dict[str, An
         commit(pending_rows)
     finally:
         progress.close()
+
+
+def _one_saliency_axis(job: BatchJob, axes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The models' common saliency time axis (ECG-FM's finetuned model keeps its pretrained feature extractor)."""
+    if any(axis != axes[0] for axis in axes):
+        raise BatchError(
+            f"the models' saliency steps differ ({', '.join(map(json.dumps, axes))}): their feature extractors are "
+            "not alike; score each model with --saliency in a job of its own (--only)"
+        )
+    return axes[0]
 
 
 def _check_same_checkpoints(job: BatchJob, previous: dict[str, Any], checkpoints: dict[str, Any]) -> None:
@@ -499,6 +555,12 @@ def add_batch_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     parser.add_argument("--finetuned", help="finetuned .pt (default: $ECGFM_FINETUNED_CHECKPOINT, else the hub)")
     parser.add_argument("--only", choices=("clinical", "features"), help="run one model only")
     parser.add_argument("--per-segment", action="store_true", help="also write per-segment columns")
+    parser.add_argument(
+        "--saliency",
+        action="store_true",
+        help="also write <model>_saliency, per segment: where the model attended (attention, not cause; about "
+        "1.3-1.5x the model time)",
+    )
     parser.add_argument("--fs", type=float, help="sampling rate for .npy and .csv files")
     parser.add_argument("--ignore-extra-leads", action="store_true", help="drop leads that are not one of the 12")
     parser.add_argument("--max-duration", type=float, default=None, help="refuse records longer than this (s)")
@@ -541,6 +603,7 @@ def job_from_args(args: argparse.Namespace) -> BatchJob:
         checkpoints={"pretrained": args.pretrained, "finetuned": args.finetuned},
         preprocess=PreprocessOptions(args.fs, args.max_duration, args.ignore_extra_leads),
         per_segment=args.per_segment,
+        saliency=args.saliency,
         resume=args.resume,
         device=args.device,
         address=args.address,

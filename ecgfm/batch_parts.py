@@ -14,7 +14,7 @@ ends in exactly one row.
 Types are plain Arrow types (string, int32, float64, bool, ``list<float32>``, ``list<list<float32>>``), which
 pandas, polars, DuckDB and Spark read as they are. The schema's metadata key ``ecgfm`` holds a JSON object:
 label names (the order of ``probabilities``), each label's aggregation over segments, the checkpoints, the
-feature dimension and the options of the job (:func:`job_metadata`).
+feature dimension, the options of the job and, with saliency columns, their time axis (:func:`job_metadata`).
 """
 
 from __future__ import annotations
@@ -50,9 +50,12 @@ RECORD_FIELDS = [
 ]
 
 
-def output_schema(models: Sequence[str], per_segment: bool, metadata: dict[str, Any] | None = None) -> pa.Schema:
+def output_schema(
+    models: Sequence[str], per_segment: bool, metadata: dict[str, Any] | None = None, saliency: bool = False
+) -> pa.Schema:
     """The columns of one row per record for the models run (``finetuned``: probabilities, ``pretrained``:
-    features); ``metadata`` becomes the schema's ``ecgfm`` key."""
+    features; with ``saliency``, ``<kind>_saliency`` ``[n_segments][T]`` for each); ``metadata`` becomes the
+    schema's ``ecgfm`` key."""
     fields = [pa.field("path", pa.string(), nullable=False), pa.field("record", pa.string())]
     if "finetuned" in models:
         fields.append(pa.field("probabilities", FLOATS))
@@ -62,6 +65,7 @@ def output_schema(models: Sequence[str], per_segment: bool, metadata: dict[str, 
         fields.append(pa.field("segment_probabilities", pa.list_(FLOATS)))
     if per_segment and "pretrained" in models:
         fields.append(pa.field("segment_features", pa.list_(FLOATS)))
+    fields += [pa.field(f"{kind}_saliency", pa.list_(FLOATS)) for kind in MODEL_KINDS if saliency and kind in models]
     fields += RECORD_FIELDS
     fields += [pa.field(f"{kind}_sha256", pa.string()) for kind in MODEL_KINDS if kind in models]
     fields.append(pa.field("demo", pa.bool_()))
@@ -72,9 +76,14 @@ def output_schema(models: Sequence[str], per_segment: bool, metadata: dict[str, 
 
 
 def job_metadata(
-    models: Sequence[str], per_segment: bool, options: dict[str, Any], checkpoints: dict[str, dict[str, Any]]
+    models: Sequence[str],
+    per_segment: bool,
+    options: dict[str, Any],
+    checkpoints: dict[str, dict[str, Any]],
+    saliency: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What the schema says about the job: labels and aggregation, checkpoints (no paths), options."""
+    """What the schema says about the job: labels and aggregation, checkpoints (no paths), options; ``saliency``
+    (None without saliency columns) is their time axis: ``step_s``, ``segment_s``, ``steps_per_segment``."""
     pretrained = checkpoints.get("pretrained")
     return {
         "format": FORMAT,
@@ -85,6 +94,7 @@ def job_metadata(
         "feature_dim": pretrained["embed_dim"] if pretrained else None,
         "checkpoints": checkpoints,
         "options": options,
+        "saliency": saliency,
     }
 
 

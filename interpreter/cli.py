@@ -4,7 +4,7 @@ Examples::
 
     python -m interpreter hr ../shared/data/MIT-LCP_wfdb-python/100.hea
     python -m interpreter report rec1.json rec2.hea --url http://localhost:3000 --out reports/
-    python -m interpreter report rec1.json --finetuned ft.pt --out reports/
+    python -m interpreter report rec1.json --finetuned ft.pt --out reports/ --saliency
     python -m interpreter report rec1.json --results results.jsonl --out reports/ --thresholds my.yaml
 """
 
@@ -95,13 +95,18 @@ def load_results(path: str | Path) -> dict[str, dict[str, Any]]:
             raise InputError(f"{where}: no 'record' name")
         clinical = obj.get("clinical") if isinstance(obj.get("clinical"), dict) else obj
         meta = {k: clinical[k] for k in ("model", "checkpoint", "demo", "n_segments") if k in clinical}
-        results[str(name)] = {"probabilities": _probabilities_from(obj, where), "meta": meta}
+        saliency = clinical.get("saliency") if isinstance(clinical.get("saliency"), dict) else None
+        results[str(name)] = {"probabilities": _probabilities_from(obj, where), "meta": meta, "saliency": saliency}
     return results
 
 
-def clinical_from_url(url: str, record: ECGRecord, timeout: float = 120.0) -> dict[str, Any]:
-    """POST the record to ``{url}/clinical`` and return the JSON answer (with ``$ECGFM_API_KEY`` when set)."""
-    body = json.dumps({"signal": record.signal.tolist(), "fs": record.fs, "lead_names": record.lead_names})
+def clinical_from_url(url: str, record: ECGRecord, timeout: float = 120.0, saliency: bool = False) -> dict[str, Any]:
+    """POST the record to ``{url}/clinical`` and return the JSON answer (with ``$ECGFM_API_KEY`` when set);
+    ``saliency`` asks for the answer's ``saliency`` too (``"saliency": true``)."""
+    request_body: dict[str, Any] = {"signal": record.signal.tolist(), "fs": record.fs, "lead_names": record.lead_names}
+    if saliency:
+        request_body["saliency"] = True
+    body = json.dumps(request_body)
     headers = {"Content-Type": "application/json"}
     api_key = ServingSettings.from_env().api_key  # the server's optional API key (docs/security.md)
     if api_key:
@@ -118,12 +123,13 @@ def clinical_from_url(url: str, record: ECGRecord, timeout: float = 120.0) -> di
         raise InputError(f"cannot reach {url}: {exc.reason}") from exc
 
 
-def _local_predictor(finetuned: str) -> Callable[[ECGRecord], dict[str, Any]]:
-    """``/clinical`` bodies computed in process; interpretation needs the finetuned model only."""
+def _local_predictor(finetuned: str) -> Callable[[ECGRecord, bool], dict[str, Any]]:
+    """``/clinical`` bodies computed in process (with ``saliency`` when the second argument is true);
+    interpretation needs the finetuned model only."""
     from ecgfm.inference import Predictor
 
     predictor = Predictor.from_paths(finetuned=finetuned, load_pretrained=False)
-    return lambda record: predictor.predict(record)["clinical"]
+    return lambda record, saliency: predictor.predict(record, saliency=saliency)["clinical"]
 
 
 def _meta_from(clinical: dict[str, Any], how: str) -> dict[str, Any]:
@@ -140,15 +146,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     config = load_config(args.thresholds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    predict: Callable[[ECGRecord], dict[str, Any]] | None = None
+    # predict(record, saliency): a /clinical body. The probabilities always come from the plain answer; with
+    # --saliency a second answer with "saliency" is fetched for the drawing only (the saliency forward's
+    # probabilities differ from the plain forward's by ~1e-7, and a report's must be exactly /clinical's).
+    predict: Callable[[ECGRecord, bool], dict[str, Any]] | None = None
     results: dict[str, dict[str, Any]] = {}
+    if args.saliency and args.format == "fhir":
+        raise InputError("--saliency draws on the HTML report; a FHIR Bundle has no drawing (leave out one of them)")
     if args.results:
         results = load_results(args.results)
     elif args.url:
         url = args.url
 
-        def predict(record: ECGRecord) -> dict[str, Any]:
-            return clinical_from_url(url, record)
+        def predict(record: ECGRecord, saliency: bool) -> dict[str, Any]:
+            return clinical_from_url(url, record, saliency=saliency)
 
     else:
         predict = _local_predictor(args.finetuned)
@@ -162,16 +173,28 @@ def _cmd_report(args: argparse.Namespace) -> int:
     ):
         record = _read(path, args.fs) if path else None
         key = record.name if record else name
+        saliency = None
         if predict is not None:
-            clinical = predict(record)
+            clinical = predict(record, False)
             probs = _probabilities_from(clinical, f"{key}: model answer")
             meta = _meta_from(clinical, args.url or "local checkpoints")
+            if args.saliency and record is not None:
+                saliency = predict(record, True).get("saliency")
+                if not isinstance(saliency, dict):
+                    raise InputError(f"{args.url or args.finetuned}: no 'saliency' in the answer for {key}")
         else:
             entry = results.get(key) or results.get(name)
             if entry is None:
                 raise InputError(f"{args.results}: no result for record {key!r}")
             probs = entry["probabilities"]
             meta = {"probabilities_from": str(args.results), **entry["meta"]}
+            if args.saliency and record is not None:
+                saliency = entry.get("saliency")
+                if saliency is None:
+                    raise InputError(
+                        f"{args.results}: the result for {key!r} has no 'saliency' (write it with ecgfm predict "
+                        "--saliency, or leave out --saliency)"
+                    )
         heart_rate = None
         if record is not None:
             heart_rate = detect_heart_rate(record.signal, record.fs, record.lead_names).to_dict()
@@ -179,7 +202,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if args.format == "fhir":
             write_fhir_bundle(interp, out, demo=bool(meta.get("demo")))
         else:
-            write_reports(interp, out, record, meta)
+            write_reports(interp, out, record, meta, saliency=saliency)
         rows.append(summary_row(interp))
     csv_path = write_summary_csv(rows, out / "summary.csv")
     print(f"{len(rows)} report(s) in {out}; summary {csv_path}", file=sys.stderr)
@@ -207,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--thresholds", help="YAML overriding interpreter/thresholds.yaml")
     rep.add_argument("--fs", type=float, help="sampling rate, for .csv/.npy records")
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
+    rep.add_argument(
+        "--saliency",
+        action="store_true",
+        help="draw where the model attended on the HTML report's plot (each lead shaded, a lead II rhythm strip "
+        "with a saliency band; attention, not causation): with --url a second /clinical request with "
+        '"saliency": true and with --finetuned a second forward (the probabilities still come from the plain '
+        "answer), with --results the results' own saliency (ecgfm predict --saliency)",
+    )
     rep.add_argument(
         "--format",
         choices=("reports", "fhir"),

@@ -7,6 +7,7 @@ import csv
 import html
 import io
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,12 @@ SEVERITY_COLOURS = {
 
 
 SALIENCY_NOTE = (
-    "Shading: where ECG-FM attended (its last attention layer; for each 32 ms step the largest weight it puts on any "
-    "step), darker = more, scaled over the whole record. It shows attention, not causation: not why a finding was "
-    "given, nor where it is."
+    "Saliency (the shading of each lead and the band under the lead II rhythm strip): where ECG-FM attended (its "
+    "last attention layer; for each 32 ms step the largest weight it puts on any step), darker = more, one scale "
+    "over the whole record. It shows attention, not causation: not why a finding was given, nor where it is."
 )
+SALIENCY_CMAP = "Oranges"
+RHYTHM_LEAD = "II"
 
 
 def saliency_steps(saliency: dict[str, Any], duration_s: float) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -43,6 +46,16 @@ def saliency_steps(saliency: dict[str, Any], duration_s: float) -> tuple[np.ndar
     starts, values = starts[keep], values[keep]
     edges = np.append(starts, min(starts[-1] + step, duration_s))
     return edges, values, float(values.min()), float(values.max())
+
+
+def saliency_window(
+    saliency: dict[str, Any], duration_s: float, window_s: float
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """:func:`saliency_steps` cut to the plotted ``[0, window_s)`` (edges clipped there), with the colour scale
+    still the whole record's (min, max): what the rhythm strip's band and the lead panels draw."""
+    edges, values, low, high = saliency_steps(saliency, duration_s)
+    keep = edges[:-1] < window_s
+    return np.minimum(edges[: keep.sum() + 1], window_s), values[keep], low, high
 
 
 def _fmt(value: Any, digits: int = 1, unit: str = "") -> str:
@@ -125,7 +138,7 @@ def render_text(interp: Interpretation, meta: dict[str, Any] | None = None) -> s
     return "\n".join(out)
 
 
-def plot_ecg_png(
+def ecg_figure(
     signal: np.ndarray,
     fs: float,
     lead_names: list[str],
@@ -133,9 +146,8 @@ def plot_ecg_png(
     peak_lead: str | None = None,
     max_seconds: float = 10.0,
     saliency: dict[str, Any] | None = None,
-) -> bytes:
-    """A PNG of every lead (the first ``max_seconds``) on ECG-paper-like axes, R peaks marked; with ``saliency``
-    (a response's ``saliency`` object) each lead's panel is shaded by it, one colour scale for the whole record."""
+) -> Any:
+    """The matplotlib figure of :func:`plot_ecg_png` (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,8 +159,12 @@ def plot_ecg_png(
     n_leads = sig.shape[0]
     cols = 2 if n_leads > 6 else 1
     rows = int(np.ceil(n_leads / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(12, 1.3 * rows + 0.8), sharex=True, squeeze=False)
-    shading = saliency_steps(saliency, sig.shape[1] / fs) if saliency else None
+    shading = saliency_window(saliency, sig.shape[1] / fs, n / fs) if saliency else None
+    extra = [1.7] if shading is not None else []  # the rhythm strip and the saliency band under it
+    fig, axes = plt.subplots(
+        rows + len(extra), cols, figsize=(12, 1.3 * rows + 0.8 + 1.7 * bool(extra)), sharex=True, squeeze=False,
+        gridspec_kw={"height_ratios": [1] * rows + extra},
+    )  # fmt: skip
     for k in range(rows * cols):
         ax = axes[k % rows][k // rows]
         if k >= n_leads:
@@ -162,18 +178,83 @@ def plot_ecg_png(
         if shading is not None:
             edges, values, low, high = shading
             y_low, y_high = ax.get_ylim()
-            ax.pcolormesh(edges, [y_low, y_high], values[None, :], cmap="Oranges", vmin=low, vmax=high, alpha=0.55,
-                          shading="flat", zorder=0, rasterized=True)  # fmt: skip
+            ax.pcolormesh(edges, [y_low, y_high], values[None, :], cmap=SALIENCY_CMAP, vmin=low, vmax=high,
+                          alpha=0.55, shading="flat", zorder=0, rasterized=True)  # fmt: skip
             ax.set_ylim(y_low, y_high)
             ax.set_xlim(0, n / fs)
         ax.set_ylabel(lead_names[k], rotation=0, ha="right", va="center")
         ax.grid(True, color="#f4b6b6", linewidth=0.4)
         ax.tick_params(labelsize=7)
-    for c in range(cols):
-        axes[rows - 1][c].set_xlabel("time (s)")
+    if shading is not None:
+        _rhythm_strip_with_saliency(fig, axes, rows, sig, fs, n, lead_names, shading)
+    else:
+        for c in range(cols):
+            axes[rows - 1][c].set_xlabel("time (s)")
     title = f"ECG, first {n / fs:.1f} s at {fs:g} Hz (mV); ▼ = detected R peaks in lead {peak_lead}"
-    fig.suptitle(title + ("\n" + SALIENCY_NOTE if shading is not None else ""), fontsize=8 if shading else 9)
+    note = "\n" + textwrap.fill(SALIENCY_NOTE, 160) if shading is not None else ""
+    fig.suptitle(title + note, fontsize=8 if shading else 9)
     fig.tight_layout()
+    return fig
+
+
+def _rhythm_strip_with_saliency(
+    fig: Any,
+    axes: np.ndarray,
+    rows: int,
+    sig: np.ndarray,
+    fs: float,
+    n: int,
+    lead_names: list[str],
+    shading: tuple[np.ndarray, np.ndarray, float, float],
+) -> None:
+    """The figure's last row, across it: lead II over the plotted window (``gid="rhythm-strip"``), under it on the
+    same time axis the saliency as a heat strip (``gid="saliency-band"``; one colour scale, the whole record's min
+    to max, as the panels' shading) and beside that its colour bar (``gid="saliency-colorbar"``)."""
+    from matplotlib.gridspec import GridSpecFromSubplotSpec
+
+    cell = axes[rows][0].get_gridspec()[rows, :]
+    for ax in axes[rows]:
+        ax.remove()
+    grid = GridSpecFromSubplotSpec(2, 2, cell, height_ratios=[1.3, 0.4], width_ratios=[1, 0.012], hspace=0.1,
+                                   wspace=0.01)  # fmt: skip
+    names = [name.strip().upper() for name in lead_names]
+    lead = names.index(RHYTHM_LEAD) if RHYTHM_LEAD in names else 0
+    strip = fig.add_subplot(grid[0, 0], sharex=axes[0][0], gid="rhythm-strip")
+    strip.plot(np.arange(n) / fs, sig[lead, :n], color="black", linewidth=0.6)
+    strip.set_ylabel(f"{lead_names[lead]}\n(rhythm)", rotation=0, ha="right", va="center")
+    strip.grid(True, color="#f4b6b6", linewidth=0.4)
+    strip.tick_params(labelsize=7, labelbottom=False)
+    edges, values, low, high = shading
+    band = fig.add_subplot(grid[1, 0], sharex=axes[0][0], gid="saliency-band")
+    mesh = band.pcolormesh(edges, [0.0, 1.0], values[None, :], cmap=SALIENCY_CMAP, vmin=low, vmax=high,
+                           shading="flat", rasterized=True)  # fmt: skip
+    band.set_xlim(0, n / fs)
+    band.set_yticks([])
+    band.set_ylabel("saliency", rotation=0, ha="right", va="center")
+    band.set_xlabel("time (s)")
+    band.tick_params(labelsize=7, labelbottom=True)
+    colorbar_axes = fig.add_subplot(grid[1, 1], gid="saliency-colorbar")
+    colorbar = fig.colorbar(mesh, cax=colorbar_axes)
+    colorbar.set_ticks([low, high], labels=[f"{low:.4f} min", f"{high:.4f} max"])
+    colorbar_axes.tick_params(labelsize=7)
+
+
+def plot_ecg_png(
+    signal: np.ndarray,
+    fs: float,
+    lead_names: list[str],
+    r_peaks: list[int] | None = None,
+    peak_lead: str | None = None,
+    max_seconds: float = 10.0,
+    saliency: dict[str, Any] | None = None,
+) -> bytes:
+    """A PNG of every lead (the first ``max_seconds``) on ECG-paper-like axes, R peaks marked. With ``saliency``
+    (a response's ``saliency`` object) each lead's panel is shaded by it and a lead II rhythm strip is added with
+    the saliency as a heat strip under it and a colour bar: one colour scale for the whole record (its min to max,
+    padded steps left out), nothing drawn past the record's end."""
+    fig = ecg_figure(signal, fs, lead_names, r_peaks, peak_lead, max_seconds, saliency)
+    from matplotlib import pyplot as plt  # after ecg_figure has chosen the Agg backend
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
@@ -233,8 +314,11 @@ def render_html(
         if items:
             parts.append(f"<h2>{title}</h2><ul>" + "".join(f"<li>{e(i)}</li>" for i in items) + "</ul>")
     if png:
+        alt = "ECG leads with detected R peaks"
+        if saliency:
+            alt += ", shaded by saliency, and a lead II rhythm strip with the saliency band under it"
         parts.append(
-            '<h2>ECG</h2><img id="ecg-plot" alt="ECG leads with detected R peaks" '
+            f'<h2>ECG</h2><img id="ecg-plot" alt="{alt}" '
             'style="width:100%" '
             f'src="data:image/png;base64,{base64.b64encode(png).decode()}">'
         )
@@ -336,7 +420,8 @@ def write_reports(
     """Write ``<record>.txt``, ``<record>.json`` and ``<record>.html`` into ``out_dir``.
 
     ``record`` (an :class:`ecgfm.records.ECGRecord`) adds the ECG plot to the HTML report; ``saliency`` (the
-    ``/clinical`` body's ``saliency``) shades it by where the model attended.
+    ``/clinical`` body's ``saliency``) shades its lead panels by where the model attended and adds a lead II rhythm
+    strip with the saliency band under it (:func:`plot_ecg_png`), and the note :data:`SALIENCY_NOTE`.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

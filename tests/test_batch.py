@@ -1,8 +1,9 @@
 """``ecgfm batch`` as a user runs it: a real local Ray, real record files (some corrupt), real Parquet parts.
 
 The Ray runs are few and shared (CI has 2 cores): one scores a nested archive of every input kind and is compared
-with ``ecgfm predict`` on the same files; one is killed as soon as its first part is committed and resumed. The
-input rules and the part files are also tested without Ray. Every subprocess has a timeout.
+with ``ecgfm predict`` on the same files; one adds the saliency columns to a few of them, compared with ``ecgfm
+predict --saliency``; one is killed as soon as its first part is committed and resumed. The input rules, the part
+files and what ``--resume`` accepts are also tested without Ray. Every subprocess has a timeout.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
+from ecgfm.batch import BatchError, BatchJob, check_output
 from ecgfm.batch_inputs import InputsError, discover_inputs, is_manifest
 from ecgfm.batch_parts import (
     PartWriter,
@@ -131,6 +133,20 @@ def scored(archive: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[sub
 
 GOOD_FOLDER_FILES = ["A0689.json", "sub/JS36330.csv", "sub/JS01048.npy", "sub/deeper/A0689.hea"]
 GOOD_FOLDER_FILES += ["sub/short3s.json", "sub/tail12s.json"]
+SALIENCY_FILES = ["A0689.json", "sub/short3s.json", "sub/tail12s.json", "sub/JS01048.npy"]  # padded, tail, 2 segments
+
+
+@pytest.fixture(scope="module")
+def scored_saliency(archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``ecgfm batch --saliency`` over a few records and a corrupt file, two records per model call."""
+    output = tmp_path_factory.mktemp("saliency") / "out"
+    files = [str(archive / "folder" / name) for name in [*SALIENCY_FILES, "broken.json"]]
+    done = run_ecgfm(
+        "batch", *CHECKPOINT_ARGS, "--saliency", "--fs", "500", "--records-per-batch", "2", "--no-progress",
+        "--output", str(output), *files,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return output
 
 
 def test_every_input_has_exactly_one_row_scored_or_with_its_error(archive, scored):
@@ -175,6 +191,41 @@ def test_scores_equal_ecgfm_predict_on_the_same_records(archive, scored):
     tail = rows[str(archive / "folder" / "sub" / "tail12s.json")]
     assert (short["n_segments"], short["padded"]) == (1, True)
     assert (tail["n_segments"], tail["used_duration_s"]) == (2, 10.0)
+
+
+def test_saliency_columns_equal_ecgfm_predict_saliency_on_the_same_records(archive, scored_saliency):
+    rows = rows_by_path(scored_saliency)
+    files = [str(archive / "folder" / name) for name in SALIENCY_FILES]
+    predicted = run_ecgfm("predict", *CHECKPOINT_ARGS, "--saliency", "--fs", "500", *files)
+    assert predicted.returncode == 0, predicted.stderr
+    lines = [json.loads(line) for line in predicted.stdout.splitlines()]
+    schema = pq.read_schema(committed_parts(scored_saliency)[0])
+    axis = json.loads(schema.metadata[b"ecgfm"])["saliency"]
+    assert axis == {"step_s": 0.032, "segment_s": 5.0, "steps_per_segment": 156}
+    for path, line in zip(files, lines, strict=True):
+        row = rows[path]
+        for column, body in (("finetuned_saliency", "clinical"), ("pretrained_saliency", "features")):
+            saliency = line[body]["saliency"]
+            assert schema.field(column).type == pa.list_(pa.list_(pa.float32()))
+            assert len(row[column]) == row["n_segments"] == len(saliency["values"])
+            np.testing.assert_allclose(row[column], saliency["values"], atol=FLOAT32_ATOL)
+            # the metadata's axis places them as predict's step_s and segment_start_s do
+            assert saliency["step_s"] == axis["step_s"] and {len(values) for values in row[column]} == {156}
+            assert saliency["segment_start_s"] == [k * axis["segment_s"] for k in range(row["n_segments"])]
+        # the outputs come from the same saliency forward as predict --saliency's
+        probabilities = list(line["clinical"]["probabilities"].values())
+        np.testing.assert_allclose(row["probabilities"], probabilities, atol=FLOAT32_ATOL)
+        np.testing.assert_allclose(row["features"], line["features"]["features"], atol=FLOAT32_ATOL)
+    assert [rows[files[i]]["n_segments"] for i in range(3)] == [2, 1, 2]  # A0689, short3s (padded), tail12s
+    broken = rows[str(archive / "folder" / "broken.json")]
+    assert broken["error"] and broken["finetuned_saliency"] is None and broken["pretrained_saliency"] is None
+
+
+def test_without_the_flag_there_are_no_saliency_columns(scored):
+    _, output = scored
+    schema = pq.read_schema(committed_parts(output)[0])
+    assert not [name for name in schema.names if "saliency" in name]
+    assert json.loads(schema.metadata[b"ecgfm"])["saliency"] is None
 
 
 def test_a_bad_file_is_an_error_row_with_the_message_ecgfm_predict_gives(archive, scored):
@@ -259,6 +310,33 @@ def test_an_output_folder_with_parts_needs_resume_and_the_same_options(tmp_path,
         "batch", *CHECKPOINT_ARGS, "--only", "clinical", "--resume", "-o", str(output), record, timeout=60
     )
     assert other.returncode == 2 and "another job" in other.stderr
+
+
+def test_resume_refuses_another_saliency_flag_and_accepts_the_same(tmp_path, archive):
+    models = ["finetuned", "pretrained"]
+    options = {"fs": None, "max_duration_s": None, "ignore_extra_leads": False}
+    axis = {"step_s": 0.032, "segment_s": 5.0, "steps_per_segment": 156}
+    record = str(archive / "folder" / "A0689.json")
+    for saliency in (False, True):
+        output = tmp_path / f"out_{saliency}"
+        schema = output_schema(models, False, job_metadata(models, False, options, {}, axis if saliency else None))
+        PartWriter(output, schema).write(part_table(schema, ["x.json"]))
+        other = run_ecgfm(
+            "batch", *CHECKPOINT_ARGS, "--resume", "-o", str(output), record, *([] if saliency else ["--saliency"]),
+            timeout=60,
+        )  # fmt: skip
+        assert other.returncode == 2, other.stderr
+        assert f"another job (saliency: {saliency}, this job: {not saliency})" in other.stderr
+        job = BatchJob(inputs=(), output=output, saliency=saliency, resume=True)
+        assert check_output(job)[0] == {"x.json"}
+    older = tmp_path / "older"  # an output written before saliency existed: no "saliency" key, no columns
+    metadata = job_metadata(models, False, options, {})
+    del metadata["saliency"]
+    schema = output_schema(models, False, metadata)
+    PartWriter(older, schema).write(part_table(schema, ["x.json"]))
+    assert check_output(BatchJob(inputs=(), output=older, resume=True))[0] == {"x.json"}
+    with pytest.raises(BatchError, match="saliency: False, this job: True"):
+        check_output(BatchJob(inputs=(), output=older, saliency=True, resume=True))
 
 
 def test_a_missing_checkpoint_or_manifest_column_fails_at_once_with_exit_2(tmp_path, archive):

@@ -315,16 +315,18 @@ def test_corrupt_or_wrong_kind_checkpoint_fails_start_up_naming_file_and_problem
 
 def test_the_interpreter_sends_the_api_key_from_the_environment(guarded: dict, tmp_path: Path) -> None:
     """``python -m interpreter report --url`` against the keyed server: with ECGFM_API_KEY it is let in (so the
-    header arrived), without it the server's 401 is reported and the command fails."""
+    header arrived; with ``--saliency`` on both of its requests), without it the server's 401 is reported and the
+    command fails."""
     record = str(REPO_DIR.parent / "shared" / "data" / "JS01048.json")
     command = [sys.executable, "-m", "interpreter", "report", record, "--url", guarded["url"], "--quiet"]
     environ = {key: value for key, value in os.environ.items() if key != "ECGFM_API_KEY"}
     keyed = subprocess.run(
-        [*command, "--out", str(tmp_path / "keyed")], env={**environ, "ECGFM_API_KEY": API_KEY},
+        [*command, "--saliency", "--out", str(tmp_path / "keyed")], env={**environ, "ECGFM_API_KEY": API_KEY},
         cwd=REPO_DIR, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert keyed.returncode == 0, keyed.stderr
     assert json.loads((tmp_path / "keyed" / "JS01048.json").read_text())["source"]["model"] == "finetuned"
+    assert 'id="saliency-note"' in (tmp_path / "keyed" / "JS01048.html").read_text()  # the second request got in
     unkeyed = subprocess.run(
         [*command, "--out", str(tmp_path / "unkeyed")], env=environ, cwd=REPO_DIR, capture_output=True, text=True,
         timeout=300,

@@ -12,15 +12,18 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 from ecgfm.labels import LABELS
-from interpreter import DISCLAIMER
+from interpreter import DISCLAIMER, cli
 from interpreter.cli import load_results, main
+from interpreter.report import SALIENCY_NOTE, ecg_figure
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 FINETUNED_CKPT = REPO.parent / "shared" / "parity" / "ckpt" / "ecgfm_small_finetuned.pt"
+SALIENCY_ATOL = 1e-6  # two forwards of the same record (the server may batch them with others)
 
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not checked out")
 
@@ -161,6 +164,143 @@ def test_report_from_a_running_server_url(tmp_path: Path, server_url: str) -> No
     assert report["probabilities"] == pytest.approx(clinical["probabilities"], abs=0, rel=1e-12)
     assert report["source"]["demo"] is False and report["source"]["n_segments"] == clinical["n_segments"] == 2
     assert report["heart_rate"]["heart_rate_bpm"] == pytest.approx(49.7, abs=0.1)  # measured from the record
+
+
+def _spy_on_write_reports(monkeypatch) -> list[dict]:
+    """The ``saliency`` each report was drawn with (the real write_reports still writes the files)."""
+    drawn: list[dict] = []
+    real = cli.write_reports
+
+    def spy(*args, saliency=None, **kwargs):
+        drawn.append(saliency)
+        return real(*args, saliency=saliency, **kwargs)
+
+    monkeypatch.setattr(cli, "write_reports", spy)
+    return drawn
+
+
+def _assert_saliency_report(page: str) -> None:
+    parser = _Images()
+    parser.feed(page)
+    assert len(parser.images) == 1 and parser.images[0].startswith("data:image/png;base64,")
+    assert f'<p id="saliency-note">{SALIENCY_NOTE}</p>' in page and "attention, not causation" in page
+
+
+def test_report_with_saliency_from_a_running_server_url(tmp_path: Path, server_url: str, monkeypatch) -> None:
+    """``--url --saliency``: the probabilities are still exactly the plain /clinical answer's; the drawing is the
+    saliency a /clinical request with ``"saliency": true`` answers."""
+    import httpx
+
+    record = json.loads((DATA / "JS01048.json").read_text())
+    body = {"signal": record["signal"], "fs": record["fs"], "lead_names": record["lead_names"]}
+    plain = httpx.post(f"{server_url}/clinical", json=body, timeout=120).json()
+    asked = httpx.post(f"{server_url}/clinical", json={**body, "saliency": True}, timeout=120).json()
+    drawn = _spy_on_write_reports(monkeypatch)
+    args = ["report", str(DATA / "JS01048.json"), "--url", server_url, "--out", str(tmp_path), "--quiet"]
+    assert main([*args, "--saliency"]) == 0
+    report = json.loads((tmp_path / "JS01048.json").read_text())
+    assert report["probabilities"] == pytest.approx(plain["probabilities"], abs=0, rel=1e-12)
+    [saliency] = drawn
+    assert saliency["step_s"] == asked["saliency"]["step_s"] == pytest.approx(0.032)
+    assert saliency["segment_start_s"] == asked["saliency"]["segment_start_s"] == [0.0, 5.0]
+    np.testing.assert_allclose(saliency["values"], asked["saliency"]["values"], atol=SALIENCY_ATOL, rtol=0)
+    _assert_saliency_report((tmp_path / "JS01048.html").read_text())
+    assert main([*args, "--format", "fhir", "--saliency"]) == 2  # a Bundle has no drawing
+
+
+def test_report_with_saliency_from_a_local_checkpoint_and_from_results(tmp_path: Path, monkeypatch) -> None:
+    from ecgfm.cli import main as ecgfm_main
+    from ecgfm.inference import Predictor
+    from ecgfm.records import read_record
+
+    monkeypatch.delenv("ECGFM_DEMO", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    record_path = str(DATA / "A1041.json")
+    predictor = Predictor.from_paths(finetuned=str(FINETUNED_CKPT), load_pretrained=False)
+    plain = predictor.predict(read_record(record_path))["clinical"]
+    asked = predictor.predict(read_record(record_path), saliency=True)["clinical"]
+    drawn = _spy_on_write_reports(monkeypatch)
+    local = ["report", record_path, "--finetuned", str(FINETUNED_CKPT), "--out", str(tmp_path / "local"), "--quiet"]
+    assert main([*local, "--saliency"]) == 0
+    report = json.loads((tmp_path / "local" / "A1041.json").read_text())
+    assert report["probabilities"] == plain["probabilities"]  # the plain forward's, not the saliency forward's
+    np.testing.assert_allclose(drawn[-1]["values"], asked["saliency"]["values"], atol=SALIENCY_ATOL, rtol=0)
+    _assert_saliency_report((tmp_path / "local" / "A1041.html").read_text())
+
+    # --results: the saliency ecgfm predict --saliency wrote with the results
+    results = tmp_path / "results.jsonl"
+    ecgfm_args = ["predict", record_path, "--only", "clinical", "--finetuned", str(FINETUNED_CKPT), "-o", str(results)]
+    assert ecgfm_main([*ecgfm_args, "--saliency"]) == 0
+    from_results = ["report", record_path, "--results", str(results), "--out", str(tmp_path / "res"), "--quiet"]
+    assert main([*from_results, "--saliency"]) == 0
+    assert drawn[-1] == json.loads(results.read_text())["clinical"]["saliency"]
+    _assert_saliency_report((tmp_path / "res" / "A1041.html").read_text())
+    assert main(from_results) == 0 and drawn[-1] is None  # without the flag nothing is drawn
+    assert "saliency-note" not in (tmp_path / "res" / "A1041.html").read_text()
+    assert ecgfm_main(ecgfm_args) == 0  # results without saliency: --saliency cannot draw it
+    assert main([*from_results, "--saliency"]) == 2
+
+
+def _axes(figure, gid: str):
+    found = [ax for ax in figure.axes if ax.get_gid() == gid]
+    return found[0] if found else None
+
+
+@pytest.mark.parametrize(
+    ("name", "seconds", "max_seconds"),
+    [("A5215.json", None, 10.0), ("A1041.json", None, 20.0), ("A1041.json", 3.0, 10.0)],
+    ids=["20s-record-10s-window", "17s-record-tail-dropped", "3s-record-padded"],
+)
+def test_the_rhythm_strip_and_its_band_draw_the_records_saliency_on_one_scale(name, seconds, max_seconds) -> None:
+    """Real records and the parity checkpoint: lead II over the plotted window, under it a band whose steps are
+    the response's values at their times (none past the record's end or the tail preprocessing dropped), on the
+    colour scale of the whole record's min to max, shared with the lead panels' shading and shown by a colour bar."""
+    from matplotlib import pyplot as plt
+
+    from ecgfm.inference import Predictor
+    from ecgfm.records import read_record
+
+    record = read_record(DATA / name)
+    if seconds is not None:  # the first seconds only: one padded segment
+        record.signal = record.signal[:, : int(seconds * record.fs)]
+    clinical = Predictor.from_paths(finetuned=str(FINETUNED_CKPT), load_pretrained=False).predict(
+        record, saliency=True
+    )["clinical"]
+    saliency = clinical["saliency"]
+    duration = record.signal.shape[1] / record.fs
+    window = min(duration, max_seconds)
+    values = np.array(saliency["values"], dtype=np.float64)  # [n_segments, 156]
+    starts = np.array(saliency["segment_start_s"])[:, None] + saliency["step_s"] * np.arange(values.shape[1])
+    real = starts < duration  # padded steps of a short record are not the record's
+    shown = starts[real] < window
+
+    figure = ecg_figure(record.signal, record.fs, record.lead_names, max_seconds=max_seconds, saliency=saliency)
+    try:
+        strip, band = _axes(figure, "rhythm-strip"), _axes(figure, "saliency-band")
+        colorbar = _axes(figure, "saliency-colorbar")
+        assert strip is not None and band is not None and colorbar is not None
+        [line] = strip.get_lines()
+        lead_ii = record.signal[record.lead_names.index("II"), : int(window * record.fs)]
+        np.testing.assert_array_equal(line.get_ydata(), lead_ii)
+        [mesh] = band.collections
+        np.testing.assert_array_equal(np.ravel(mesh.get_array()), values[real][shown])  # the response's, per step
+        edges = mesh.get_coordinates()[0, :, 0]
+        np.testing.assert_allclose(edges[:-1], starts[real][shown])
+        assert edges[-1] <= window + 1e-12 and band.get_xlim() == strip.get_xlim() == (0.0, window)
+        if seconds is not None:
+            assert clinical["padded"] and edges[-1] == pytest.approx(seconds)  # stops at the end of the record
+        if name == "A1041.json" and seconds is None:  # 17 s: 3 segments, the last 2 s dropped by preprocessing
+            assert clinical["used_duration_s"] == 15.0 and 14.9 < edges[-1] < 15.0
+        scale = (values[real].min(), values[real].max())  # the whole record's, also what is not plotted
+        assert (mesh.norm.vmin, mesh.norm.vmax) == scale
+        panels = [ax.collections[0] for ax in figure.axes if ax.get_gid() is None and ax.collections]
+        assert len(panels) == 12 and {(m.norm.vmin, m.norm.vmax) for m in panels} == {scale}
+        assert list(colorbar.get_xticks() if colorbar.get_xticks().size else colorbar.get_yticks()) == list(scale)
+    finally:
+        plt.close(figure)
+    plain = ecg_figure(record.signal, record.fs, record.lead_names, max_seconds=max_seconds)
+    assert _axes(plain, "rhythm-strip") is None and _axes(plain, "saliency-band") is None  # only with saliency
+    plt.close(plain)
 
 
 def test_report_command_shows_progress_on_stderr(tmp_path: Path) -> None:
