@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
 import ecgfm
+import metrics
 from contract import (
     ANSWERED_ERRORS,
     DECODE_ROUTE,
@@ -212,6 +213,7 @@ class ModelService:
         self.handle = load_model(self.kind, weights=SETTINGS.weights, runtime=SETTINGS.runtime)
         self.handle.warm_up()
         self.stats = BatchStats()
+        metrics.start_model_series(self.kind)
 
     def run_batch(self, encoded: np.ndarray, saliency: bool = False) -> np.ndarray:
         """Outputs ``[N, 17]`` or ``[N, D]`` for one batch from the dispatcher (padding decoded from NaNs); with
@@ -222,7 +224,9 @@ class ModelService:
             out = np.concatenate([outputs, reduced], axis=1)
         else:
             out = self.handle.run(*decode_batch(encoded), batch_size=SERVING.max_batch_size)
-        self.stats.observe(len(encoded), time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.stats.observe(len(encoded), seconds)
+        metrics.observe_batch(self.kind, saliency, len(encoded), seconds)
         return out
 
     @bentoml.on_startup
@@ -366,6 +370,7 @@ class ECGFMService:
         install_log_filter(ECGRequest.model_fields)
         install_request_id_logging()
         self.checkpoints: dict[str, CheckpointInfo] = {}
+        metrics.start_api_series()
 
     @bentoml.on_deployment
     def resolve_weights() -> None:
@@ -390,7 +395,7 @@ class ECGFMService:
     ) -> ClinicalResponse:
         """Probabilities of the 17 ECG-FM labels (finetuned model); raw outputs, no thresholds."""
         decode = partial(prepare, signal, fs, lead_names, per_segment, saliency)
-        return with_status(ctx, await self._answer(self._clinical, decode, ctx.request.headers.get("accept")))
+        return with_status(ctx, await self._answer(self._clinical, decode, ctx.request))
 
     @bentoml.api(route="/features", input_spec=ECGRequest)
     async def features(
@@ -404,7 +409,7 @@ class ECGFMService:
     ) -> FeaturesResponse:
         """The record's embedding from the pretrained encoder."""
         decode = partial(prepare, signal, fs, lead_names, per_segment, saliency)
-        return with_status(ctx, await self._answer(self._features, decode, ctx.request.headers.get("accept")))
+        return with_status(ctx, await self._answer(self._features, decode, ctx.request))
 
     @bentoml.api(route="/both", input_spec=ECGRequest)
     async def both(
@@ -418,7 +423,7 @@ class ECGFMService:
     ) -> BothResponse:
         """/clinical and /features of one record; the two models run at the same time."""
         decode = partial(prepare, signal, fs, lead_names, per_segment, saliency)
-        return with_status(ctx, await self._answer(self._both, decode, ctx.request.headers.get("accept")))
+        return with_status(ctx, await self._answer(self._both, decode, ctx.request))
 
     @app.post("/clinical/npy", response_model=ClinicalResponse, openapi_extra=NPY_REQUEST_BODY)
     async def clinical_npy(
@@ -431,7 +436,7 @@ class ECGFMService:
     ) -> Response:
         """``/clinical`` with the signal as a NumPy ``.npy`` body ``[leads, samples]``; fields as query parameters."""
         decode = await npy_decoder(request, fs, lead_names, per_segment, saliency)
-        return await self._answer(self._clinical, decode, request.headers.get("accept"))
+        return await self._answer(self._clinical, decode, request)
 
     @app.post("/features/npy", response_model=FeaturesResponse, openapi_extra=NPY_REQUEST_BODY)
     async def features_npy(
@@ -444,7 +449,7 @@ class ECGFMService:
     ) -> Response:
         """``/features`` with the signal as a NumPy ``.npy`` body ``[leads, samples]``; fields as query parameters."""
         decode = await npy_decoder(request, fs, lead_names, per_segment, saliency)
-        return await self._answer(self._features, decode, request.headers.get("accept"))
+        return await self._answer(self._features, decode, request)
 
     @app.post("/both/npy", response_model=BothResponse, openapi_extra=NPY_REQUEST_BODY)
     async def both_npy(
@@ -457,7 +462,7 @@ class ECGFMService:
     ) -> Response:
         """``/both`` with the signal as a NumPy ``.npy`` body ``[leads, samples]``; fields as query parameters."""
         decode = await npy_decoder(request, fs, lead_names, per_segment, saliency)
-        return await self._answer(self._both, decode, request.headers.get("accept"))
+        return await self._answer(self._both, decode, request)
 
     @app.post("/clinical/file", response_model=ClinicalResponse, openapi_extra=FILE_REQUEST_BODY)
     async def clinical_file(
@@ -465,7 +470,7 @@ class ECGFMService:
     ) -> Response:
         """``/clinical`` for an uploaded ECG file (DICOM, HL7 aECG, Philips, GE MUSE, SCP-ECG)."""
         decode = await file_decoder(request, per_segment, saliency)
-        return await self._answer(self._clinical, decode, request.headers.get("accept"))
+        return await self._answer(self._clinical, decode, request)
 
     @app.post("/features/file", response_model=FeaturesResponse, openapi_extra=FILE_REQUEST_BODY)
     async def features_file(
@@ -473,7 +478,7 @@ class ECGFMService:
     ) -> Response:
         """``/features`` for an uploaded ECG file (DICOM, HL7 aECG, Philips, GE MUSE, SCP-ECG)."""
         decode = await file_decoder(request, per_segment, saliency)
-        return await self._answer(self._features, decode, request.headers.get("accept"))
+        return await self._answer(self._features, decode, request)
 
     @app.post("/both/file", response_model=BothResponse, openapi_extra=FILE_REQUEST_BODY)
     async def both_file(
@@ -481,7 +486,7 @@ class ECGFMService:
     ) -> Response:
         """``/both`` for an uploaded ECG file (DICOM, HL7 aECG, Philips, GE MUSE, SCP-ECG)."""
         decode = await file_decoder(request, per_segment, saliency)
-        return await self._answer(self._both, decode, request.headers.get("accept"))
+        return await self._answer(self._both, decode, request)
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health(self) -> Response:
@@ -547,15 +552,18 @@ class ECGFMService:
         self,
         build: Callable[[PreparedRequest], Awaitable[RecordOutput | BothOutput]],
         decode: Callable[..., PreparedRequest],
-        accept: str | None = None,
+        request: Request,
     ) -> Response:
-        """Decode and preprocess on a worker thread, then ``build`` the result; an error of the contract is
-        answered from ``contract.ERRORS`` (400, 422, 503 with Retry-After)."""
+        """Decode and preprocess on a worker thread, then ``build`` the result for ``request`` (its route is
+        counted, its ``Accept`` read); an error of the contract is answered from ``contract.ERRORS`` (400, 422, 503
+        with Retry-After)."""
         try:
             prepared = await anyio.to_thread.run_sync(partial(decode, max_duration_s=SERVING.max_duration_s))
             output = await build(prepared)
         except ANSWERED_ERRORS as exc:
             return error_response(exc)
+        metrics.record_scored(request.scope["path"])
+        accept = request.headers.get("accept")
         if FHIR_MEDIA_TYPE in (accept or "").lower():  # content negotiation: a FHIR R4 Bundle (ecgfm.fhir)
             return JSONResponse(bundle_for_result(output.to_json()), media_type=FHIR_MEDIA_TYPE)
         return JSONResponse(output.to_json())
@@ -572,8 +580,7 @@ class ECGFMService:
 
     async def _output(self, kind: ModelKind, prepared: PreparedRequest) -> RecordOutput:
         """One model's result for a record: the batched model call and the (cached) checkpoint, concurrently."""
-        model = MODEL_APIS[kind, prepared.saliency]
-        values, checkpoint = await asyncio.gather(call_model(model(self), prepared.batch), self._checkpoint(kind))
+        values, checkpoint = await asyncio.gather(self._score(kind, prepared), self._checkpoint(kind))
         reduced = None
         if prepared.saliency:  # [N, out + T]: the outputs, then the saliency
             width = checkpoint.num_labels or checkpoint.embed_dim
@@ -581,6 +588,11 @@ class ECGFMService:
         output = OUTPUTS[kind].from_segments(values, prepared.record, checkpoint, prepared.per_segment, reduced)
         output.conversion = prepared.conversion
         return output
+
+    async def _score(self, kind: ModelKind, prepared: PreparedRequest) -> np.ndarray:
+        """The model service's outputs for the record's segments: one call, batched there with other requests'."""
+        with metrics.model_call(kind, prepared.saliency, len(prepared.batch)):
+            return await call_model(MODEL_APIS[kind, prepared.saliency](self), prepared.batch)
 
     async def _checkpoint(self, kind: ModelKind) -> CheckpointInfo:
         """The model service's checkpoint as responses carry it, asked once and then kept (it never changes)."""
@@ -590,12 +602,15 @@ class ECGFMService:
         return self.checkpoints[kind]
 
     async def _describe_models(self) -> dict[str, ModelDescription | BaseException]:
-        """Each model service's description, or the exception when it did not answer within PROBE_TIMEOUT_S."""
+        """Each model service's description, or the exception when it did not answer within PROBE_TIMEOUT_S (its
+        readiness, ``ecgfm_model_ready``, set from the answer)."""
         kinds = ("pretrained", "finetuned")
         answers = await asyncio.gather(
             *(asyncio.wait_for(call_model(getattr(self, kind).to_async.describe), PROBE_TIMEOUT_S) for kind in kinds),
             return_exceptions=True,
         )
+        for kind, answer in zip(kinds, answers, strict=True):
+            metrics.set_ready(kind, not isinstance(answer, BaseException))
         return {
             kind: answer if isinstance(answer, BaseException) else ModelDescription.model_validate(answer)
             for kind, answer in zip(kinds, answers, strict=True)

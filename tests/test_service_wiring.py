@@ -9,6 +9,7 @@ import aiohttp
 import numpy as np
 import pytest
 from bentoml.exceptions import ServiceUnavailable
+from starlette.requests import Request
 
 from service import CONNECTION_RETRIES, call_model
 
@@ -80,9 +81,8 @@ def test_both_calls_the_two_model_services_at_the_same_time() -> None:
     api.__dict__["finetuned"] = _SlowModelService("finetuned", 17, events)
     api.__dict__["pretrained"] = _SlowModelService("pretrained", 64, events)
     record = load_json_record("JS06908.json")
-    ctx = types.SimpleNamespace(
-        response=types.SimpleNamespace(status_code=200), request=types.SimpleNamespace(headers={})
-    )
+    request = Request({"type": "http", "method": "POST", "path": "/both", "headers": []})
+    ctx = types.SimpleNamespace(response=types.SimpleNamespace(status_code=200), request=request)
     response = asyncio.run(api.both(signal=record["signal"], fs=record["fs"], ctx=ctx))
     assert response.status_code == 200 == ctx.response.status_code
     assert [kind for kind, _ in events[:2]] == ["start", "start"]  # both started before either finished
