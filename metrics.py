@@ -25,12 +25,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import get_args
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from contract import FILE_POST_ROUTES, JSON_POST_ROUTES, NPY_POST_ROUTES
+from ecgfm.checkpoint import ModelKind
 
-MODELS = ("pretrained", "finetuned")
+MODELS: tuple[ModelKind, ...] = get_args(ModelKind)
 # The output each scoring route answers: /clinical, /clinical/npy and /clinical/file answer "clinical", ...
 OUTPUTS = {route: route.split("/")[1] for route in (*JSON_POST_ROUTES, *NPY_POST_ROUTES, *FILE_POST_ROUTES)}
 OTHER_ROUTE = "other"  # the endpoint label of a path not in OUTPUTS (none today: the handlers are bound to them)
@@ -96,8 +98,8 @@ def _flag(saliency: bool) -> str:
 
 
 def start_api_series() -> None:
-    """Every series the API service records, at 0: a rate is defined from the first scrape, and an alert on "no
-    records scored" sees a zero rather than nothing."""
+    """Every series the API service records, at 0: a rate is defined from the first scrape, and an alert on "nothing
+    scored" sees a zero rather than no series."""
     for endpoint, output in OUTPUTS.items():
         RECORDS_SCORED.labels(endpoint, output)
     for model in MODELS:
@@ -106,7 +108,7 @@ def start_api_series() -> None:
             MODEL_CALL_SEGMENT_SECONDS.labels(model, _flag(saliency))
 
 
-def start_model_series(model: str) -> None:
+def start_model_series(model: ModelKind) -> None:
     """Every series a model service records, at 0 (as :func:`start_api_series`)."""
     for saliency in (False, True):
         for metric in (SEGMENTS_SCORED, BATCH_SECONDS, BATCH_SEGMENTS, BATCH_SEGMENT_SECONDS):
@@ -120,7 +122,7 @@ def record_scored(endpoint: str) -> None:
 
 
 @contextlib.contextmanager
-def model_call(model: str, saliency: bool, segments: int) -> Iterator[None]:
+def model_call(model: ModelKind, saliency: bool, segments: int) -> Iterator[None]:
     """Times the model call of ``segments`` segments made in the ``with`` block, observed when it returns (a call
     that raises is not: its status is in BentoML's request counter)."""
     started = time.perf_counter()
@@ -130,7 +132,7 @@ def model_call(model: str, saliency: bool, segments: int) -> Iterator[None]:
     MODEL_CALL_SEGMENT_SECONDS.labels(model, _flag(saliency)).inc(segments * seconds)
 
 
-def observe_batch(model: str, saliency: bool, segments: int, seconds: float) -> None:
+def observe_batch(model: ModelKind, saliency: bool, segments: int, seconds: float) -> None:
     """One batch of ``segments`` segments that the model service ran in ``seconds``."""
     labels = (model, _flag(saliency))
     SEGMENTS_SCORED.labels(*labels).inc(segments)
@@ -139,6 +141,6 @@ def observe_batch(model: str, saliency: bool, segments: int, seconds: float) -> 
     BATCH_SEGMENT_SECONDS.labels(*labels).inc(segments * seconds)
 
 
-def set_ready(model: str, ready: bool) -> None:
+def set_ready(model: ModelKind, ready: bool) -> None:
     """The answer of a probe of ``model``'s service (``/readyz``, ``/health``, ``/info``, ``/status``)."""
     MODEL_READY.labels(model).set(1 if ready else 0)
