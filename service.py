@@ -152,11 +152,11 @@ async def npy_decoder(
     return partial(decode_npy, await request.body(), fs, lead_names, per_segment, saliency)
 
 
-def with_status(ctx: bentoml.Context, response: Response) -> Response:
-    """``response`` with its own status: BentoML gives the response of an API that takes a ``ctx`` the status of
+def current_request() -> Request:
+    """The HTTP request being answered: BentoML's context middleware keeps it for every route. The JSON APIs read
+    it here rather than take a ``ctx`` argument: BentoML gives the response of an API that takes one the status of
     ``ctx.response`` (200 unless set), which would turn a 422 from ``_answer`` into a 200."""
-    ctx.response.status_code = response.status_code
-    return response
+    return ECGFMService.context.request
 
 
 def _raise(exc: Exception, **_: Any) -> PreparedRequest:
@@ -388,42 +388,39 @@ class ECGFMService:
         self,
         signal: Signal,
         fs: Hz,
-        ctx: bentoml.Context,
         lead_names: list[str] | None = None,
         per_segment: bool = False,
         saliency: bool = False,
     ) -> ClinicalResponse:
         """Probabilities of the 17 ECG-FM labels (finetuned model); raw outputs, no thresholds."""
         decode = partial(prepare, signal, fs, lead_names, per_segment, saliency)
-        return with_status(ctx, await self._answer(self._clinical, decode, ctx.request))
+        return await self._answer(self._clinical, decode, current_request())
 
     @bentoml.api(route="/features", input_spec=ECGRequest)
     async def features(
         self,
         signal: Signal,
         fs: Hz,
-        ctx: bentoml.Context,
         lead_names: list[str] | None = None,
         per_segment: bool = False,
         saliency: bool = False,
     ) -> FeaturesResponse:
         """The record's embedding from the pretrained encoder."""
         decode = partial(prepare, signal, fs, lead_names, per_segment, saliency)
-        return with_status(ctx, await self._answer(self._features, decode, ctx.request))
+        return await self._answer(self._features, decode, current_request())
 
     @bentoml.api(route="/both", input_spec=ECGRequest)
     async def both(
         self,
         signal: Signal,
         fs: Hz,
-        ctx: bentoml.Context,
         lead_names: list[str] | None = None,
         per_segment: bool = False,
         saliency: bool = False,
     ) -> BothResponse:
         """/clinical and /features of one record; the two models run at the same time."""
         decode = partial(prepare, signal, fs, lead_names, per_segment, saliency)
-        return with_status(ctx, await self._answer(self._both, decode, ctx.request))
+        return await self._answer(self._both, decode, current_request())
 
     @app.post("/clinical/npy", response_model=ClinicalResponse, openapi_extra=NPY_REQUEST_BODY)
     async def clinical_npy(

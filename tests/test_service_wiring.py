@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import types
 
 import aiohttp
 import numpy as np
@@ -82,7 +81,7 @@ def test_both_calls_the_two_model_services_at_the_same_time() -> None:
     api.__dict__["pretrained"] = _SlowModelService("pretrained", 64, events)
     record = load_json_record("JS06908.json")
     request = Request({"type": "http", "method": "POST", "path": "/both", "headers": []})
-    ctx = types.SimpleNamespace(response=types.SimpleNamespace(status_code=200), request=request)
-    response = asyncio.run(api.both(signal=record["signal"], fs=record["fs"], ctx=ctx))
-    assert response.status_code == 200 == ctx.response.status_code
+    with ECGFMService.context.in_request(request):  # as BentoML's context middleware does for every request
+        response = asyncio.run(api.both(signal=record["signal"], fs=record["fs"]))
+    assert response.status_code == 200
     assert [kind for kind, _ in events[:2]] == ["start", "start"]  # both started before either finished
