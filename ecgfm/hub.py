@@ -74,8 +74,8 @@ def resolve_checkpoint(
     if local:
         path = Path(local).expanduser()
         if not path.is_file():
-            variable = WeightsSettings.env_var(f"{kind}_checkpoint")
-            raise WeightsNotFoundError(f"{kind} checkpoint {path} does not exist ({variable})")
+            given_by = "" if explicit_path else f" ({WeightsSettings.env_var(f'{kind}_checkpoint')})"
+            raise WeightsNotFoundError(f"{kind} checkpoint {path} does not exist{given_by}")
         return verify_sha256(kind, CheckpointSource(str(path.resolve()), "local"), weights)
     if weights.demo:
         return _demo_checkpoint(kind, weights)

@@ -126,9 +126,14 @@ def clinical_from_url(url: str, record: ECGRecord, timeout: float = 120.0, salie
 def _local_predictor(finetuned: str) -> Callable[[ECGRecord, bool], dict[str, Any]]:
     """``/clinical`` bodies computed in process (with ``saliency`` when the second argument is true);
     interpretation needs the finetuned model only."""
+    from ecgfm.checkpoint import CheckpointError
+    from ecgfm.hub import WeightsNotFoundError
     from ecgfm.inference import Predictor
 
-    predictor = Predictor.from_paths(finetuned=finetuned, load_pretrained=False)
+    try:
+        predictor = Predictor.from_paths(finetuned=finetuned, load_pretrained=False)
+    except (CheckpointError, WeightsNotFoundError) as exc:
+        raise InputError(str(exc)) from None
     return lambda record, saliency: predictor.predict(record, saliency=saliency)["clinical"]
 
 

@@ -151,6 +151,19 @@ def test_report_without_a_result_for_a_record_fails_clearly(tmp_path: Path, caps
     assert "JS36330" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("checkpoint", ["missing.pt", "not_a_checkpoint.pt"])
+def test_report_with_an_unusable_finetuned_checkpoint_fails_with_one_line(
+    tmp_path: Path, capsys, checkpoint: str
+) -> None:
+    (tmp_path / "not_a_checkpoint.pt").write_text('{"not": "a checkpoint"}')
+    path = tmp_path / checkpoint
+    code = main(["report", str(DATA / "JS36330.json"), "--finetuned", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"error: {path}" if checkpoint != "missing.pt" else f"error: finetuned checkpoint {path}")
+    assert "Traceback" not in err and "ECGFM_FINETUNED_CHECKPOINT" not in err  # the path came from --finetuned
+
+
 def test_report_from_a_running_server_url(tmp_path: Path, server_url: str) -> None:
     """``--url`` against the real service: the report holds exactly the probabilities /clinical answers."""
     import httpx
