@@ -87,6 +87,13 @@ def test_with_two_beats_there_is_a_rate_but_no_variability() -> None:
     assert (result.rr_cv, result.rmssd_ms, result.irregular) == (None, None, None)
 
 
+def test_with_three_beats_the_variability_is_measured() -> None:
+    result = measure([1150, 850])  # two RR intervals: CV (1150 - 850) / (1150 + 850), one successive difference
+    assert result.rr_cv == pytest.approx(150 / 1000)
+    assert result.rmssd_ms == pytest.approx(300 / FS * 1000)
+    assert result.irregular is False
+
+
 @pytest.mark.parametrize(
     ("longest_rr", "quality"), [(3 * FS - 1, "good"), (3 * FS, "good"), (3 * FS + 1, "unreliable")]
 )
@@ -121,15 +128,89 @@ def test_beats_of_two_leads_within_100_ms_are_the_same_beat(shift: int, agreemen
     assert result.quality == ("good" if agreement == 1.0 else "unreliable")
 
 
-def test_the_most_regular_of_equally_agreeing_leads_is_chosen() -> None:
-    rr = [FS] * 19
+def test_beats_of_two_leads_match_whichever_lead_is_earlier() -> None:
+    rr = [FS] * 9  # the second lead's beats alternately 50 ms early and 50 ms late, the last one late
+    other = peaks_with_rr(rr) + np.where(np.arange(len(rr) + 1) % 2 == 1, 1, -1) * round(0.05 * FS)
+    result = measure(rr, other_lead=other)  # the regular first lead is chosen (the tie broken by regularity)
+    assert result.lead == "lead0"
+    assert result.lead_agreement == 1.0
+    assert result.quality == "good"
+
+
+@pytest.mark.parametrize(("beats", "late"), [(20, 4), (3, 1)])
+def test_the_most_regular_of_equally_agreeing_leads_is_chosen(beats: int, late: int) -> None:
+    rr = [FS] * (beats - 1)
     other = peaks_with_rr(rr)
-    other[16:] += round(0.3 * FS)  # the second lead: 4 beats late, so an irregular rhythm
+    other[beats - late :] += round(0.3 * FS)  # the first lead: its last beats late, so an irregular rhythm
     n = int(other[-1]) + TAIL
     signal = np.vstack([beat_train(other, n), beat_train(peaks_with_rr(rr), n)])
     result = detect_heart_rate(signal, FS, ["irregular", "regular"])
-    assert result.lead == "regular"
+    assert result.lead == "regular"  # also with 3 beats, the fewest a rate needs (2 RR intervals)
     assert result.heart_rate_bpm == pytest.approx(60.0)
+
+
+def test_a_lead_counting_every_beat_twice_is_less_regular_than_one_counting_it_once() -> None:
+    peaks = peaks_with_rr(alternating(1150, 850))  # RR CV 0.15
+    doubled = np.sort(np.concatenate([peaks, peaks + round(0.3 * FS)]))  # RR 0.3 s, 0.82 s, ...: CV above 0.4
+    n = int(peaks[-1]) + TAIL
+    result = detect_heart_rate(np.vstack([beat_train(doubled, n), beat_train(peaks, n)]), FS, ["twice", "once"])
+    assert result.lead_agreement == pytest.approx(2 / 3)  # 2n / (n + 2n) for both leads: a tie, flagged
+    assert result.lead == "once"  # the tie broken by the lower RR CV, not by a smaller spread in seconds
+    assert result.heart_rate_bpm == pytest.approx(60 / (1000 / FS))
+    assert result.quality == "unreliable"
+
+
+def test_a_lead_with_two_beats_does_not_win_over_a_lead_with_three() -> None:
+    peaks = peaks_with_rr([FS, FS])
+    n = int(peaks[-1]) + TAIL
+    # Lead "two" has the first two of the three beats: agreement 2 * 2 / (2 + 3) = 0.8 for both leads, a tie.
+    result = detect_heart_rate(np.vstack([beat_train(peaks[:2], n), beat_train(peaks, n)]), FS, ["two", "three"])
+    assert result.lead == "three"
+    assert result.lead_agreement == pytest.approx(0.8)
+    assert len(result.r_peaks) == 3 and result.quality == "good"
+
+
+def test_a_downward_qrs_gives_its_peaks_at_the_deepest_point_as_an_upward_one_at_the_highest() -> None:
+    peaks = peaks_with_rr([FS] * 9)
+    n = int(peaks[-1]) + TAIL
+    upward = detect_heart_rate(beat_train(peaks, n), FS)
+    downward = detect_heart_rate(-beat_train(peaks, n), FS)  # QS complexes, inverted T waves
+    assert np.abs(np.asarray(upward.r_peaks) - peaks).max() <= 3  # the R wave, not the s wave 30 ms later
+    assert downward.r_peaks == upward.r_peaks
+
+
+@pytest.mark.parametrize("spike_at", ["between the beats", "160 ms before each QRS"])
+@pytest.mark.parametrize("width_ms", [2, 4])
+def test_pacemaker_spikes_are_neither_beats_nor_peaks(spike_at: str, width_ms: int) -> None:
+    peaks = peaks_with_rr([FS] * 9)
+    n = int(peaks[-1]) + TAIL
+    signal = beat_train(peaks, n)
+    spikes = (peaks[:-1] + peaks[1:]) // 2 if spike_at == "between the beats" else peaks - round(0.16 * FS)
+    for spike in spikes:  # 10 mV, a few ms wide (the median filter of 12 ms removes them)
+        signal[spike : spike + round(width_ms / 1000 * FS)] += 10.0
+    result = detect_heart_rate(signal, FS)
+    assert np.diff(result.r_peaks).tolist() == [FS] * 9
+    assert np.abs(np.asarray(result.r_peaks) - peaks).max() <= 3  # on the R waves
+    assert result.heart_rate_bpm == pytest.approx(60.0)
+
+
+def test_beats_150_ms_from_either_end_of_the_record_are_found() -> None:
+    edge = round(0.15 * FS)  # the detector sees the ends through 0.5 s of flat padding
+    peaks = edge + np.arange(8) * FS
+    result = detect_heart_rate(beat_train(peaks, int(peaks[-1]) + 1 + edge), FS)
+    assert len(result.r_peaks) == 8
+    assert np.abs(np.asarray(result.r_peaks) - peaks).max() <= round(0.01 * FS)
+
+
+@pytest.mark.parametrize("offset_mv", [3.0, -3.0])
+@pytest.mark.parametrize("polarity", [1, -1])
+def test_a_strip_shorter_than_3_s_has_its_offset_removed_before_the_qrs_polarity_is_judged(
+    offset_mv: float, polarity: int
+) -> None:
+    peaks = 300 + np.arange(4) * 614  # 100/min, 2.4 s
+    signal = polarity * beat_train(peaks, int(peaks[-1]) + 300) + offset_mv
+    result = detect_heart_rate(signal, FS)
+    assert np.abs(np.asarray(result.r_peaks) - peaks).max() <= 3  # on the R (or QS) wave, not 30 ms later
 
 
 @pytest.mark.parametrize(("gap", "kept"), [(200, True), (199, False)])

@@ -13,7 +13,7 @@ import wfdb
 from scipy import signal as sps
 
 from ecgfm.records import read_record
-from interpreter.heart_rate import detect_heart_rate
+from interpreter.heart_rate import clean_for_detection, detect_heart_rate
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -49,6 +49,32 @@ def test_mitdb_100_first_60s_json_matches_annotations() -> None:
     assert result.quality == "good"
 
 
+def test_samples_missing_between_beats_are_interpolated() -> None:
+    record = read_record(DATA / "mitdb_100_first60s.json")
+    reference = np.asarray(record.metadata["reference_beat_samples"])
+    signal = np.array(record.signal, dtype=np.float64)
+    half_gap = int(0.05 * record.fs)
+    for mid in (reference[:-1] + reference[1:]) // 2:  # a 100 ms dropout (NaN) halfway between every two beats
+        signal[:, mid - half_gap : mid + half_gap] = np.nan
+    result = detect_heart_rate(signal, record.fs, record.lead_names)
+    assert abs(result.heart_rate_bpm - record.metadata["reference_hr_bpm"]) <= 2.0
+    assert _fraction_within(result.r_peaks, reference, record.fs) >= 0.98
+    assert len(result.r_peaks) == len(reference)
+    assert result.quality == "good"
+
+
+@pytest.mark.parametrize("file", ["mitdb_100_first60s.json", "A1041.json"])  # peaks on an upward, a downward QRS
+def test_each_r_peak_is_the_extremum_of_its_lead_within_25_ms(file: str) -> None:
+    record = read_record(DATA / file)
+    result = detect_heart_rate(record.signal, record.fs, record.lead_names)
+    lead = clean_for_detection(record.signal[record.lead_names.index(result.lead)], record.fs)
+    radius = int(0.025 * record.fs)
+    sign = np.sign(np.median(lead[result.r_peaks]))
+    for peak in result.r_peaks:
+        window = sign * lead[max(0, peak - radius) : peak + radius + 1]
+        assert sign * lead[peak] == window.max()
+
+
 def test_mitdb_100_first_5_minutes_matches_annotations() -> None:
     signal, beats, fs = _mit_100(300)
     result = detect_heart_rate(signal, fs, ["MLII", "V5"])
@@ -63,6 +89,7 @@ def test_single_lead_input_matches_annotations(lead: int) -> None:
     result = detect_heart_rate(signal[lead], fs)
     assert abs(result.heart_rate_bpm - _reference_hr(beats, fs)) <= 2.0
     assert _fraction_within(result.r_peaks, beats, fs) >= 0.98
+    assert (result.lead, result.lead_agreement, result.quality) == ("lead0", 1.0, "good")  # no other lead
 
 
 @pytest.mark.parametrize("new_fs", [250, 1000])
@@ -123,6 +150,26 @@ def test_flat_signal_gives_no_heart_rate() -> None:
     result = detect_heart_rate(np.zeros((12, 5000)), 500)
     assert result.heart_rate_bpm is None
     assert result.quality == "unreliable"
+    assert result.to_dict() == {
+        "fs": 500,  # still the record's rate
+        "r_peaks": [],
+        "heart_rate_bpm": None,
+        "rr_intervals_s": [],
+        "rr_cv": None,
+        "rmssd_ms": None,
+        "irregular": None,
+        "lead": None,
+        "lead_agreement": None,
+        "quality": "unreliable",
+        "quality_reasons": ["no R peaks found in any lead"],
+        "n_beats": 0,
+    }
+
+
+def test_detection_writes_nothing_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    record = read_record(DATA / "mitdb_100_first60s.json")
+    detect_heart_rate(record.signal, record.fs, record.lead_names)
+    assert capsys.readouterr().out == ""  # stdout is the JSON of `interpreter hr` and the other commands
 
 
 def test_hr_command_prints_json_for_a_wfdb_record() -> None:
