@@ -147,10 +147,14 @@ def refine_peaks(x: np.ndarray, peaks: np.ndarray, fs: float) -> np.ndarray:
         return peaks
     sign = _polarity(x, peaks, int(0.06 * fs))
     y = sign * x
+    # correct_peaks mis-shifts a peak closer to the start than its search radius (a negative index: the beat was
+    # lost or moved); padded by the radius with the edge values, no search window reaches an end.
+    search_radius = int(0.06 * fs)
+    padded = np.pad(y, search_radius, mode="edge")
     corrected = processing.correct_peaks(
-        y, peaks, search_radius=int(0.06 * fs), smooth_window_size=int(0.15 * fs), peak_dir="up"
+        padded, peaks + search_radius, search_radius=search_radius, smooth_window_size=int(0.15 * fs), peak_dir="up"
     )
-    corrected = np.asarray(corrected, dtype=int)
+    corrected = np.clip(np.asarray(corrected, dtype=int) - search_radius, 0, y.size - 1)
     radius = int(0.025 * fs)
     out = []
     for p in corrected:

@@ -63,6 +63,21 @@ def test_samples_missing_between_beats_are_interpolated() -> None:
     assert result.quality == "good"
 
 
+@pytest.mark.parametrize("first_beat_ms", [10, 20, 40, 58])
+def test_a_beat_just_after_the_start_is_found_where_it_is(first_beat_ms: int) -> None:
+    """wfdb's correct_peaks shifts a peak closer to the start than its 60 ms search radius to a negative index;
+    refine_peaks pads the lead so that no beat is lost or moved (20 s cut so that an annotated beat comes first)."""
+    record = read_record(DATA / "mitdb_100_first60s.json")
+    reference = np.asarray(record.metadata["reference_beat_samples"])
+    start = int(reference[5] - first_beat_ms / 1000 * record.fs)
+    stop = start + int(20 * record.fs)
+    beats = reference[(reference >= start) & (reference < stop)] - start
+    assert beats[0] == reference[5] - start <= 0.06 * record.fs
+    result = detect_heart_rate(np.asarray(record.signal)[:, start:stop], record.fs, record.lead_names)
+    assert len(result.r_peaks) == len(beats)
+    assert np.max(np.abs(np.asarray(result.r_peaks) - beats)) <= 0.01 * record.fs  # each within 10 ms
+
+
 @pytest.mark.parametrize("file", ["mitdb_100_first60s.json", "A1041.json"])  # peaks on an upward, a downward QRS
 def test_each_r_peak_is_the_extremum_of_its_lead_within_25_ms(file: str) -> None:
     record = read_record(DATA / file)
