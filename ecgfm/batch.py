@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -53,6 +53,9 @@ from ecgfm.batch_parts import (
     remove_unfinished,
 )
 from ecgfm.preprocess import LEAD_ORDER, SEGMENT_SAMPLES
+
+if TYPE_CHECKING:
+    from ecgfm.model import ECGFMConfig
 
 DEFAULT_RECORDS_PER_BATCH = 16  # records per model call (~32 segments of 10 s records)
 DEFAULT_PART_SIZE = 1000  # rows per part file
@@ -229,7 +232,7 @@ class ModelStage:
         self.per_segment = per_segment
         self.last = last
         self.saliency = saliency
-        self.saliency_axis_json = json.dumps(saliency_axis(self.handle.loaded.config.conv_layers)) if saliency else ""
+        self.saliency_axis_json = json.dumps(saliency_axis(self.handle.loaded.config)) if saliency else ""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from ecgfm.labels import aggregate_probabilities
@@ -280,15 +283,13 @@ class ModelStage:
         return batch.drop_columns(["segments", "lengths"]) if self.last else batch
 
 
-def saliency_axis(conv_layers: Sequence[tuple[int, int, int]]) -> dict[str, Any]:
-    """Where the saliency values of a model with these feature-extractor convs lie on the record's time axis:
+def saliency_axis(config: ECGFMConfig) -> dict[str, Any]:
+    """Where the saliency values of a model of this architecture lie on the record's time axis:
     ``steps_per_segment`` (T) steps of ``step_s`` per segment, segment k starting at ``k * segment_s``; computed as
     :meth:`ecgfm.outputs.Saliency.from_segments` places ``ecgfm predict``'s (ECG-FM: 156 steps of 0.032 s, 5 s)."""
     from ecgfm.outputs import Saliency
 
-    steps = SEGMENT_SAMPLES
-    for _, kernel, stride in conv_layers:
-        steps = (steps - kernel) // stride + 1
+    steps = config.frames(SEGMENT_SAMPLES)
     placed = Saliency.from_segments(np.zeros((2, steps)))
     return {"step_s": placed.step_s, "segment_s": placed.segment_start_s[1], "steps_per_segment": steps}
 

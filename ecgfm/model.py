@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -48,6 +49,13 @@ class ECGFMConfig:
     @property
     def conv_dim(self) -> int:
         return self.conv_layers[-1][0]
+
+    def frames(self, samples: Any) -> Any:
+        """Frames ``T`` the feature extractor makes of ``samples`` input samples (an int or an integer tensor),
+        as fairseq-signals computes them: ``(n - kernel) // stride + 1`` for each conv."""
+        for _, kernel, stride in self.conv_layers:
+            samples = (samples - kernel) // stride + 1
+        return samples
 
 
 class ConvFeatureExtractor(nn.Module):
@@ -306,9 +314,7 @@ class ECGFMEncoder(nn.Module):
             return None
         if padding_mask.dim() == 3:
             padding_mask = padding_mask[:, 0]
-        lengths = (~padding_mask).sum(-1)
-        for _, kernel, stride in self.config.conv_layers:
-            lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+        lengths = self.config.frames((~padding_mask).sum(-1))
         positions = torch.arange(frames, device=padding_mask.device)
         return positions[None, :] >= lengths.clamp(min=0)[:, None]
 
