@@ -5,13 +5,15 @@ Three services, in the shape of BentoML's ``examples/inference-graph``:
 * :class:`Pretrained` and :class:`Finetuned` (one base, :class:`ModelService`) each load one checkpoint once and
   expose one adaptive-batching API over segments ``float32 [N, 12, 2500]`` (padding encoded as in
   :func:`ecgfm.inference.encode_batch`) that calls :meth:`ecgfm.inference.ModelHandle.run`.
-* :class:`ECGFMService` decodes and preprocesses each request once (:mod:`decoding`), calls the model services
-  concurrently and answers with the typed results of :mod:`ecgfm.outputs` (the objects ``ecgfm predict`` prints)
-  or an error of :data:`contract.ERRORS`. GET routes and the ``.npy`` variants live on a mounted FastAPI app.
+* :class:`ECGFMService` decodes and preprocesses each request once (:mod:`serving.decoding`), calls the model
+  services concurrently and answers with the typed results of :mod:`ecgfm.results.outputs` (the objects
+  ``ecgfm predict`` prints; :mod:`serving.answers` by ``Accept``) or an error of :data:`serving.contract.ERRORS`.
+  GET routes and the ``.npy`` and file variants live on a mounted FastAPI app; each POST route is one line.
 
-A request: JSON -> :class:`contract.ECGRequest` -> :func:`decoding.prepare` -> ``Finetuned.classify`` (batched
-across requests) -> ``ModelHandle.run`` -> :meth:`ecgfm.outputs.ClinicalOutput.from_segments` -> JSON
-(docs/architecture.md). Settings: :mod:`ecgfm.settings`, read once here. Nothing here logs signal values.
+A request: JSON -> :class:`serving.contract.ECGRequest` -> :func:`serving.decoding.prepare` -> ``Finetuned.classify``
+(batched across requests) -> ``ModelHandle.run`` -> :meth:`ecgfm.results.outputs.ClinicalOutput.from_segments` -> JSON
+(docs/architecture.md). Everything else is in :mod:`serving` (the HTTP layer). Settings: :mod:`ecgfm.settings`, read
+once here. Nothing here logs signal values.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
@@ -37,26 +38,25 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
 import ecgfm
-import metrics
-from contract import (
+from ecgfm.inference import decode_batch, load_model
+from ecgfm.network.checkpoint import ModelKind
+from ecgfm.network.hub import WeightsNotFoundError, resolve_all
+from ecgfm.results.outputs import BothOutput, CheckpointInfo, ClinicalOutput, FeaturesOutput, RecordOutput
+from ecgfm.settings import Settings
+from interpreter.api import interpret_record
+from serving import metrics
+from serving.answers import result_response
+from serving.contract import (
     ANSWERED_ERRORS,
     DECODE_ROUTE,
     DOCS_PAGES,
-    FILE_FIELD,
-    FILE_MEDIA_TYPES,
     FILE_POST_ROUTES,
     GET_ROUTES,
     INTERPRET_ROUTE,
     JSON_POST_ROUTES,
-    MULTIPART_MEDIA_TYPE,
-    NPY_MEDIA_TYPE,
     NPY_POST_ROUTES,
     POST_MEDIA_TYPES,
     PUBLIC_PATHS,
-    RESEARCH_USE,
-    SERVICE_DESCRIPTION,
-    SERVICE_NAME,
-    BadRequestError,
     BothResponse,
     ClinicalResponse,
     DecodedRecordResponse,
@@ -64,48 +64,54 @@ from contract import (
     ErrorResponse,
     FeaturesResponse,
     HealthResponse,
-    Hz,
     InfoResponse,
     InterpretationResponse,
     InterpretRequest,
     ModelDescription,
-    Signal,
     StatusResponse,
-    UnsupportedMediaTypeError,
     error_response,
     models_unavailable,
     validation_error_response,
 )
-from decoding import PreparedRequest, decode_file, decode_npy, decode_record_files, file_media_type, prepare
-from ecgfm.checkpoint import ModelKind
-from ecgfm.fhir import FHIR_MEDIA_TYPE, bundle_for_result
-from ecgfm.hub import WeightsNotFoundError, resolve_all
-from ecgfm.inference import decode_batch, load_model
-from ecgfm.outputs import BothOutput, CheckpointInfo, ClinicalOutput, FeaturesOutput, RecordOutput
-from ecgfm.settings import Settings
-from interpreter.api import interpret_record
-from serving import (
+from serving.decoding import (
+    Decoder,
+    PreparedRequest,
+    decode_record_files,
+    file_decoder,
+    json_decoder,
+    npy_decoder,
+    uploaded_files,
+)
+from serving.lifecycle import defer_sigterm, rss_mb, worker_alive
+from serving.logs import install_log_filter, install_request_id_logging
+from serving.middleware import (
     ApiKeyMiddleware,
     BatchStats,
     BodySizeLimitMiddleware,
     ConcurrencyLimitMiddleware,
-    LandingPageMiddleware,
     MediaTypeMiddleware,
-    OpenAPIDocumentMiddleware,
     RequestIdMiddleware,
     RequestStats,
     RequestStatsMiddleware,
     RetryAfterMiddleware,
-    StaticFilesMiddleware,
-    defer_sigterm,
-    fill_template,
-    install_log_filter,
-    install_request_id_logging,
-    rss_mb,
-    static_files,
-    tracing_config,
-    worker_alive,
 )
+from serving.openapi import (
+    DECODE_REQUEST_BODY,
+    FILE_OPERATION,
+    INTERPRET_REQUEST_BODY,
+    NPY_OPERATION,
+    OPENAPI_INFO,
+    OpenAPIDocumentMiddleware,
+)
+from serving.pages import (
+    LANDING_PAGE,
+    REPO_DIR,
+    SAMPLE_FILES,
+    UI_FILES,
+    LandingPageMiddleware,
+    StaticFilesMiddleware,
+)
+from serving.tracing import tracing_config
 
 SETTINGS = Settings.from_env()  # every ECGFM_* variable, read once (docs/deployment.md)
 SERVING = SETTINGS.serving
@@ -145,63 +151,11 @@ async def call_model(method: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     raise AssertionError("unreachable")
 
 
-async def npy_decoder(
-    request: Request, fs: str | None, lead_names: str | None, per_segment: str | None, saliency: str | None = None
-) -> Callable[..., PreparedRequest]:
-    """:func:`decoding.decode_npy` bound to a request's body and query parameters."""
-    return partial(decode_npy, await request.body(), fs, lead_names, per_segment, saliency)
-
-
 def current_request() -> Request:
     """The HTTP request being answered: BentoML's context middleware keeps it for every route. The JSON APIs read
     it here rather than take a ``ctx`` argument: BentoML gives the response of an API that takes one the status of
     ``ctx.response`` (200 unless set), which would turn a 422 from ``_answer`` into a 200."""
     return ECGFMService.context.request
-
-
-def _raise(exc: Exception, **_: Any) -> PreparedRequest:
-    raise exc
-
-
-async def multipart_form(request: Request, max_files: int) -> Any:
-    """The request's multipart/form-data fields (at most ``max_files`` files), or 400 when it cannot be parsed."""
-    try:
-        return await request.form(max_files=max_files, max_fields=8)
-    except Exception:  # malformed multipart: starlette raises its own kinds
-        raise BadRequestError("the multipart/form-data body cannot be parsed") from None
-
-
-async def file_decoder(
-    request: Request, per_segment: str | None, saliency: str | None = None
-) -> Callable[..., PreparedRequest]:
-    """:func:`decoding.decode_file` bound to the uploaded file: the raw body, or the multipart field ``file``.
-    An error on the way (415, 400) is bound instead, so that ``_answer`` answers it like any other."""
-    try:
-        media_type = file_media_type(request.headers.get("content-type"))
-        if media_type != MULTIPART_MEDIA_TYPE:
-            return partial(decode_file, await request.body(), per_segment, saliency)
-        form = await multipart_form(request, max_files=1)
-        upload = form.get(FILE_FIELD)
-        if upload is None:
-            raise BadRequestError(f"the multipart/form-data body has no field '{FILE_FIELD}' holding the ECG file")
-        body = upload.encode() if isinstance(upload, str) else await upload.read()
-        await form.close()
-        return partial(decode_file, body, per_segment, saliency)
-    except ANSWERED_ERRORS as exc:
-        return partial(_raise, exc)
-
-
-async def uploaded_files(request: Request) -> list[tuple[str, bytes]]:
-    """The (name, content) of each multipart field ``file`` of a ``/decode`` request (415, 400 otherwise)."""
-    if file_media_type(request.headers.get("content-type")) != MULTIPART_MEDIA_TYPE:
-        raise UnsupportedMediaTypeError(
-            f"the body must be multipart/form-data with the record file in the field '{FILE_FIELD}'"
-        )
-    form = await multipart_form(request, max_files=8)
-    uploads = [upload for upload in form.getlist(FILE_FIELD) if not isinstance(upload, str)]
-    files = [(upload.filename or "", await upload.read()) for upload in uploads]
-    await form.close()
-    return files
 
 
 class ModelService:
@@ -281,81 +235,6 @@ class Finetuned(ModelService):
 app = FastAPI(
     title="ecgfm-serve GET endpoints and binary (.npy) POST variants", docs_url=None, redoc_url=None, openapi_url=None
 )
-REPO_DIR = Path(__file__).resolve().parent
-OPENAPI_INFO = {
-    "title": SERVICE_NAME,
-    "version": ecgfm.__version__,
-    "description": f"{SERVICE_DESCRIPTION}\n\n**{RESEARCH_USE}**\n\nDocumentation: /docs/api.md (the API), "
-    "/docs/deployment.md (settings), /docs/security.md.",
-}
-LANDING_PAGE = fill_template(
-    (REPO_DIR / "web" / "landing.html").read_text(),
-    version=ecgfm.__version__,
-    description=SERVICE_DESCRIPTION,
-    research_use=RESEARCH_USE,
-)
-# The page at /ui (docs/ui.md) and its files are public: they hold no data, and every request the page makes carries
-# the key. The bundled records it offers (sample_data/, under /ui/samples/) are behind the key like any other data.
-UI_PAGE = fill_template((REPO_DIR / "web" / "ui.html").read_text(), research_use=RESEARCH_USE).encode()
-UI_ASSETS = ("ui.js", "ecg.js", "ui.css", "favicon.svg")
-UI_FILES = {"/ui": (UI_PAGE, "text/html; charset=utf-8")} | static_files(REPO_DIR / "web", "/ui/", UI_ASSETS)
-SAMPLE_FILES = static_files(REPO_DIR / "sample_data", "/ui/samples/")
-DECODE_REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": f"The record file as the field '{FILE_FIELD}' of multipart/form-data (a WFDB record: its .hea "
-        "and the signal files it names, each as a 'file' field): JSON, CSV, .npy, WFDB, or a hospital file (DICOM, HL7 "
-        "aECG, Philips, GE MUSE, SCP-ECG, told by the content). Query parameters fs and lead_names for .csv/.npy.",
-        "content": {
-            MULTIPART_MEDIA_TYPE: {
-                "schema": {
-                    "type": "object",
-                    "required": [FILE_FIELD],
-                    "properties": {FILE_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                }
-            }
-        },
-    }
-}
-INTERPRET_REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": InterpretRequest.model_json_schema(mode="validation")}},
-    }
-}
-FILE_REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": "A hospital ECG file (DICOM waveform, HL7 aECG, Philips Sierra/PageWriter XML, GE MUSE XML, "
-        f"SCP-ECG), as the raw body or as the field '{FILE_FIELD}' of multipart/form-data; the format is told by the "
-        "content. Leads beyond the standard 12 are kept out of the model; the response's 'conversion' says how the "
-        "file was read (units, derived leads, trimmed calibration pulse).",
-        "content": {
-            **{
-                media_type: {"schema": {"type": "string", "format": "binary"}}
-                for media_type in FILE_MEDIA_TYPES
-                if media_type != MULTIPART_MEDIA_TYPE
-            },
-            MULTIPART_MEDIA_TYPE: {
-                "schema": {
-                    "type": "object",
-                    "required": [FILE_FIELD],
-                    "properties": {FILE_FIELD: {"type": "string", "format": "binary"}},
-                },
-                "encoding": {
-                    FILE_FIELD: {"contentType": ", ".join(m for m in FILE_MEDIA_TYPES if "multipart" not in m)}
-                },
-            },
-        },
-    }
-}
-NPY_REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": "numpy.save of a [leads, samples] numeric array (12 leads in I..V6 order unless lead_names)",
-        "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
-    }
-}
 
 
 @bentoml.service(name="ECGFMService", workers=1, **SERVICE_CONFIG)
@@ -384,106 +263,49 @@ class ECGFMService:
             raise SystemExit(2) from None
 
     @bentoml.api(route="/clinical", input_spec=ECGRequest)
-    async def clinical(
-        self,
-        signal: Signal,
-        fs: Hz,
-        lead_names: list[str] | None = None,
-        per_segment: bool = False,
-        saliency: bool = False,
-    ) -> ClinicalResponse:
+    async def clinical(self, **fields: Any) -> ClinicalResponse:
         """Probabilities of the 17 ECG-FM labels (finetuned model); raw outputs, no thresholds."""
-        decode = partial(prepare, signal, fs, lead_names, per_segment, saliency)
-        return await self._answer(self._clinical, decode, current_request())
+        return await self._answer(self._clinical, json_decoder(fields), current_request())
 
     @bentoml.api(route="/features", input_spec=ECGRequest)
-    async def features(
-        self,
-        signal: Signal,
-        fs: Hz,
-        lead_names: list[str] | None = None,
-        per_segment: bool = False,
-        saliency: bool = False,
-    ) -> FeaturesResponse:
+    async def features(self, **fields: Any) -> FeaturesResponse:
         """The record's embedding from the pretrained encoder."""
-        decode = partial(prepare, signal, fs, lead_names, per_segment, saliency)
-        return await self._answer(self._features, decode, current_request())
+        return await self._answer(self._features, json_decoder(fields), current_request())
 
     @bentoml.api(route="/both", input_spec=ECGRequest)
-    async def both(
-        self,
-        signal: Signal,
-        fs: Hz,
-        lead_names: list[str] | None = None,
-        per_segment: bool = False,
-        saliency: bool = False,
-    ) -> BothResponse:
+    async def both(self, **fields: Any) -> BothResponse:
         """/clinical and /features of one record; the two models run at the same time."""
-        decode = partial(prepare, signal, fs, lead_names, per_segment, saliency)
-        return await self._answer(self._both, decode, current_request())
+        return await self._answer(self._both, json_decoder(fields), current_request())
 
-    @app.post("/clinical/npy", response_model=ClinicalResponse, openapi_extra=NPY_REQUEST_BODY)
-    async def clinical_npy(
-        self,
-        request: Request,
-        fs: str | None = None,
-        lead_names: str | None = None,
-        per_segment: str | None = None,
-        saliency: str | None = None,
-    ) -> Response:
+    @app.post("/clinical/npy", response_model=ClinicalResponse, openapi_extra=NPY_OPERATION)
+    async def clinical_npy(self, request: Request) -> Response:
         """``/clinical`` with the signal as a NumPy ``.npy`` body ``[leads, samples]``; fields as query parameters."""
-        decode = await npy_decoder(request, fs, lead_names, per_segment, saliency)
-        return await self._answer(self._clinical, decode, request)
+        return await self._answer(self._clinical, await npy_decoder(request), request)
 
-    @app.post("/features/npy", response_model=FeaturesResponse, openapi_extra=NPY_REQUEST_BODY)
-    async def features_npy(
-        self,
-        request: Request,
-        fs: str | None = None,
-        lead_names: str | None = None,
-        per_segment: str | None = None,
-        saliency: str | None = None,
-    ) -> Response:
+    @app.post("/features/npy", response_model=FeaturesResponse, openapi_extra=NPY_OPERATION)
+    async def features_npy(self, request: Request) -> Response:
         """``/features`` with the signal as a NumPy ``.npy`` body ``[leads, samples]``; fields as query parameters."""
-        decode = await npy_decoder(request, fs, lead_names, per_segment, saliency)
-        return await self._answer(self._features, decode, request)
+        return await self._answer(self._features, await npy_decoder(request), request)
 
-    @app.post("/both/npy", response_model=BothResponse, openapi_extra=NPY_REQUEST_BODY)
-    async def both_npy(
-        self,
-        request: Request,
-        fs: str | None = None,
-        lead_names: str | None = None,
-        per_segment: str | None = None,
-        saliency: str | None = None,
-    ) -> Response:
+    @app.post("/both/npy", response_model=BothResponse, openapi_extra=NPY_OPERATION)
+    async def both_npy(self, request: Request) -> Response:
         """``/both`` with the signal as a NumPy ``.npy`` body ``[leads, samples]``; fields as query parameters."""
-        decode = await npy_decoder(request, fs, lead_names, per_segment, saliency)
-        return await self._answer(self._both, decode, request)
+        return await self._answer(self._both, await npy_decoder(request), request)
 
-    @app.post("/clinical/file", response_model=ClinicalResponse, openapi_extra=FILE_REQUEST_BODY)
-    async def clinical_file(
-        self, request: Request, per_segment: str | None = None, saliency: str | None = None
-    ) -> Response:
+    @app.post("/clinical/file", response_model=ClinicalResponse, openapi_extra=FILE_OPERATION)
+    async def clinical_file(self, request: Request) -> Response:
         """``/clinical`` for an uploaded ECG file (DICOM, HL7 aECG, Philips, GE MUSE, SCP-ECG)."""
-        decode = await file_decoder(request, per_segment, saliency)
-        return await self._answer(self._clinical, decode, request)
+        return await self._answer(self._clinical, await file_decoder(request), request)
 
-    @app.post("/features/file", response_model=FeaturesResponse, openapi_extra=FILE_REQUEST_BODY)
-    async def features_file(
-        self, request: Request, per_segment: str | None = None, saliency: str | None = None
-    ) -> Response:
+    @app.post("/features/file", response_model=FeaturesResponse, openapi_extra=FILE_OPERATION)
+    async def features_file(self, request: Request) -> Response:
         """``/features`` for an uploaded ECG file (DICOM, HL7 aECG, Philips, GE MUSE, SCP-ECG)."""
-        decode = await file_decoder(request, per_segment, saliency)
-        return await self._answer(self._features, decode, request)
+        return await self._answer(self._features, await file_decoder(request), request)
 
-    @app.post("/both/file", response_model=BothResponse, openapi_extra=FILE_REQUEST_BODY)
-    async def both_file(
-        self, request: Request, per_segment: str | None = None, saliency: str | None = None
-    ) -> Response:
+    @app.post("/both/file", response_model=BothResponse, openapi_extra=FILE_OPERATION)
+    async def both_file(self, request: Request) -> Response:
         """``/both`` for an uploaded ECG file (DICOM, HL7 aECG, Philips, GE MUSE, SCP-ECG)."""
-        decode = await file_decoder(request, per_segment, saliency)
-        return await self._answer(self._both, decode, request)
+        return await self._answer(self._both, await file_decoder(request), request)
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health(self) -> Response:
@@ -548,7 +370,7 @@ class ECGFMService:
     async def _answer(
         self,
         build: Callable[[PreparedRequest], Awaitable[RecordOutput | BothOutput]],
-        decode: Callable[..., PreparedRequest],
+        decode: Decoder,
         request: Request,
     ) -> Response:
         """Decode and preprocess on a worker thread, then ``build`` the result for ``request`` (its route is
@@ -560,10 +382,7 @@ class ECGFMService:
         except ANSWERED_ERRORS as exc:
             return error_response(exc)
         metrics.record_scored(request.scope["path"])
-        accept = request.headers.get("accept")
-        if FHIR_MEDIA_TYPE in (accept or "").lower():  # content negotiation: a FHIR R4 Bundle (ecgfm.fhir)
-            return JSONResponse(bundle_for_result(output.to_json()), media_type=FHIR_MEDIA_TYPE)
-        return JSONResponse(output.to_json())
+        return result_response(output, request.headers.get("accept"))
 
     async def _clinical(self, prepared: PreparedRequest) -> ClinicalOutput:
         return await self._output("finetuned", prepared)  # type: ignore[return-value]
@@ -622,7 +441,7 @@ MODEL_APIS: dict[tuple[ModelKind, bool], Callable[[ECGFMService], Callable[..., 
     ("pretrained", True): lambda service: service.pretrained.to_async.embed_with_saliency,
 }
 
-# Outermost first (serving.py says what each does).
+# Outermost first (serving/middleware.py says what each does).
 ECGFMService.add_asgi_middleware(RequestIdMiddleware)
 ECGFMService.add_asgi_middleware(RequestStatsMiddleware, stats=REQUEST_STATS)
 ECGFMService.add_asgi_middleware(ApiKeyMiddleware, api_key=SERVING.api_key, public_paths=(*PUBLIC_PATHS, *UI_FILES))

@@ -96,7 +96,7 @@ def main() -> None:
         if args.pretrained and args.finetuned:
             pretrained, finetuned = args.pretrained, args.finetuned
         else:
-            from ecgfm.demo import write_demo_checkpoints
+            from ecgfm.network.demo import write_demo_checkpoints
 
             pretrained, finetuned = map(str, write_demo_checkpoints(tmp_path / "ckpt", size=args.size))
         checkpoints = ["--pretrained", pretrained, "--finetuned", finetuned]

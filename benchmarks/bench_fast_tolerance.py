@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.bench_fast_tolerance`` (seconds on a CPU): the small parity checkpoints of ``shared/parity``,
 the fixture's three unpadded segments (``x``) and, for the classifier, its padded segments too. For every variant
-of ``ecgfm.fast.optimize_for_inference`` it records the largest absolute difference of logits and probabilities,
+of ``ecgfm.network.fast.optimize_for_inference`` it records the largest absolute difference of logits and probabilities,
 and the smallest cosine similarity of the embedding (time mean) and of the per-frame hidden states, against
 
 * ``fp32``: the same checkpoint as loaded, unchanged (what the fast path replaces), and
@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from benchmarks.common import PARITY_CKPT_DIR, machine_info, markdown_table, write_results
-from ecgfm.checkpoint import load_checkpoint
-from ecgfm.fast import optimize_for_inference
-from ecgfm.model import time_mean
+from ecgfm.network.checkpoint import load_checkpoint
+from ecgfm.network.fast import optimize_for_inference
+from ecgfm.network.model import time_mean
 
 REFERENCE = PARITY_CKPT_DIR.parent / "reference_outputs.npz"
 FINETUNED = PARITY_CKPT_DIR / "ecgfm_small_finetuned.pt"

@@ -29,9 +29,9 @@ from benchmarks.bench_served import (
     server,
 )
 from benchmarks.common import DATA_DIR, machine_info, machine_line, markdown_table, write_results
-from decoding import prepare
 from ecgfm.inference import load_model
-from ecgfm.preprocess import DEFAULT_MAX_DURATION_S
+from ecgfm.records.preprocess import DEFAULT_MAX_DURATION_S
+from serving.decoding import prepare
 
 SETTLE_S = 0.2  # pause before each timed call, so that no call competes with the tail of the previous one
 

@@ -1,9 +1,9 @@
-"""Raw model throughput: segments/s and ms per batch vs batch size, fp32 and the fast path (ecgfm.fast).
+"""Raw model throughput: segments/s and ms per batch vs batch size, fp32 and the fast path (ecgfm.network.fast).
 
     python -m benchmarks.bench_model --checkpoint /tmp/demo-full/finetuned.pt --batch-sizes 1,2,4,8
 
 A variant is ``<precision>[+fft][+compile]``: ``fp32`` is the reference model as loaded (weight norm computed on
-every forward); anything else goes through :func:`ecgfm.fast.optimize_for_inference`. Inputs are random
+every forward); anything else goes through :func:`ecgfm.network.fast.optimize_for_inference`. Inputs are random
 ``[B, 12, 2500]`` float32 segments made on the host and copied to the device inside the timed region (as the
 service does). Each batch size is timed ``--iterations`` times after ``--warmup`` calls; a variant stops taking
 larger batch sizes once it has used ``--budget-s`` seconds.
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from benchmarks.common import PARITY_CKPT_DIR, machine_info, markdown_table, write_results
-from ecgfm.checkpoint import load_checkpoint
-from ecgfm.fast import host_to_device, optimize_for_inference
-from ecgfm.model import ECGFMClassifier
+from ecgfm.network.checkpoint import load_checkpoint
+from ecgfm.network.fast import host_to_device, optimize_for_inference
+from ecgfm.network.model import ECGFMClassifier
 
 SEGMENT_SHAPE = (12, 2500)
 

@@ -1,4 +1,4 @@
-"""The positional conv alone at full size: the grouped Conv1d vs its FFT formulation (``ecgfm.fast``).
+"""The positional conv alone at full size: the grouped Conv1d vs its FFT formulation (``ecgfm.network.fast``).
 
     python -m benchmarks.bench_pos_conv --batch-sizes 1,8
 
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from benchmarks.common import machine_info, markdown_table, write_results
-from ecgfm.fast import FFTPositionalEmbedding, fold_weight_norm
-from ecgfm.model import ConvolutionalPositionalEmbedding, ECGFMConfig, ECGFMEncoder
+from ecgfm.network.fast import FFTPositionalEmbedding, fold_weight_norm
+from ecgfm.network.model import ConvolutionalPositionalEmbedding, ECGFMConfig, ECGFMEncoder
 
 FRAMES = 156  # frames of one 5 s segment
 

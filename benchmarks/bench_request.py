@@ -26,9 +26,9 @@ import numpy as np
 import orjson
 
 from benchmarks.common import DATA_DIR, machine_info, markdown_table, write_results
-from contract import ECGRequest
-from decoding import prepare
-from ecgfm.preprocess import DEFAULT_MAX_DURATION_S as MAX_DURATION_S
+from ecgfm.records.preprocess import DEFAULT_MAX_DURATION_S as MAX_DURATION_S
+from serving.contract import ECGRequest
+from serving.decoding import prepare
 
 
 def time_ms(fn: Callable[[], Any], repeats: int) -> float:

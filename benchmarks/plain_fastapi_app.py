@@ -2,9 +2,9 @@
 
     ECGFM_FINETUNED_CHECKPOINT=... uvicorn benchmarks.plain_fastapi_app:app --host 127.0.0.1 --port 3100
 
-Same request body, validation, preprocessing and result as the BentoML service (``contract.ECGRequest``,
-``decoding.prepare`` / ``decoding.decode_npy``, ``ecgfm.outputs.ClinicalOutput``); the finetuned model runs in the
-API process, in a worker thread, one request at a time. Settings as for the service (``ecgfm.settings``).
+Same request body, validation, preprocessing and result as the BentoML service (``serving.contract.ECGRequest``,
+``serving.decoding.prepare`` / ``decode_npy``, ``ecgfm.results.outputs.ClinicalOutput``); the finetuned model runs in
+the API process, in a worker thread, one request at a time. Settings as for the service (``ecgfm.settings``).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from contract import ANSWERED_ERRORS, ECGRequest, error_response
-from decoding import PreparedRequest, decode_npy, prepare
 from ecgfm.inference import decode_batch, load_model
-from ecgfm.outputs import ClinicalOutput
+from ecgfm.results.outputs import ClinicalOutput
 from ecgfm.settings import Settings
+from serving.contract import ANSWERED_ERRORS, ECGRequest, error_response
+from serving.decoding import PreparedRequest, decode_npy, prepare
 
 SETTINGS = Settings.from_env()
 HANDLE = load_model("finetuned", weights=SETTINGS.weights, runtime=SETTINGS.runtime)

@@ -1,9 +1,10 @@
-"""ECG-FM in plain PyTorch: model, official checkpoint loading, preprocessing and labels.
+"""ECG-FM in plain PyTorch, one package per job (docs/architecture.md): ``records`` (files in and out, the official
+preprocessing), ``network`` (the model and its weights), ``results`` (typed outputs, FHIR), ``inference`` (running a
+model on records), ``archive`` (``ecgfm batch``), ``cli`` (the ``ecgfm`` command); ``labels`` and ``settings`` beside.
 
-The Python API in a few names (imported lazily, so ``ecgfm.labels`` does not pull in torch)::
+The Python API in a few names (imported lazily, so ``import ecgfm`` does not pull in torch)::
 
-    from ecgfm import load_checkpoint, Predictor, read_record, LABELS
-    from ecgfm.preprocess import preprocess     # (``ecgfm.preprocess`` is also the module's name)
+    from ecgfm import load_checkpoint, Predictor, read_record, preprocess, LABELS
 
     finetuned = load_checkpoint("mimic_iv_ecg_finetuned.pt")      # LoadedModel: .model, .config, .kind
     logits = finetuned.model(segments)                               # [B, 12, 2500] -> [B, 17]
@@ -22,15 +23,15 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "LABELS": "ecgfm.labels",
-    "ECGFMConfig": "ecgfm.model",
-    "ECGFMEncoder": "ecgfm.model",
-    "ECGFMClassifier": "ecgfm.model",
-    "build_model": "ecgfm.model",
-    "load_checkpoint": "ecgfm.checkpoint",
-    "CheckpointError": "ecgfm.checkpoint",
-    "preprocess": "ecgfm.preprocess",
-    "ECGInputError": "ecgfm.preprocess",
-    "read_record": "ecgfm.records",
+    "ECGFMConfig": "ecgfm.network.model",
+    "ECGFMEncoder": "ecgfm.network.model",
+    "ECGFMClassifier": "ecgfm.network.model",
+    "build_model": "ecgfm.network.model",
+    "load_checkpoint": "ecgfm.network.checkpoint",
+    "CheckpointError": "ecgfm.network.checkpoint",
+    "preprocess": "ecgfm.records.preprocess",
+    "ECGInputError": "ecgfm.records.preprocess",
+    "read_record": "ecgfm.records.readers",
     "Predictor": "ecgfm.inference",
     "load_model": "ecgfm.inference",
 }

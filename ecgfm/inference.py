@@ -1,12 +1,13 @@
 """Running a loaded ECG-FM: one call for either model, padding carried as lengths, and the wire format of batches.
 
-* :func:`load_model` resolves one checkpoint (:mod:`ecgfm.hub`), loads it strictly (:mod:`ecgfm.checkpoint`) and
-  applies the runtime settings (:class:`ecgfm.settings.RuntimeSettings`: device, precision, fast path);
+* :func:`load_model` resolves one checkpoint (:mod:`ecgfm.network.hub`), loads it strictly
+  (:mod:`ecgfm.network.checkpoint`) and applies the runtime settings (:class:`ecgfm.settings.RuntimeSettings`:
+  device, precision, fast path);
 * :meth:`ModelHandle.run` is *the* way to run a model: ``[N, 12, 2500]`` segments and their valid lengths in,
   ``[N, 17]`` probabilities (finetuned) or ``[N, D]`` embeddings (pretrained) out, in chunks;
 * :func:`encode_batch` / :func:`decode_batch` carry segments and lengths in one float32 array between processes
   (the service's model services take one array per request, batched across requests);
-* :class:`Predictor` runs whole records in process (``ecgfm predict``), producing :mod:`ecgfm.outputs`.
+* :class:`Predictor` runs whole records in process (``ecgfm predict``), producing :mod:`ecgfm.results.outputs`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecgfm.checkpoint import CheckpointError, LoadedModel, ModelKind, file_sha256, load_checkpoint
-from ecgfm.fast import (
+from ecgfm.labels import LABELS
+from ecgfm.network.checkpoint import CheckpointError, LoadedModel, ModelKind, file_sha256, load_checkpoint
+from ecgfm.network.fast import (
     PosConv,
     Precision,
     host_to_device,
@@ -28,12 +30,11 @@ from ecgfm.fast import (
     resolve_pos_conv,
     resolve_precision,
 )
-from ecgfm.hub import CheckpointSource, resolve_checkpoint
-from ecgfm.labels import LABELS
-from ecgfm.model import ECGFMClassifier, attention_max, time_mean
-from ecgfm.outputs import CheckpointInfo, ClinicalOutput, FeaturesOutput, LoadedCheckpoint
-from ecgfm.preprocess import SEGMENT_SAMPLES, PreprocessedECG, preprocess
-from ecgfm.records import ECGRecord
+from ecgfm.network.hub import CheckpointSource, resolve_checkpoint
+from ecgfm.network.model import ECGFMClassifier, attention_max, time_mean
+from ecgfm.records.preprocess import SEGMENT_SAMPLES, PreprocessedECG, preprocess
+from ecgfm.records.record import ECGRecord
+from ecgfm.results.outputs import CheckpointInfo, ClinicalOutput, FeaturesOutput, LoadedCheckpoint
 from ecgfm.settings import RuntimeSettings, WeightsSettings
 
 DEFAULT_BATCH_SIZE = 32
@@ -58,7 +59,7 @@ class ModelHandle:
     source: CheckpointSource
     sha256: str
     device: torch.device
-    precision: Precision = "fp32"  # of the transformer layers; see ecgfm.fast
+    precision: Precision = "fp32"  # of the transformer layers; see ecgfm.network.fast
     pos_conv: PosConv = "conv"
     compiled: bool = False
 
@@ -106,7 +107,7 @@ class ModelHandle:
         encoder's output averaged over valid frames).
 
         Args:
-            segments: ``[N, 12, 2500]`` preprocessed segments (:func:`ecgfm.preprocess.preprocess`).
+            segments: ``[N, 12, 2500]`` preprocessed segments (:func:`ecgfm.records.preprocess.preprocess`).
             lengths: ``[N]`` valid samples of each segment (shorter ones are zero-padded at the end); None: all full.
             batch_size: most segments per forward.
 
@@ -120,8 +121,8 @@ class ModelHandle:
         """:meth:`run`'s outputs and each segment's saliency ``[N, T]`` float32 (T = 156 for 2500 samples).
 
         The saliency is ECG-FM quickstart's reduction of fairseq-signals' attention weights
-        (:func:`ecgfm.model.attention_max`): the last layer's head-mean post-softmax weights, padded keys masked,
-        and for each query step its largest weight on any key. Computed with an explicit softmax (the default
+        (:func:`ecgfm.network.model.attention_max`): the last layer's head-mean post-softmax weights, padded keys
+        masked, and for each query step its largest weight on any key. Computed with an explicit softmax (the default
         :meth:`run` keeps the fused attention kernel); same chunks, same padding masks.
         """
         outputs, saliency = self._run(segments, lengths, batch_size, saliency=True)
@@ -188,9 +189,9 @@ def load_model(
 
     ``device``, ``precision``, ``pos_conv`` and ``compile`` override ``runtime`` (default: read from the
     environment, :class:`~ecgfm.settings.RuntimeSettings`). fp32 with the plain conv and no compile is the
-    reference; anything else goes through :func:`ecgfm.fast.optimize_for_inference` (see there and
+    reference; anything else goes through :func:`ecgfm.network.fast.optimize_for_inference` (see there and
     ``docs/performance.md`` for its tolerance). With a weights cache folder, weights are read through a stripped
-    safetensors copy kept there (:func:`ecgfm.checkpoint.read_checkpoint_cached`).
+    safetensors copy kept there (:func:`ecgfm.network.checkpoint.read_checkpoint_cached`).
     """
     runtime = runtime or RuntimeSettings.from_env()
     source = resolve_checkpoint(kind, path, weights)
@@ -311,7 +312,7 @@ class Predictor:
         self, prep: PreprocessedECG, per_segment: bool = False, saliency: bool = False
     ) -> dict[str, Any]:
         """``{"clinical": ..., "features": ...}`` (JSON bodies) for the models this predictor holds; with
-        ``saliency``, each body has its model's ``saliency`` (:class:`ecgfm.outputs.Saliency`)."""
+        ``saliency``, each body has its model's ``saliency`` (:class:`ecgfm.results.outputs.Saliency`)."""
         result: dict[str, Any] = {}
         lengths = record_lengths(prep)
         for key, handle, output in (

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ecgfm.preprocess import DEFAULT_MAX_DURATION_S, LEAD_ORDER
+from ecgfm.records.preprocess import DEFAULT_MAX_DURATION_S, LEAD_ORDER
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: bf16 on CUDA, else fp32
 POS_CONVS = ("conv", "fft")
@@ -224,7 +224,7 @@ def _to_dict(settings: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class WeightsSettings:
-    """Which checkpoint files are loaded (resolution order in :mod:`ecgfm.hub`)."""
+    """Which checkpoint files are loaded (resolution order in :mod:`ecgfm.network.hub`)."""
 
     pretrained_checkpoint: str | None = setting(
         "ECGFM_PRETRAINED_CHECKPOINT", text, None, "path of the pretrained `.pt`; overrides the Hub"
@@ -269,7 +269,7 @@ class WeightsSettings:
 
 @dataclass(frozen=True)
 class RuntimeSettings:
-    """How a loaded model runs (:func:`ecgfm.inference.load_model`; the fast path is :mod:`ecgfm.fast`)."""
+    """How a loaded model runs (:func:`ecgfm.inference.load_model`; the fast path is :mod:`ecgfm.network.fast`)."""
 
     device: str = setting(
         "ECGFM_DEVICE", device_name, "auto", "torch device of the models: `auto` (CUDA when available), `cpu`, `cuda:1`"

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ecgfm.preprocess import LEAD_ORDER, preprocess
+from ecgfm.records.preprocess import LEAD_ORDER, preprocess
 from interpreter.findings import interpret
 from interpreter.heart_rate import detect_heart_rate
 from interpreter.report import report_dict
@@ -27,8 +27,9 @@ def interpret_record(
     """The JSON report of one record: ``probabilities`` (the 17 labels of ``/clinical``) and, when ``signal`` and
     ``fs`` are given, the heart rate measured on the record as sent (its own rate, every lead).
 
-    The signal is first checked as ``/clinical`` checks it (:class:`ecgfm.preprocess.ECGInputError`, 422), so that
-    a record the model would refuse gets the same message here. Without a signal the rate rules are not applied (H8).
+    The signal is first checked as ``/clinical`` checks it (:class:`ecgfm.records.preprocess.ECGInputError`, 422), so
+    that a record the model would refuse gets the same message here. Without a signal the rate rules are not applied
+    (H8).
     """
     heart_rate = None
     if signal is not None:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ecgfm.labels import LABELS
-from ecgfm.records import ECGRecord, RecordError, read_record
+from ecgfm.records.readers import read_record
+from ecgfm.records.record import ECGRecord, RecordError
 from ecgfm.settings import ServingSettings
 from interpreter import DISCLAIMER
 from interpreter.findings import ConfigError, interpret, load_config
@@ -126,9 +127,9 @@ def clinical_from_url(url: str, record: ECGRecord, timeout: float = 120.0, salie
 def _local_predictor(finetuned: str) -> Callable[[ECGRecord, bool], dict[str, Any]]:
     """``/clinical`` bodies computed in process (with ``saliency`` when the second argument is true);
     interpretation needs the finetuned model only."""
-    from ecgfm.checkpoint import CheckpointError
-    from ecgfm.hub import WeightsNotFoundError
     from ecgfm.inference import Predictor
+    from ecgfm.network.checkpoint import CheckpointError
+    from ecgfm.network.hub import WeightsNotFoundError
 
     try:
         predictor = Predictor.from_paths(finetuned=finetuned, load_pretrained=False)

@@ -390,9 +390,9 @@ def file_stem(record: str) -> str:
 
 
 def write_fhir_bundle(interp: Interpretation, out_dir: str | Path, demo: bool = False) -> Path:
-    """``<record>.fhir.json``: a FHIR R4 Bundle (:func:`ecgfm.fhir.bundle`) of the interpretation: the measured heart
-    rate when reliable, each reported finding with its probability, and the 17 probabilities."""
-    from ecgfm.fhir import bundle
+    """``<record>.fhir.json``: a FHIR R4 Bundle (:func:`ecgfm.results.fhir.bundle`) of the interpretation: the
+    measured heart rate when reliable, each reported finding with its probability, and the 17 probabilities."""
+    from ecgfm.results.fhir import bundle
 
     hr = interp.heart_rate or {}
     bpm = hr.get("heart_rate_bpm") if hr.get("quality") != "unreliable" else None

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Mutation testing (mutmut, pinned in requirements-dev.txt) of the modules where a silent bug would harm a
-# patient: ecgfm/labels.py, ecgfm/preprocess.py, interpreter/findings.py, interpreter/heart_rate.py, against the
+# patient: ecgfm/labels.py, ecgfm/records/preprocess.py, interpreter/findings.py, interpreter/heart_rate.py, against the
 # fast tests that specify them. The modules and tests are listed in setup.cfg [mutmut]; docs/testing.md has the
 # last result and why each surviving mutant is harmless. Slow (about an hour on one core): not part of CI.
 #

@@ -25,9 +25,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from ecgfm.batch import BatchError, BatchJob, check_output
-from ecgfm.batch_inputs import InputsError, discover_inputs, is_manifest
-from ecgfm.batch_parts import (
+from ecgfm.archive.batch import BatchError, BatchJob, check_output
+from ecgfm.archive.inputs import InputsError, discover_inputs, is_manifest
+from ecgfm.archive.parts import (
     PartWriter,
     committed_parts,
     done_paths,
@@ -35,9 +35,9 @@ from ecgfm.batch_parts import (
     output_schema,
     remove_unfinished,
 )
-from ecgfm.checkpoint import file_sha256
 from ecgfm.labels import AGGREGATION, LABELS
-from ecgfm.records import read_record
+from ecgfm.network.checkpoint import file_sha256
+from ecgfm.records.readers import read_record
 from tests.conftest import DATA_DIR, FINETUNED_CKPT, PRETRAINED_CKPT, REPO_DIR
 
 CHECKPOINT_ARGS = ["--pretrained", str(PRETRAINED_CKPT), "--finetuned", str(FINETUNED_CKPT)]

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from ecgfm.checkpoint import (
+from ecgfm.network.checkpoint import (
     CheckpointError,
     config_from_cfg,
     load_checkpoint,
@@ -15,8 +15,8 @@ from ecgfm.checkpoint import (
     pretraining_head_parameters,
     to_fairseq_state_dict,
 )
-from ecgfm.demo import write_demo_checkpoints
-from ecgfm.model import build_model
+from ecgfm.network.demo import write_demo_checkpoints
+from ecgfm.network.model import build_model
 from tests.conftest import CKPT_DIR, FINETUNED_CKPT, PARITY_DIR, PRETRAINED_CKPT
 
 PRETRAINING_ONLY = ("mask_emb", "quantizer", "project_q", "final_proj")
@@ -179,7 +179,7 @@ def _state(loaded) -> dict:
 
 @pytest.mark.parametrize("path", [PRETRAINED_CKPT, FINETUNED_CKPT])
 def test_a_stripped_copy_is_written_once_and_loads_the_same_model(tmp_path, path, monkeypatch):
-    import ecgfm.checkpoint as checkpoint_module
+    import ecgfm.network.checkpoint as checkpoint_module
 
     first = load_checkpoint(path, cache_dir=tmp_path)
     (cached,) = tmp_path.glob("*.safetensors")

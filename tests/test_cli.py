@@ -12,7 +12,7 @@ import pytest
 
 from ecgfm.inference import Predictor
 from ecgfm.labels import LABELS
-from ecgfm.records import read_record
+from ecgfm.records.readers import read_record
 from tests.conftest import DATA_DIR, FINETUNED_CKPT, PRETRAINED_CKPT, REPO_DIR
 
 CHECKPOINT_ARGS = ["--pretrained", str(PRETRAINED_CKPT), "--finetuned", str(FINETUNED_CKPT)]

@@ -17,7 +17,7 @@ import wfdb
 from scipy import signal as sps
 
 from benchmarks import common
-from ecgfm.records import read_record
+from ecgfm.records.readers import read_record
 from interpreter.heart_rate import detect_heart_rate
 
 REPO = Path(__file__).resolve().parents[1]

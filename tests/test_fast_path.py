@@ -1,4 +1,4 @@
-"""The fast inference path (``ecgfm.fast``) against the fairseq-signals reference outputs, on the CPU.
+"""The fast inference path (``ecgfm.network.fast``) against the fairseq-signals reference outputs, on the CPU.
 
 fp32 rearrangements (folded weight norm, FFT positional conv) keep the fp32 parity tolerances; bf16/fp16
 transformers keep the fast path's documented tolerance (docs/performance.md): probabilities within 1e-2
@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch.nn.utils import parametrize
 
-from ecgfm.checkpoint import load_checkpoint
-from ecgfm.fast import (
+from ecgfm.inference import classify_segments, embed_segments, load_model
+from ecgfm.network.checkpoint import load_checkpoint
+from ecgfm.network.fast import (
     FFTPositionalEmbedding,
     HalfPrecisionTransformer,
     fold_weight_norm,
@@ -24,8 +25,7 @@ from ecgfm.fast import (
     resolve_pos_conv,
     resolve_precision,
 )
-from ecgfm.inference import classify_segments, embed_segments, load_model
-from ecgfm.model import ECGFMClassifier, ECGFMEncoder, time_mean
+from ecgfm.network.model import ECGFMClassifier, ECGFMEncoder, time_mean
 from tests.conftest import FINETUNED_CKPT, PRETRAINED_CKPT
 
 OUTPUT_TOL = {"atol": 1e-5, "rtol": 1e-5}  # fp32: logits, probabilities, time-means (as tests/test_parity.py)

@@ -1,4 +1,4 @@
-"""FHIR R4 output (ecgfm.fhir): every resource validated with the fhir.resources models."""
+"""FHIR R4 output (ecgfm.results.fhir): every resource validated with the fhir.resources models."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
 
-from ecgfm.fhir import bundle, bundle_for_result
 from ecgfm.labels import LABELS
+from ecgfm.results.fhir import bundle, bundle_for_result
 from tests.conftest import DATA_DIR, FINETUNED_CKPT, PRETRAINED_CKPT
 
 

@@ -1,4 +1,4 @@
-"""Hospital ECG files (ecgfm.formats) against the independent reference decodings in ../shared/data/formats."""
+"""Hospital ECG files (ecgfm.records.formats) against the independent reference decodings in ../shared/data/formats."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ecgfm.formats import FormatError, UnknownFormatError, read_file
-from ecgfm.formats.calibration import find_calibration_pulse, trim_calibration_pulse
-from ecgfm.formats.leads import LeadNameError, canonical_lead, derive_limb_leads
-from ecgfm.preprocess import LEAD_ORDER
-from ecgfm.records import RecordError, read_record
+from ecgfm.records.formats import FormatError, UnknownFormatError, read_file
+from ecgfm.records.formats.calibration import find_calibration_pulse, trim_calibration_pulse
+from ecgfm.records.formats.leads import LeadNameError, canonical_lead, derive_limb_leads
+from ecgfm.records.preprocess import LEAD_ORDER
+from ecgfm.records.readers import read_record
+from ecgfm.records.record import RecordError
 from tests.conftest import DATA_DIR
 
 FORMATS_DIR = DATA_DIR / "formats"

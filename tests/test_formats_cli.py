@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ecgfm.cli import main
-from ecgfm.records import read_record
+from ecgfm.records.readers import read_record
 from tests.conftest import FINETUNED_CKPT, PRETRAINED_CKPT
 from tests.test_formats import FORMATS_DIR, MUSE, reference
 

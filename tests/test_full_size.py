@@ -8,11 +8,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ecgfm.demo import write_demo_checkpoints
-from ecgfm.fast import optimize_for_inference
 from ecgfm.inference import Predictor, classify_segments
 from ecgfm.labels import LABELS
-from ecgfm.records import read_record
+from ecgfm.network.demo import write_demo_checkpoints
+from ecgfm.network.fast import optimize_for_inference
+from ecgfm.records.readers import read_record
 from tests.conftest import DATA_DIR
 
 pytestmark = pytest.mark.slow

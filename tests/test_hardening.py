@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from contract import PUBLIC_PATHS
+from serving.contract import PUBLIC_PATHS
 from tests.conftest import FINETUNED_CKPT, PRETRAINED_CKPT, REPO_DIR, bentoml_server, load_json_record
 
 pytestmark = pytest.mark.server

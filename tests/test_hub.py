@@ -1,4 +1,4 @@
-"""Where the weights come from (``ecgfm.hub``): sha256 pins of local files and Hub downloads, hashed once."""
+"""Where the weights come from (``ecgfm.network.hub``): sha256 pins of local files and Hub downloads, hashed once."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ecgfm import hub
+from ecgfm.network import hub
 from tests.conftest import FINETUNED_CKPT
 
 
@@ -58,7 +58,8 @@ def test_real_checkpoint_without_a_pin_is_not_hashed_twice(monkeypatch: pytest.M
 def test_a_pinned_checkpoint_is_hashed_once_from_resolution_to_the_loaded_model(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from ecgfm import checkpoint, inference
+    from ecgfm import inference
+    from ecgfm.network import checkpoint
 
     digest = hashlib.sha256(FINETUNED_CKPT.read_bytes()).hexdigest()
     monkeypatch.setenv("ECGFM_FINETUNED_SHA256", digest)

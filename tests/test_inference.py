@@ -15,7 +15,7 @@ from ecgfm.inference import (
     padding_mask_from_lengths,
     record_lengths,
 )
-from ecgfm.preprocess import preprocess
+from ecgfm.records.preprocess import preprocess
 from tests.conftest import FINETUNED_CKPT, PRETRAINED_CKPT
 
 

@@ -12,7 +12,7 @@ import pytest
 import wfdb
 from scipy import signal as sps
 
-from ecgfm.records import read_record
+from ecgfm.records.readers import read_record
 from interpreter.heart_rate import clean_for_detection, detect_heart_rate
 
 REPO = Path(__file__).resolve().parents[1]

@@ -224,7 +224,7 @@ def test_report_with_saliency_from_a_running_server_url(tmp_path: Path, server_u
 def test_report_with_saliency_from_a_local_checkpoint_and_from_results(tmp_path: Path, monkeypatch) -> None:
     from ecgfm.cli import main as ecgfm_main
     from ecgfm.inference import Predictor
-    from ecgfm.records import read_record
+    from ecgfm.records.readers import read_record
 
     monkeypatch.delenv("ECGFM_DEMO", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -271,7 +271,7 @@ def test_the_rhythm_strip_and_its_band_draw_the_records_saliency_on_one_scale(na
     from matplotlib import pyplot as plt
 
     from ecgfm.inference import Predictor
-    from ecgfm.records import read_record
+    from ecgfm.records.readers import read_record
 
     record = read_record(DATA / name)
     if seconds is not None:  # the first seconds only: one padded segment
@@ -346,7 +346,7 @@ def test_report_command_shows_progress_on_stderr(tmp_path: Path) -> None:
 
 def test_report_from_a_local_finetuned_checkpoint_alone(tmp_path: Path, monkeypatch) -> None:
     from ecgfm.inference import Predictor
-    from ecgfm.records import read_record
+    from ecgfm.records.readers import read_record
 
     for name in ("ECGFM_PRETRAINED_CHECKPOINT", "ECGFM_DEMO"):
         monkeypatch.delenv(name, raising=False)

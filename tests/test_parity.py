@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ecgfm.checkpoint import LoadedModel, load_checkpoint
-from ecgfm.model import masked_mean_pool, time_mean
+from ecgfm.network.checkpoint import LoadedModel, load_checkpoint
+from ecgfm.network.model import masked_mean_pool, time_mean
 from tests.conftest import CKPT_DIR
 
 OUTPUT_TOL = {"atol": 1e-5, "rtol": 1e-5}  # logits, probabilities, pooled embeddings, time-means

@@ -10,7 +10,7 @@ from ecg_transform.t.common import HandleConstantLeads, LinearResample, ReorderL
 from ecg_transform.t.cut import SegmentNonoverlapping
 from ecg_transform.t.scale import Standardize
 
-from ecgfm.preprocess import (
+from ecgfm.records.preprocess import (
     LEAD_ORDER,
     ECGInputError,
     constant_lead_mask,

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from ecgfm.checkpoint import LoadedModel, load_checkpoint
 from ecgfm.cli import main as ecgfm_main
 from ecgfm.inference import ModelHandle, load_model
-from ecgfm.model import attention_max
-from ecgfm.outputs import ClinicalOutput, Saliency
-from ecgfm.preprocess import preprocess
+from ecgfm.network.checkpoint import LoadedModel, load_checkpoint
+from ecgfm.network.model import attention_max
+from ecgfm.records.preprocess import preprocess
+from ecgfm.results.outputs import ClinicalOutput, Saliency
 from tests.conftest import CKPT_DIR, FINETUNED_CKPT, PARITY_DIR, PRETRAINED_CKPT
 
 SALIENCY_TOL = {"atol": 1e-6, "rtol": 1e-5}  # the README's tolerance for saliency and attn_max
@@ -171,7 +171,7 @@ def test_ecgfm_predict_saliency_matches_fairseq_per_segment(saliency_reference, 
 
 def test_the_report_shades_each_lead_by_saliency_scaled_over_the_whole_record(finetuned, tmp_path):
     from ecgfm.inference import Predictor
-    from ecgfm.records import read_record
+    from ecgfm.records.readers import read_record
     from interpreter.findings import interpret, load_config
     from interpreter.report import SALIENCY_NOTE, plot_ecg_png, saliency_steps, write_reports
     from tests.conftest import DATA_DIR, TWELVE_LEAD_RECORDS

@@ -1,7 +1,7 @@
 """The HTTP service, end to end: a real ``bentoml serve`` on loopback with the parity checkpoints, real records.
 
 ``/clinical`` and ``/features`` must return exactly what ``ecgfm predict`` (its engine, :class:`Predictor`)
-returns for the same record; the rest checks the contract in ``contract.py``.
+returns for the same record; the rest checks the contract in ``serving/contract.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 
 from ecgfm.inference import Predictor
 from ecgfm.labels import LABELS
-from ecgfm.records import read_record
+from ecgfm.records.readers import read_record
 from tests.conftest import (
     DATA_DIR,
     FINETUNED_CKPT,

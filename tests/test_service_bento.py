@@ -34,7 +34,10 @@ def bento_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_bento_holds_the_service_code_and_no_tests(bento_dir: Path) -> None:
     source = bento_dir / "src"
-    assert all((source / name).is_file() for name in ("service.py", "contract.py", "serving.py", "metrics.py"))
+    assert all(
+        (source / name).is_file()
+        for name in ("service.py", "serving/contract.py", "serving/middleware.py", "serving/web/ui.js")
+    )
     assert (source / "ecgfm" / "inference.py").is_file()
     assert not (source / "tests").exists() and not (source / ".venv").exists()
 

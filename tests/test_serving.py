@@ -12,17 +12,16 @@ import logging
 import pytest
 from pydantic import ValidationError
 
-from contract import ERRORS, JSON_MEDIA_TYPE, POST_MEDIA_TYPES, PUBLIC_PATHS, ECGRequest
-from serving import (
+from serving.contract import ERRORS, JSON_MEDIA_TYPE, POST_MEDIA_TYPES, PUBLIC_PATHS, ECGRequest
+from serving.logs import ValidationTracebackFilter, install_log_filter
+from serving.middleware import (
     ApiKeyMiddleware,
     BodySizeLimitMiddleware,
     ConcurrencyLimitMiddleware,
     MediaTypeMiddleware,
     RetryAfterMiddleware,
-    ValidationTracebackFilter,
-    document_error_responses,
-    install_log_filter,
 )
+from serving.openapi import document_error_responses
 
 
 def openapi_fragment() -> dict:

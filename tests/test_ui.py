@@ -4,7 +4,7 @@ Each browser test uploads real files (``../shared/data``, ``sample_data/``) thro
 checks that what the page shows equals what the API answers for the same file, that every request the page makes
 goes to the service (anything else is aborted and fails the test) and that the browser reports no error (a
 Content-Security-Policy violation is one). What the tracing draws over the signal (the saliency band, the R-peak
-marks, the 10 s window) is read from ``ECGTracing.last`` (web/ecg.js) and the canvas's ``data-`` attributes, not
+marks, the 10 s window) is read from ``ECGTracing.last`` (serving/web/ecg.js) and the canvas's ``data-`` attributes, not
 from pixels. Screenshots go to the test's tmp dir and to ``build/ui-screenshots/``.
 
 Without Chromium or Playwright the browser tests are skipped, saying why; under CI (``CI=true``) they fail instead
@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ecgfm.records import read_record
+from ecgfm.records.readers import read_record
 from interpreter.cli import heart_rate_of
 from interpreter.findings import interpret
 from tests.conftest import DATA_DIR, REPO_DIR, TWELVE_LEAD_RECORDS, bentoml_server

@@ -1,0 +1,185 @@
+"""The OpenAPI document at ``/docs.json``: BentoML's, with this service's description, the errors of
+``contract.ERRORS`` on every operation, and the request bodies that ``@app.post`` routes cannot declare themselves
+(``.npy``, hospital files, ``/decode``, ``/interpret``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import ecgfm
+from serving.contract import (
+    ERRORS,
+    FILE_FIELD,
+    FILE_MEDIA_TYPES,
+    JSON_MEDIA_TYPE,
+    MULTIPART_MEDIA_TYPE,
+    NPY_MEDIA_TYPE,
+    RESEARCH_USE,
+    SERVICE_DESCRIPTION,
+    SERVICE_NAME,
+    ErrorResponse,
+    InterpretRequest,
+    ValidationErrorResponse,
+)
+from serving.middleware import ASGIApp, Message, Receive, Scope, Send
+
+
+def document_error_responses(
+    spec: dict[str, Any], media_types: dict[str, str], public_paths: Iterable[str]
+) -> dict[str, Any]:
+    """Add ``contract.ERRORS`` to BentoML's OpenAPI document (``@bentoml.api`` cannot declare them).
+
+    The POSTs of ``media_types`` get every error documented on ``"post"``; their 400 is
+    :class:`~contract.ValidationErrorResponse` for JSON (BentoML documents ``detail`` as a string, but sends a
+    list) and their 422 is the contract's (not FastAPI's own). Every other operation outside ``public_paths``
+    gets the errors documented on ``"get"``. ``spec`` is changed in place and returned.
+    """
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ErrorResponse, ValidationErrorResponse):
+        schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+
+    def response(description: str, model: type) -> dict[str, Any]:
+        schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+        return {"description": description, "content": {JSON_MEDIA_TYPE: {"schema": schema}}}
+
+    public = frozenset(public_paths)
+    for path, operations in spec.get("paths", {}).items():
+        for method, operation in operations.items():
+            if method == "post" and path in media_types:
+                on = "post"
+            elif path not in public:
+                on = "get"
+            else:
+                continue
+            responses = operation.setdefault("responses", {})
+            for row in ERRORS.values():
+                if on not in row.documented_on:
+                    continue
+                if on == "post" and row.status in (400, 422):  # replace FastAPI's and BentoML's own
+                    json_400 = row.status == 400 and media_types[path] == JSON_MEDIA_TYPE
+                    responses[str(row.status)] = (
+                        response("Not JSON, or does not match the request schema", ValidationErrorResponse)
+                        if json_400
+                        else response(row.description, ErrorResponse)
+                    )
+                else:
+                    responses.setdefault(str(row.status), response(row.description, ErrorResponse))
+    return spec
+
+
+class OpenAPIDocumentMiddleware:
+    """``GET /docs.json`` leaves with ``info`` (title, version, description: this service, not BentoML's generic
+    text) and the contract's error responses added (:func:`document_error_responses`)."""
+
+    def __init__(
+        self, app: ASGIApp, info: dict[str, Any], media_types: dict[str, str], public_paths: Iterable[str]
+    ) -> None:
+        self.app, self.info, self.media_types, self.public_paths = app, info, media_types, tuple(public_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "GET" or scope.get("path") != "/docs.json":
+            await self.app(scope, receive, send)
+            return
+        start: Message = {}
+        chunks: list[bytes] = []
+
+        async def send_documented(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = b"".join(chunks)
+            if start["status"] == 200:
+                spec = document_error_responses(json.loads(body), self.media_types, self.public_paths)
+                spec["info"] = dict(self.info)
+                body = json.dumps(spec).encode()
+            headers = [(key, value) for key, value in start.get("headers", []) if key.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, send_documented)
+
+
+# ---- this service's document: its description, and the request bodies @app.post routes cannot declare ----------
+
+OPENAPI_INFO = {
+    "title": SERVICE_NAME,
+    "version": ecgfm.__version__,
+    "description": f"{SERVICE_DESCRIPTION}\n\n**{RESEARCH_USE}**\n\nDocumentation: /docs/api.md (the API), "
+    "/docs/deployment.md (settings), /docs/security.md.",
+}
+
+
+def query_parameter(name: str, description: str, required: bool = False) -> dict[str, Any]:
+    """An OpenAPI query parameter: the ``.npy`` and file routes read theirs from the request (decoding.py)."""
+    return {"name": name, "in": "query", "required": required, "description": description, "schema": {"type": "string"}}
+
+
+FS_PARAMETER = query_parameter("fs", "sampling rate in Hz", required=True)
+LEAD_NAMES_PARAMETER = query_parameter("lead_names", "comma-separated lead names, one per row (default: I..V6)")
+PER_SEGMENT_PARAMETER = query_parameter("per_segment", "true: also each 5 s segment's output (default false)")
+SALIENCY_PARAMETER = query_parameter("saliency", "true: also where the model attended, per segment (default false)")
+
+
+DECODE_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": f"The record file as the field '{FILE_FIELD}' of multipart/form-data (a WFDB record: its .hea "
+        "and the signal files it names, each as a 'file' field): JSON, CSV, .npy, WFDB, or a hospital file (DICOM, HL7 "
+        "aECG, Philips, GE MUSE, SCP-ECG, told by the content). Query parameters fs and lead_names for .csv/.npy.",
+        "content": {
+            MULTIPART_MEDIA_TYPE: {
+                "schema": {
+                    "type": "object",
+                    "required": [FILE_FIELD],
+                    "properties": {FILE_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                }
+            }
+        },
+    }
+}
+INTERPRET_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": InterpretRequest.model_json_schema(mode="validation")}},
+    }
+}
+FILE_OPERATION = {
+    "parameters": [PER_SEGMENT_PARAMETER, SALIENCY_PARAMETER],
+    "requestBody": {
+        "required": True,
+        "description": "A hospital ECG file (DICOM waveform, HL7 aECG, Philips Sierra/PageWriter XML, GE MUSE XML, "
+        f"SCP-ECG), as the raw body or as the field '{FILE_FIELD}' of multipart/form-data; the format is told by the "
+        "content. Leads beyond the standard 12 are kept out of the model; the response's 'conversion' says how the "
+        "file was read (units, derived leads, trimmed calibration pulse).",
+        "content": {
+            **{
+                media_type: {"schema": {"type": "string", "format": "binary"}}
+                for media_type in FILE_MEDIA_TYPES
+                if media_type != MULTIPART_MEDIA_TYPE
+            },
+            MULTIPART_MEDIA_TYPE: {
+                "schema": {
+                    "type": "object",
+                    "required": [FILE_FIELD],
+                    "properties": {FILE_FIELD: {"type": "string", "format": "binary"}},
+                },
+                "encoding": {
+                    FILE_FIELD: {"contentType": ", ".join(m for m in FILE_MEDIA_TYPES if "multipart" not in m)}
+                },
+            },
+        },
+    },
+}
+NPY_OPERATION = {
+    "parameters": [FS_PARAMETER, LEAD_NAMES_PARAMETER, PER_SEGMENT_PARAMETER, SALIENCY_PARAMETER],
+    "requestBody": {
+        "required": True,
+        "description": "numpy.save of a [leads, samples] numeric array (12 leads in I..V6 order unless lead_names)",
+        "content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+    },
+}
