@@ -13,7 +13,7 @@ from tests.conftest import REPO_DIR
 
 # Lowest first; a module may import from its own layer and those before it. The first matching prefix decides.
 LAYERS: list[tuple[str, ...]] = [
-    ("ecgfm.labels",),
+    ("ecgfm.labels", "ecgfm.terminology"),
     ("ecgfm.records",),
     ("ecgfm.settings",),
     ("ecgfm.network", "ecgfm.results"),
