@@ -419,7 +419,7 @@ def write_reports(
 ) -> dict[str, Path]:
     """Write ``<record>.txt``, ``<record>.json`` and ``<record>.html`` into ``out_dir``.
 
-    ``record`` (an :class:`ecgfm.records.ECGRecord`) adds the ECG plot to the HTML report; ``saliency`` (the
+    ``record`` (an :class:`ecgfm.records.record.ECGRecord`) adds the ECG plot to the HTML report; ``saliency`` (the
     ``/clinical`` body's ``saliency``) shades its lead panels by where the model attended and adds a lead II rhythm
     strip with the saliency band under it (:func:`plot_ecg_png`), and the note :data:`SALIENCY_NOTE`.
     """

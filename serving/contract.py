@@ -495,7 +495,7 @@ class DecodedRecordResponse(BaseModel):
 
     @classmethod
     def of(cls, record: Any, kind: str) -> DecodedRecordResponse:
-        """From an :class:`ecgfm.records.ECGRecord` and its format."""
+        """From an :class:`ecgfm.records.record.ECGRecord` and its format."""
         signal, lead_names = record.model_input()
         return cls(
             name=record.name,

@@ -1,4 +1,4 @@
-"""Hospital ECG files -> :class:`ecgfm.records.ECGRecord` (signal in mV, normalised lead names, fs, and a
+"""Hospital ECG files -> :class:`ecgfm.records.record.ECGRecord` (signal in mV, normalised lead names, fs, and a
 ``conversion`` report), one module per format family, the format told by the content (never the suffix):
 
 ===================  ===========================  ========================================================
@@ -13,7 +13,8 @@ SCP-ECG              :mod:`ecgfm.records.formats.scp`      ecgdatakit (its SCP-E
 
 Shared steps (:func:`ecgfm.records.formats.base.finish`): lead names (:mod:`~ecgfm.records.formats.leads`),
 III/aVR/aVL/aVF derived when only I and II are stored, standard order, a terminal 1 mV calibration pulse trimmed
-(:mod:`~ecgfm.records.formats.calibration`). Errors: :class:`FormatError` (a :class:`~ecgfm.records.RecordError`).
+(:mod:`~ecgfm.records.formats.calibration`). Errors: :class:`FormatError` (a
+:class:`~ecgfm.records.record.RecordError`).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ A reader decodes its file into a :class:`Decoded` (signal in mV, the file's own 
 about units and scaling). :func:`finish` then does the same for every format: names the leads
 (:mod:`ecgfm.records.formats.leads`), derives III, aVR, aVL, aVF where only I and II were stored, puts the leads in the
 standard order (the leads beyond the 12 after them), trims a terminal calibration pulse
-(:mod:`ecgfm.records.formats.calibration`) and builds the :class:`ecgfm.records.ECGRecord` with its ``conversion``
-report: what a response says about how the file was read.
+(:mod:`ecgfm.records.formats.calibration`) and builds the :class:`ecgfm.records.record.ECGRecord` with its
+``conversion`` report: what a response says about how the file was read.
 """
 
 from __future__ import annotations
