@@ -27,7 +27,8 @@ def challenge_concepts() -> dict[str, str]:
 def all_concepts() -> set[terminology.Concept]:
     rows = terminology.TERMINOLOGY.values()
     found = {concept for row in rows for concept in row.implied_by} | {row.code for row in rows if row.code}
-    return found | {concept for row in rows for group in row.implied_by_all_of for concept in group}
+    found |= {concept for row in rows for group in row.implied_by_all_of for concept in group}
+    return found | {row.code for row in terminology.FINDINGS.values() if row.code}
 
 
 def test_every_code_is_the_challenges_with_its_name() -> None:
@@ -85,3 +86,37 @@ def test_no_label_is_coded_more_specifically_than_it_means() -> None:
     assert terminology.label_code("Bradycardia").code == "426627000"  # not sinus bradycardia, 426177001
     assert terminology.label_code("Infarction").code == "164865005"  # no age, no site
     assert terminology.label_code("Supraventricular tachycardia with aberrancy") is None
+
+
+def test_a_finding_the_model_gave_is_coded_as_its_label() -> None:
+    for label in LABELS:
+        for source in ("model", "model+heart_rate"):
+            assert terminology.finding_code(label, source) == terminology.label_code(label)
+            assert terminology.finding_terminology(label, source).text == label
+
+
+def test_a_rate_finding_is_coded_no_more_specifically_than_the_rate_says() -> None:
+    """A rate below 60 bpm is a bradycardia, not a sinus bradycardia; a rate above 100 bpm has no concept."""
+    brady = terminology.finding_code("Bradycardia", "heart_rate")
+    assert brady is not None and brady.code == "426627000"
+    assert challenge_concepts()[brady.code] == "bradycardia"
+    assert terminology.finding_code("Tachycardia", "heart_rate") is None
+    assert terminology.finding_terminology("Tachycardia", "heart_rate").note  # text only says why
+    assert terminology.finding_terminology("Tachycardia", "heart_rate").text == "Tachycardia (measured heart rate)"
+    with pytest.raises(KeyError):
+        terminology.finding_code("Atrial fibrillation", "heart_rate")  # the rate alone never gives it
+
+
+@pytest.mark.parametrize(("bpm", "added"), [(130.0, "Tachycardia"), (45.0, "Bradycardia")])
+def test_every_finding_the_interpreter_makes_has_a_row(bpm: float, added: str) -> None:
+    """The interpreter's real rules: the rate-only finding (H3, H6) and every model finding are in FINDINGS."""
+    from interpreter.findings import interpret
+
+    probabilities = {label: 0.9 if label in ("Sinus rhythm", "Infarction") else 0.05 for label in LABELS}
+    heart_rate = {"heart_rate_bpm": bpm, "quality": "good", "irregular": False, "rr_cv": 0.01}
+    findings = interpret(probabilities, heart_rate).reported_findings()
+    assert {(f.label, f.source) for f in findings} == {
+        ("Sinus rhythm", "model"), ("Infarction", "model"), (added, "heart_rate")
+    }  # fmt: skip
+    for finding in findings:
+        assert (finding.label, finding.source) in terminology.FINDINGS
