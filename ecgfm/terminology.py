@@ -295,6 +295,16 @@ FINDINGS: dict[tuple[str, str], FindingTerminology] = {
 }
 
 
+# A reported finding's status as an interpretation (FHIR v3-ObservationInterpretation, HL7 v2 table 0078, OBX-8):
+# present is positive; possible (the borderline zone) and discordant (model and measured rate disagree) are neither.
+INTERPRETATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+FINDING_INTERPRETATION: dict[str, tuple[str, str]] = {
+    "present": ("POS", "Positive"),
+    "possible": ("IND", "Indeterminate"),
+    "discordant": ("IND", "Indeterminate"),
+}
+
+
 def finding_terminology(label: str, source: str) -> FindingTerminology:
     """The row of an interpreter finding (its ``label`` and ``source``); ``KeyError`` for one the interpreter never
     makes (only Tachycardia and Bradycardia come from the heart rate alone)."""

@@ -24,6 +24,39 @@ def challenge_concepts() -> dict[str, str]:
     return concepts
 
 
+# The labels that results code, by the challenge's abbreviation of the concept (dx_mapping_*.csv, column
+# Abbreviation); the other labels travel as text only. Exchange-format tests read the expected code and name from the
+# challenge's files through this, not from ecgfm.terminology.
+CODED_LABELS = {
+    "Sinus rhythm": "NSR",
+    "Premature ventricular contraction": "PVC",
+    "Ventricular tachycardia": "VTach",
+    "Atrial fibrillation": "AF",
+    "Atrial flutter": "AFL",
+    "Bradycardia": "Brady",
+    "Accessory pathway conduction": "VPEx",
+    "Atrioventricular block": "AVB",
+    "1st degree atrioventricular block": "IAVB",
+    "Right bundle branch block": "RBBB",
+    "Left bundle branch block": "LBBB",
+    "Infarction": "MI",
+    "Electronic pacemaker": "PR",
+}
+
+
+def challenge_code_of(label: str) -> tuple[str, str] | None:
+    """(SNOMED CT code, the challenge's name) of the concept that codes ``label``, read from the challenge's files;
+    ``None`` for a label that travels as text only."""
+    if label not in CODED_LABELS:
+        return None
+    for name in ("dx_mapping_scored.csv", "dx_mapping_unscored.csv"):
+        with (CHALLENGE_DIR / name).open(newline="") as file:
+            for row in csv.DictReader(file):
+                if row["Abbreviation"] == CODED_LABELS[label]:
+                    return row["SNOMEDCTCode"], re.sub(r"\s+", " ", row["Dx"]).strip()
+    raise AssertionError(f"{CODED_LABELS[label]} is not in the challenge's mapping")
+
+
 def all_concepts() -> set[terminology.Concept]:
     rows = terminology.TERMINOLOGY.values()
     found = {concept for row in rows for concept in row.implied_by} | {row.code for row in rows if row.code}
@@ -78,6 +111,13 @@ def test_the_challenges_equivalent_pairs_map_to_the_same_labels() -> None:
 )
 def test_labels_implied_by_codes(codes: set[str], labels: set[str]) -> None:
     assert terminology.labels_implied_by(codes) == labels
+
+
+def test_the_labels_that_results_code_are_the_challenges_concepts() -> None:
+    for label in LABELS:
+        expected = challenge_code_of(label)
+        concept = terminology.label_code(label)
+        assert (concept.code, concept.term) == expected if concept else expected is None, label
 
 
 def test_no_label_is_coded_more_specifically_than_it_means() -> None:
