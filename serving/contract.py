@@ -65,7 +65,15 @@ SERVICE_DESCRIPTION = (
     "embedding of the pretrained model (/features), for clinicians' tools, research pipelines and hospital "
     "integrations. Outputs are probabilities, not diagnoses."
 )
-DOCS_PAGES = ("api.md", "deployment.md", "security.md", "clinical_methodology.md", "model.md", "architecture.md")
+DOCS_PAGES = (
+    "api.md",
+    "deployment.md",
+    "security.md",
+    "clinical_methodology.md",
+    "model.md",
+    "architecture.md",
+    "integration.md",
+)
 JSON_MEDIA_TYPE = "application/json"
 NPY_MEDIA_TYPE = "application/octet-stream"
 # POST routes and the body each takes. The /npy variants carry the signal as a binary NumPy .npy body and the
