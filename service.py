@@ -354,13 +354,16 @@ class ECGFMService:
     async def interpret(self, request: Request) -> Response:
         """The interpreter's report of a record: heart rate from its signal, findings from its probabilities."""
         try:
+            answer = answer_for(request.headers)  # the JSON report, or FHIR / HL7 v2 of it
             body = InterpretRequest.model_validate_json(await request.body())
         except ValidationError as exc:
             return validation_error_response(exc)
+        except ANSWERED_ERRORS as exc:
+            return error_response(exc)
         fields = body.model_dump(exclude={"probabilities"})
         report = partial(interpret_record, body.probabilities, **fields, max_duration_s=SERVING.max_duration_s)
         try:
-            return JSONResponse(await anyio.to_thread.run_sync(report))
+            return answer.interpretation_response(await anyio.to_thread.run_sync(report))
         except ANSWERED_ERRORS as exc:
             return error_response(exc)
 

@@ -396,9 +396,9 @@ def interpreter_findings(interp: Interpretation) -> list[dict[str, Any]]:
     return [asdict(f) for f in interp.reported_findings()]
 
 
-def reliable_heart_rate(interp: Interpretation) -> float | None:
-    """The measured heart rate (bpm) unless the detector called it unreliable."""
-    hr = interp.heart_rate or {}
+def reliable_heart_rate(heart_rate: dict[str, Any] | None) -> float | None:
+    """The measured heart rate (bpm) of an interpretation's ``heart_rate`` unless the detector called it unreliable."""
+    hr = heart_rate or {}
     return hr.get("heart_rate_bpm") if hr.get("quality") != "unreliable" else None
 
 
@@ -410,7 +410,7 @@ def write_fhir_bundle(interp: Interpretation, out_dir: str | Path, demo: bool = 
 
     resource = bundle(
         probabilities=interp.probabilities,
-        heart_rate_bpm=reliable_heart_rate(interp),
+        heart_rate_bpm=reliable_heart_rate(interp.heart_rate),
         findings=interpreter_findings(interp),
         demo=demo,
     )
@@ -428,7 +428,7 @@ def write_hl7v2_message(interp: Interpretation, out_dir: str | Path, demo: bool 
 
     message = oru_r01(
         probabilities=interp.probabilities,
-        heart_rate_bpm=reliable_heart_rate(interp),
+        heart_rate_bpm=reliable_heart_rate(interp.heart_rate),
         findings=interpreter_findings(interp),
         demo=demo,
     )

@@ -1,4 +1,5 @@
-"""A result as the client asked for it (``Accept``): the JSON of :mod:`ecgfm.results.outputs`, a FHIR R4 Bundle
+"""A result (a scored record, or ``/interpret``'s report) as the client asked for it (``Accept``): the JSON of
+:mod:`ecgfm.results.outputs`, a FHIR R4 Bundle
 (``application/fhir+json``, :mod:`ecgfm.results.fhir`) or an HL7 v2.5.1 ORU^R01 message (``x-application/hl7-v2+er7``,
 :mod:`ecgfm.results.hl7v2`; its PID from the ``X-Patient-ID`` / ``X-Patient-Name`` headers only, its control ID the
 request ID). A new exchange format is one more branch here."""
@@ -6,13 +7,15 @@ request ID). A new exchange format is one more branch here."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 
-from ecgfm.results.fhir import bundle_for_result
-from ecgfm.results.hl7v2 import PatientIdentity, PatientIdentityError, message_for_result
+from ecgfm.results.fhir import bundle, bundle_for_result
+from ecgfm.results.hl7v2 import PatientIdentity, PatientIdentityError, message_for_result, oru_r01
 from ecgfm.results.outputs import BothOutput, FeaturesOutput, RecordOutput
+from interpreter.report import reliable_heart_rate
 from serving.contract import (
     FHIR_MEDIA_TYPE,
     HL7V2_MEDIA_TYPE,
@@ -44,6 +47,21 @@ class Answer:
             message = message_for_result(output.to_json(), control_id=REQUEST_ID.get(), patient=self.patient)
             return Response(message.encode("utf-8"), media_type=f"{HL7V2_MEDIA_TYPE}; charset=utf-8")
         return JSONResponse(output.to_json())
+
+    def interpretation_response(self, report: dict[str, Any]) -> Response:
+        """The response for ``POST /interpret``'s report (:func:`interpreter.api.interpret_record`): its JSON, or
+        FHIR / HL7 v2 of its 17 probabilities, reliable heart rate and reported findings."""
+        if self.media_type == JSON_MEDIA_TYPE:
+            return JSONResponse(report)
+        content = {
+            "probabilities": report["probabilities"],
+            "heart_rate_bpm": reliable_heart_rate(report["heart_rate"]),
+            "findings": report["findings"],
+        }
+        if self.media_type == FHIR_MEDIA_TYPE:
+            return JSONResponse(bundle(**content), media_type=FHIR_MEDIA_TYPE)
+        message = oru_r01(**content, control_id=REQUEST_ID.get(), patient=self.patient)
+        return Response(message.encode("utf-8"), media_type=f"{HL7V2_MEDIA_TYPE}; charset=utf-8")
 
 
 def _header_text(headers: Headers, name: str) -> str:

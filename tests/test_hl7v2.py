@@ -1,6 +1,6 @@
 """HL7 v2.5.1 ORU^R01 output (ecgfm.results.hl7v2), read back with an independent reader (the ``hl7`` package): the
 module on the interpreter's real output, ``ecgfm predict --format hl7v2``, and the real server on loopback with every
-Accept on /clinical, /clinical/npy and /clinical/file (hospital files whose patient fields must not travel)."""
+Accept on /clinical, /both/npy, /clinical/file (hospital files whose patient fields must not travel) and /interpret."""
 
 from __future__ import annotations
 
@@ -284,6 +284,37 @@ def test_json_and_npy_bodies_answer_hl7v2(server_url: str) -> None:
 
 
 @pytest.mark.server
+def test_interpret_answers_its_report_as_fhir_and_hl7v2(server_url: str) -> None:
+    """POST /interpret (the interpreter ran on the server): the same heart rate, findings and probabilities in the JSON
+    report, the FHIR Bundle and the HL7 v2 message."""
+    data = json.loads((DATA_DIR / "JS06908.json").read_text())  # 127 bpm
+    fields = {"signal": data["signal"], "fs": data["fs"]}
+    probabilities = httpx.post(f"{server_url}/clinical", json=fields, timeout=120).json()["probabilities"]
+    body = {**fields, "probabilities": probabilities, "record": "JS06908"}
+    report = httpx.post(f"{server_url}/interpret", json=body, timeout=120).json()
+    bpm = round(report["heart_rate"]["heart_rate_bpm"], 1)
+    assert report["findings"] and bpm > 100
+    fhir = httpx.post(f"{server_url}/interpret", json=body, headers={"Accept": "application/fhir+json"}, timeout=120)
+    assert fhir.status_code == 200
+    Bundle.model_validate(fhir.json())
+    observations = [entry["resource"] for entry in fhir.json()["entry"][1:]]
+    assert observations[0]["code"]["coding"][0]["code"] == "8867-4" and observations[0]["valueQuantity"]["value"] == bpm
+    impressions = [o for o in observations if o["code"].get("coding", [{}])[0].get("code") == "8601-7"]
+    assert [o["component"][0]["valueQuantity"]["value"] for o in impressions] == [
+        f["probability"] for f in report["findings"]
+    ]
+    hl7v2 = httpx.post(f"{server_url}/interpret", json=body, headers={"Accept": HL7V2}, timeout=120)
+    assert hl7v2.status_code == 200 and hl7v2.headers["content-type"].startswith(HL7V2)
+    message = parse(hl7v2.text)
+    assert str(message.segment("MSH")[10]) == hl7v2.headers["x-request-id"]
+    assert_same_probabilities(message, probabilities)
+    rate = [obx for obx in message.segments("OBX") if component(obx, 3, 1) == "8867-4"]
+    assert [(float(str(obx[5])), component(obx, 6, 1)) for obx in rate] == [(bpm, "/min")]
+    findings = [obx for obx in message.segments("OBX") if component(obx, 3, 1) == "8601-7"]
+    assert [str(obx[8]) for obx in findings] == [INTERPRETATIONS[f["status"]] for f in report["findings"]]
+
+
+@pytest.mark.server
 def test_refusals_are_clear_4xx(server_url: str) -> None:
     data = json.loads((DATA_DIR / "A0689.json").read_text())
     fields = {"signal": data["signal"], "fs": data["fs"]}
@@ -303,7 +334,7 @@ def test_refusals_are_clear_4xx(server_url: str) -> None:
 @pytest.mark.server
 def test_the_openapi_document_lists_the_answer_media_types(server_url: str) -> None:
     spec = httpx.get(f"{server_url}/docs.json", timeout=30).json()
-    for route in ("/clinical", "/clinical/npy", "/clinical/file", "/both"):
+    for route in ("/clinical", "/clinical/npy", "/clinical/file", "/both", "/interpret"):
         content = spec["paths"][route]["post"]["responses"]["200"]["content"]
         assert {"application/json", "application/fhir+json", HL7V2} <= set(content), route
     assert "406" in spec["paths"]["/features"]["post"]["responses"]
