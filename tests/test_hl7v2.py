@@ -265,7 +265,7 @@ def test_patient_markers_of_a_file_never_travel_and_pid_is_the_callers(server_ur
 
 
 @pytest.mark.server
-def test_json_and_npy_bodies_answer_hl7v2(server_url: str) -> None:
+def test_json_and_npy_bodies_answer_hl7v2_and_fhir(server_url: str) -> None:
     data = json.loads((DATA_DIR / "A0689.json").read_text())
     fields = {"signal": data["signal"], "fs": data["fs"]}
     answer = httpx.post(f"{server_url}/clinical", json=fields, timeout=120)
@@ -276,6 +276,13 @@ def test_json_and_npy_bodies_answer_hl7v2(server_url: str) -> None:
     message = parse(as_json.text)
     assert str(message.segment("MSH")[10]) == as_json.headers["x-request-id"]  # generated when not sent
     assert_same_probabilities(message, probabilities)
+    fhir = httpx.post(f"{server_url}/clinical", json=fields, headers={"Accept": "application/fhir+json"}, timeout=120)
+    Bundle.model_validate(fhir.json())
+    for entry in fhir.json()["entry"][1:]:
+        label, expected = entry["resource"]["code"]["text"], challenge_code_of(entry["resource"]["code"]["text"])
+        assert entry["resource"]["valueQuantity"]["value"] == probabilities[label]
+        codings = [(c["system"], c["code"], c["display"]) for c in entry["resource"]["code"].get("coding", [])]
+        assert codings == ([("http://snomed.info/sct", *expected)] if expected else []), label
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(data["signal"], dtype=np.float64))
     npy = post(f"{server_url}/both/npy?fs={data['fs']}", buffer.getvalue(), "application/octet-stream", HL7V2)
