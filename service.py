@@ -45,7 +45,7 @@ from ecgfm.results.outputs import BothOutput, CheckpointInfo, ClinicalOutput, Fe
 from ecgfm.settings import Settings
 from interpreter.api import interpret_record
 from serving import metrics
-from serving.answers import result_response
+from serving.answers import answer_for
 from serving.contract import (
     ANSWERED_ERRORS,
     DECODE_ROUTE,
@@ -354,13 +354,16 @@ class ECGFMService:
     async def interpret(self, request: Request) -> Response:
         """The interpreter's report of a record: heart rate from its signal, findings from its probabilities."""
         try:
+            answer = answer_for(request.headers)  # the JSON report, or FHIR / HL7 v2 of it
             body = InterpretRequest.model_validate_json(await request.body())
         except ValidationError as exc:
             return validation_error_response(exc)
+        except ANSWERED_ERRORS as exc:
+            return error_response(exc)
         fields = body.model_dump(exclude={"probabilities"})
         report = partial(interpret_record, body.probabilities, **fields, max_duration_s=SERVING.max_duration_s)
         try:
-            return JSONResponse(await anyio.to_thread.run_sync(report))
+            return answer.interpretation_response(await anyio.to_thread.run_sync(report))
         except ANSWERED_ERRORS as exc:
             return error_response(exc)
 
@@ -374,15 +377,16 @@ class ECGFMService:
         request: Request,
     ) -> Response:
         """Decode and preprocess on a worker thread, then ``build`` the result for ``request`` (its route is
-        counted, its ``Accept`` read); an error of the contract is answered from ``contract.ERRORS`` (400, 422, 503
-        with Retry-After)."""
+        counted, its ``Accept`` read: :func:`serving.answers.answer_for`); an error of the contract is answered from
+        ``contract.ERRORS`` (400, 406, 422, 503 with Retry-After)."""
         try:
+            answer = answer_for(request.headers)  # JSON, FHIR or HL7 v2 (a bad X-Patient-* header: 400 here)
             prepared = await anyio.to_thread.run_sync(partial(decode, max_duration_s=SERVING.max_duration_s))
-            output = await build(prepared)
+            response = answer.response(await build(prepared))
         except ANSWERED_ERRORS as exc:
             return error_response(exc)
         metrics.record_scored(request.scope["path"])
-        return result_response(output, request.headers.get("accept"))
+        return response
 
     async def _clinical(self, prepared: PreparedRequest) -> ClinicalOutput:
         return await self._output("finetuned", prepared)  # type: ignore[return-value]

@@ -19,7 +19,14 @@ Sources, each code checked against them (``tests/test_terminology.py`` reads the
   bradycardia, paroxysmal atrial fibrillation is an atrial fibrillation, Mobitz II is an AV block);
 * the labels' meaning: bowang-lab/ECG-FM ``data/mimic_iv_ecg/labels/label_def.csv`` (:mod:`ecgfm.labels`).
 
-Heart rate is LOINC 8867-4 and the ECG study LOINC 11524-6 (:data:`HEART_RATE_LOINC`, :data:`ECG_STUDY_LOINC`).
+The interpreter's findings (:mod:`interpreter.findings`: one per label, from the model, the measured heart rate or
+both) have rows of :data:`FINDINGS` (:func:`finding_code`): a finding the model gave (alone or confirmed by the rate)
+is its label's finding and reuses the label's concept; a finding the measured rate alone gave (rules H3, H6) means
+only "the rate is above 100 / below 60 bpm" and gets the concept that means exactly that, or text only.
+
+Heart rate is LOINC 8867-4 and the ECG study LOINC 11524-6 (:data:`HEART_RATE_LOINC`, :data:`ECG_STUDY_LOINC`); an
+interpreter finding is an "EKG impression", LOINC 8601-7 (:data:`EKG_IMPRESSION_LOINC`), whose value is the finding's
+concept, as in US Core's "EKG impression" example Observation (hl7.org/fhir/us/core, Observation-ekg-impression).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ SNOMED_SYSTEM = "http://snomed.info/sct"
 LOINC_SYSTEM = "http://loinc.org"
 HEART_RATE_LOINC = ("8867-4", "Heart rate")
 ECG_STUDY_LOINC = ("11524-6", "EKG study")
+EKG_IMPRESSION_LOINC = ("8601-7", "EKG impression")
 CHALLENGE_SOURCE = "PhysioNet/CinC Challenge 2021 dx_mapping_scored.csv / dx_mapping_unscored.csv"
 
 
@@ -236,3 +244,73 @@ def mapped_codes() -> set[str]:
     return codes | {
         concept.code for row in TERMINOLOGY.values() for group in row.implied_by_all_of for concept in group
     }
+
+
+# ---- the interpreter's findings ----------------------------------------------------------------------------------
+
+FINDING_SOURCES = ("model", "model+heart_rate", "heart_rate")  # interpreter.findings.Finding.source
+
+
+@dataclass(frozen=True)
+class FindingTerminology:
+    """One kind of interpreter finding in SNOMED CT: ``label`` found from ``source``; ``code`` as for a label."""
+
+    label: str
+    source: str
+    code: Concept | None
+    note: str = ""
+
+    @property
+    def text(self) -> str:
+        """What the finding says, for ``code.text`` / CWE-9: the label, and "(measured heart rate)" when the rate alone
+        gave it."""
+        return f"{self.label} (measured heart rate)" if self.source == "heart_rate" else self.label
+
+
+def _label_finding(label: str, source: str) -> FindingTerminology:
+    return FindingTerminology(label, source, TERMINOLOGY[label].code, f"the label's finding: {label}'s concept")
+
+
+# The findings the interpreter adds from the measured heart rate alone (rules H3, H6; docs/clinical_methodology.md).
+RATE_FINDINGS = (
+    FindingTerminology(
+        "Tachycardia",
+        "heart_rate",
+        None,
+        "a measured rate above 100 bpm says nothing of where the rhythm starts; the sources have only narrower "
+        "tachycardias (sinus tachycardia 427084000, supraventricular 426761007, ventricular 164895002, ...), so text "
+        "only",
+    ),
+    FindingTerminology(
+        "Bradycardia",
+        "heart_rate",
+        BRADY,
+        "'bradycardia' (426627000) is a slow heart rate whatever the rhythm, what a measured rate below 60 bpm "
+        "says; not 'sinus bradycardia' (426177001, narrower)",
+    ),
+)
+FINDINGS: dict[tuple[str, str], FindingTerminology] = {
+    **{(label, source): _label_finding(label, source) for label in LABELS for source in ("model", "model+heart_rate")},
+    **{(row.label, row.source): row for row in RATE_FINDINGS},
+}
+
+
+# A reported finding's status as an interpretation (FHIR v3-ObservationInterpretation, HL7 v2 table 0078, OBX-8):
+# present is positive; possible (the borderline zone) and discordant (model and measured rate disagree) are neither.
+INTERPRETATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+FINDING_INTERPRETATION: dict[str, tuple[str, str]] = {
+    "present": ("POS", "Positive"),
+    "possible": ("IND", "Indeterminate"),
+    "discordant": ("IND", "Indeterminate"),
+}
+
+
+def finding_terminology(label: str, source: str) -> FindingTerminology:
+    """The row of an interpreter finding (its ``label`` and ``source``); ``KeyError`` for one the interpreter never
+    makes (only Tachycardia and Bradycardia come from the heart rate alone)."""
+    return FINDINGS[label, source]
+
+
+def finding_code(label: str, source: str) -> Concept | None:
+    """The SNOMED CT concept that codes an interpreter finding (``None``: text only)."""
+    return finding_terminology(label, source).code

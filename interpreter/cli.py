@@ -27,7 +27,7 @@ from ecgfm.settings import ServingSettings
 from interpreter import DISCLAIMER
 from interpreter.findings import ConfigError, interpret, load_config
 from interpreter.heart_rate import detect_heart_rate
-from interpreter.report import summary_row, write_fhir_bundle, write_reports, write_summary_csv
+from interpreter.report import summary_row, write_fhir_bundle, write_hl7v2_message, write_reports, write_summary_csv
 
 
 class InputError(ValueError):
@@ -157,8 +157,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     # probabilities differ from the plain forward's by ~1e-7, and a report's must be exactly /clinical's).
     predict: Callable[[ECGRecord, bool], dict[str, Any]] | None = None
     results: dict[str, dict[str, Any]] = {}
-    if args.saliency and args.format == "fhir":
-        raise InputError("--saliency draws on the HTML report; a FHIR Bundle has no drawing (leave out one of them)")
+    if args.saliency and args.format != "reports":
+        raise InputError(f"--saliency draws on the HTML report; --format {args.format} has no drawing (leave out one)")
     if args.results:
         results = load_results(args.results)
     elif args.url:
@@ -207,6 +207,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         interp = interpret(probs, heart_rate, config, record=key)
         if args.format == "fhir":
             write_fhir_bundle(interp, out, demo=bool(meta.get("demo")))
+        elif args.format == "hl7v2":
+            write_hl7v2_message(interp, out, demo=bool(meta.get("demo")))
         else:
             write_reports(interp, out, record, meta, saliency=saliency)
         rows.append(summary_row(interp))
@@ -246,10 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument(
         "--format",
-        choices=("reports", "fhir"),
+        choices=("reports", "fhir", "hl7v2"),
         default="reports",
         help="reports: <record>.txt/.json/.html (default); fhir: <record>.fhir.json, a FHIR R4 Bundle (heart rate, "
-        "the reported findings, the 17 probabilities, the research-use statement)",
+        "the reported findings SNOMED CT coded, the 17 probabilities, the research-use statement); hl7v2: "
+        "<record>.hl7, an HL7 v2.5.1 ORU^R01 message (ER7) with the same content",
     )
     rep.set_defaults(func=_cmd_report)
     return parser

@@ -8,6 +8,7 @@ import html
 import io
 import json
 import textwrap
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -389,24 +390,52 @@ def file_stem(record: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in record) or "record"
 
 
+def interpreter_findings(interp: Interpretation) -> list[dict[str, Any]]:
+    """The reported findings as the exchange formats take them (:func:`ecgfm.results.fhir.finding_observation`,
+    :mod:`ecgfm.results.hl7v2`): label, source, status, probability, group, severity, rules, notes."""
+    return [asdict(f) for f in interp.reported_findings()]
+
+
+def reliable_heart_rate(heart_rate: dict[str, Any] | None) -> float | None:
+    """The measured heart rate (bpm) of an interpretation's ``heart_rate`` unless the detector called it unreliable."""
+    hr = heart_rate or {}
+    return hr.get("heart_rate_bpm") if hr.get("quality") != "unreliable" else None
+
+
 def write_fhir_bundle(interp: Interpretation, out_dir: str | Path, demo: bool = False) -> Path:
     """``<record>.fhir.json``: a FHIR R4 Bundle (:func:`ecgfm.results.fhir.bundle`) of the interpretation: the
-    measured heart rate when reliable, each reported finding with its probability, and the 17 probabilities."""
+    measured heart rate when reliable, each reported finding (SNOMED CT coded) with its probability, and the 17
+    probabilities."""
     from ecgfm.results.fhir import bundle
 
-    hr = interp.heart_rate or {}
-    bpm = hr.get("heart_rate_bpm") if hr.get("quality") != "unreliable" else None
-    findings = [
-        {"statement": f"{f.label}: {f.status}", "label": f.label, "group": f.group, "severity": f.severity,
-         "probability": f.probability}
-        for f in interp.reported_findings()
-    ]  # fmt: skip
-    resource = bundle(probabilities=interp.probabilities, heart_rate_bpm=bpm, findings=findings, demo=demo)
+    resource = bundle(
+        probabilities=interp.probabilities,
+        heart_rate_bpm=reliable_heart_rate(interp.heart_rate),
+        findings=interpreter_findings(interp),
+        demo=demo,
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = file_stem(interp.record)
-    path = out / f"{stem}.fhir.json"
+    path = out / f"{file_stem(interp.record)}.fhir.json"
     path.write_text(json.dumps(resource, indent=1), encoding="utf-8")
+    return path
+
+
+def write_hl7v2_message(interp: Interpretation, out_dir: str | Path, demo: bool = False) -> Path:
+    """``<record>.hl7``: an HL7 v2.5.1 ORU^R01 message (:func:`ecgfm.results.hl7v2.oru_r01`, ER7) of the
+    interpretation: the 17 probabilities, the measured heart rate when reliable and each reported finding."""
+    from ecgfm.results.hl7v2 import oru_r01
+
+    message = oru_r01(
+        probabilities=interp.probabilities,
+        heart_rate_bpm=reliable_heart_rate(interp.heart_rate),
+        findings=interpreter_findings(interp),
+        demo=demo,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{file_stem(interp.record)}.hl7"
+    path.write_bytes(message.encode("utf-8"))
     return path
 
 

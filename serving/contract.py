@@ -54,6 +54,7 @@ from ecgfm.records.preprocess import (
     TARGET_FS,
     ECGInputError,
 )
+from ecgfm.results.hl7v2 import HL7V2_MEDIA_TYPE, PatientIdentityError
 from ecgfm.results.outputs import BothOutput, ClinicalOutput, ConversionReport, FeaturesOutput, LoadedCheckpoint
 
 SERVICE_NAME = "ecgfm-serve"
@@ -64,7 +65,15 @@ SERVICE_DESCRIPTION = (
     "embedding of the pretrained model (/features), for clinicians' tools, research pipelines and hospital "
     "integrations. Outputs are probabilities, not diagnoses."
 )
-DOCS_PAGES = ("api.md", "deployment.md", "security.md", "clinical_methodology.md", "model.md", "architecture.md")
+DOCS_PAGES = (
+    "api.md",
+    "deployment.md",
+    "security.md",
+    "clinical_methodology.md",
+    "model.md",
+    "architecture.md",
+    "integration.md",
+)
 JSON_MEDIA_TYPE = "application/json"
 NPY_MEDIA_TYPE = "application/octet-stream"
 # POST routes and the body each takes. The /npy variants carry the signal as a binary NumPy .npy body and the
@@ -97,6 +106,11 @@ POST_MEDIA_TYPES: dict[str, str] = (
     | {DECODE_ROUTE: MULTIPART_MEDIA_TYPE, INTERPRET_ROUTE: JSON_MEDIA_TYPE}
 )
 FHIR_MEDIA_TYPE = "application/fhir+json"  # Accept: application/fhir+json on a POST answers a FHIR R4 Bundle
+# Accept: x-application/hl7-v2+er7 on a POST with labels answers an HL7 v2.5.1 ORU^R01 message (ecgfm.results.hl7v2);
+# its PID carries only these headers, when the caller sends them (never logged, never read from the input file).
+ANSWER_MEDIA_TYPES = (JSON_MEDIA_TYPE, FHIR_MEDIA_TYPE, HL7V2_MEDIA_TYPE)
+PATIENT_ID_HEADER = "X-Patient-ID"  # PID-3, ER7 CX components, e.g. 12345^^^HOSP^MR
+PATIENT_NAME_HEADER = "X-Patient-Name"  # PID-5, ER7 XPN components, e.g. DOE^JANE
 GET_ROUTES = ("/health", "/info", "/status")
 # With ECGFM_API_KEY set, "Authorization: Bearer <key>" is required on every path but these probes.
 PUBLIC_PATHS = ("/health", "/livez", "/healthz", "/readyz")  # /healthz is BentoML's alias of /livez
@@ -129,6 +143,10 @@ class TooManyRequestsError(Exception):
     """More than ``ECGFM_MAX_CONCURRENCY`` POSTs in flight."""
 
 
+class NotAcceptableError(Exception):
+    """``Accept`` asks for a format the route's result has no place in (HL7 v2 for an embedding)."""
+
+
 class ModelsUnavailableError(Exception):
     """A model service did not answer a probe (``/info``, ``/status``); the message names it."""
 
@@ -148,7 +166,16 @@ class ErrorStatus:
 # exception -> status -> description, the one place a status code is decided (BentoML's own 400 aside).
 ERRORS: dict[type[Exception], ErrorStatus] = {
     BadRequestError: ErrorStatus(
-        400, "The body is not an .npy array, a multipart body has no 'file' field, or a query parameter is wrong"
+        400,
+        "The body is not an .npy array, a multipart body has no 'file' field, or a query parameter is wrong; or, with "
+        f"Accept: {HL7V2_MEDIA_TYPE}, an {PATIENT_ID_HEADER} or {PATIENT_NAME_HEADER} header that cannot go into PID",
+    ),
+    PatientIdentityError: ErrorStatus(  # documented with the 400 above
+        400,
+        f"With Accept: {HL7V2_MEDIA_TYPE}, an {PATIENT_ID_HEADER} or {PATIENT_NAME_HEADER} header that cannot go into "
+        "PID (not UTF-8, over 250 characters, holding | ~ \\ or a control character, or not valid HL7 v2.5.1 "
+        "components: CX for the ID, XPN for the name), or X-Patient-Name without X-Patient-ID",
+        documented_on=(),
     ),
     MissingAPIKeyError: ErrorStatus(401, "Missing or wrong API key (only when ECGFM_API_KEY is set)", ("post", "get")),
     BodyTooLargeError: ErrorStatus(413, "Body larger than ECGFM_MAX_BODY_BYTES"),
@@ -156,6 +183,11 @@ ERRORS: dict[type[Exception], ErrorStatus] = {
         415,
         "Content-Type is not application/json (application/octet-stream for the /npy variants; for the /file "
         f"variants one of {', '.join(FILE_MEDIA_TYPES)})",
+    ),
+    NotAcceptableError: ErrorStatus(  # declared on the /features routes (serving.openapi)
+        406,
+        f"Accept: {HL7V2_MEDIA_TYPE} on a /features route: an HL7 v2 message carries label probabilities",
+        documented_on=(),
     ),
     ECGInputError: ErrorStatus(
         422,

@@ -1,6 +1,6 @@
 """The OpenAPI document at ``/docs.json``: BentoML's, with this service's description, the errors of
-``contract.ERRORS`` on every operation, and the request bodies that ``@app.post`` routes cannot declare themselves
-(``.npy``, hospital files, ``/decode``, ``/interpret``)."""
+``contract.ERRORS`` on every operation, the answers ``Accept`` can ask for (FHIR, HL7 v2), and the request bodies
+that ``@app.post`` routes cannot declare themselves (``.npy``, hospital files, ``/decode``, ``/interpret``)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,25 @@ from typing import Any
 import ecgfm
 from serving.contract import (
     ERRORS,
+    FHIR_MEDIA_TYPE,
     FILE_FIELD,
     FILE_MEDIA_TYPES,
+    FILE_POST_ROUTES,
+    HL7V2_MEDIA_TYPE,
+    INTERPRET_ROUTE,
     JSON_MEDIA_TYPE,
+    JSON_POST_ROUTES,
     MULTIPART_MEDIA_TYPE,
     NPY_MEDIA_TYPE,
+    NPY_POST_ROUTES,
+    PATIENT_ID_HEADER,
+    PATIENT_NAME_HEADER,
     RESEARCH_USE,
     SERVICE_DESCRIPTION,
     SERVICE_NAME,
     ErrorResponse,
     InterpretRequest,
+    NotAcceptableError,
     ValidationErrorResponse,
 )
 from serving.middleware import ASGIApp, Message, Receive, Scope, Send
@@ -69,6 +78,49 @@ def document_error_responses(
     return spec
 
 
+SCORING_ROUTES = (*JSON_POST_ROUTES, *NPY_POST_ROUTES, *FILE_POST_ROUTES, INTERPRET_ROUTE)
+ANSWER_CONTENT = {
+    FHIR_MEDIA_TYPE: {
+        "schema": {
+            "type": "object",
+            "description": "With Accept: application/fhir+json: a FHIR R4 Bundle (collection) of a DiagnosticReport "
+            "and its Observations, SNOMED CT coded (/docs/integration.md).",
+        }
+    },
+    HL7V2_MEDIA_TYPE: {
+        "schema": {
+            "type": "string",
+            "description": f"With Accept: {HL7V2_MEDIA_TYPE} (not /features): an HL7 v2.5.1 ORU^R01 message, ER7, "
+            f"UTF-8; MSH-10 the X-Request-ID; PID only from the request headers {PATIENT_ID_HEADER} (PID-3) and "
+            f"{PATIENT_NAME_HEADER} (PID-5) (/docs/integration.md).",
+        }
+    },
+}
+
+
+def document_answer_media_types(spec: dict[str, Any], routes: Iterable[str] = SCORING_ROUTES) -> dict[str, Any]:
+    """Add the answers ``Accept`` can ask for (serving.answers) to each scoring route's 200, and the 406 of an HL7 v2
+    answer to the /features routes. ``spec`` is changed in place and returned."""
+    not_acceptable = ERRORS[NotAcceptableError]
+    for route in routes:
+        responses = spec.get("paths", {}).get(route, {}).get("post", {}).get("responses")
+        if responses is None:
+            continue
+        if "200" in responses:
+            content = responses["200"].setdefault("content", {})
+            for media_type, entry in ANSWER_CONTENT.items():
+                if media_type == HL7V2_MEDIA_TYPE and route.startswith("/features"):
+                    continue
+                content.setdefault(media_type, entry)
+        if route.startswith("/features"):
+            schema = {"$ref": f"#/components/schemas/{ErrorResponse.__name__}"}
+            responses[str(not_acceptable.status)] = {
+                "description": not_acceptable.description,
+                "content": {JSON_MEDIA_TYPE: {"schema": schema}},
+            }
+    return spec
+
+
 class OpenAPIDocumentMiddleware:
     """``GET /docs.json`` leaves with ``info`` (title, version, description: this service, not BentoML's generic
     text) and the contract's error responses added (:func:`document_error_responses`)."""
@@ -95,6 +147,7 @@ class OpenAPIDocumentMiddleware:
             body = b"".join(chunks)
             if start["status"] == 200:
                 spec = document_error_responses(json.loads(body), self.media_types, self.public_paths)
+                spec = document_answer_media_types(spec)
                 spec["info"] = dict(self.info)
                 body = json.dumps(spec).encode()
             headers = [(key, value) for key, value in start.get("headers", []) if key.lower() != b"content-length"]

@@ -24,10 +24,44 @@ def challenge_concepts() -> dict[str, str]:
     return concepts
 
 
+# The labels that results code, by the challenge's abbreviation of the concept (dx_mapping_*.csv, column
+# Abbreviation); the other labels travel as text only. Exchange-format tests read the expected code and name from the
+# challenge's files through this, not from ecgfm.terminology.
+CODED_LABELS = {
+    "Sinus rhythm": "NSR",
+    "Premature ventricular contraction": "PVC",
+    "Ventricular tachycardia": "VTach",
+    "Atrial fibrillation": "AF",
+    "Atrial flutter": "AFL",
+    "Bradycardia": "Brady",
+    "Accessory pathway conduction": "VPEx",
+    "Atrioventricular block": "AVB",
+    "1st degree atrioventricular block": "IAVB",
+    "Right bundle branch block": "RBBB",
+    "Left bundle branch block": "LBBB",
+    "Infarction": "MI",
+    "Electronic pacemaker": "PR",
+}
+
+
+def challenge_code_of(label: str) -> tuple[str, str] | None:
+    """(SNOMED CT code, the challenge's name) of the concept that codes ``label``, read from the challenge's files;
+    ``None`` for a label that travels as text only."""
+    if label not in CODED_LABELS:
+        return None
+    for name in ("dx_mapping_scored.csv", "dx_mapping_unscored.csv"):
+        with (CHALLENGE_DIR / name).open(newline="") as file:
+            for row in csv.DictReader(file):
+                if row["Abbreviation"] == CODED_LABELS[label]:
+                    return row["SNOMEDCTCode"], re.sub(r"\s+", " ", row["Dx"]).strip()
+    raise AssertionError(f"{CODED_LABELS[label]} is not in the challenge's mapping")
+
+
 def all_concepts() -> set[terminology.Concept]:
     rows = terminology.TERMINOLOGY.values()
     found = {concept for row in rows for concept in row.implied_by} | {row.code for row in rows if row.code}
-    return found | {concept for row in rows for group in row.implied_by_all_of for concept in group}
+    found |= {concept for row in rows for group in row.implied_by_all_of for concept in group}
+    return found | {row.code for row in terminology.FINDINGS.values() if row.code}
 
 
 def test_every_code_is_the_challenges_with_its_name() -> None:
@@ -79,9 +113,50 @@ def test_labels_implied_by_codes(codes: set[str], labels: set[str]) -> None:
     assert terminology.labels_implied_by(codes) == labels
 
 
+def test_the_labels_that_results_code_are_the_challenges_concepts() -> None:
+    for label in LABELS:
+        expected = challenge_code_of(label)
+        concept = terminology.label_code(label)
+        assert (concept.code, concept.term) == expected if concept else expected is None, label
+
+
 def test_no_label_is_coded_more_specifically_than_it_means() -> None:
     """Where the sources have only narrower concepts, the label has no code (text only)."""
     assert terminology.label_code("Tachycardia") is None  # sinus tachycardia etc. are narrower
     assert terminology.label_code("Bradycardia").code == "426627000"  # not sinus bradycardia, 426177001
     assert terminology.label_code("Infarction").code == "164865005"  # no age, no site
     assert terminology.label_code("Supraventricular tachycardia with aberrancy") is None
+
+
+def test_a_finding_the_model_gave_is_coded_as_its_label() -> None:
+    for label in LABELS:
+        for source in ("model", "model+heart_rate"):
+            assert terminology.finding_code(label, source) == terminology.label_code(label)
+            assert terminology.finding_terminology(label, source).text == label
+
+
+def test_a_rate_finding_is_coded_no_more_specifically_than_the_rate_says() -> None:
+    """A rate below 60 bpm is a bradycardia, not a sinus bradycardia; a rate above 100 bpm has no concept."""
+    brady = terminology.finding_code("Bradycardia", "heart_rate")
+    assert brady is not None and brady.code == "426627000"
+    assert challenge_concepts()[brady.code] == "bradycardia"
+    assert terminology.finding_code("Tachycardia", "heart_rate") is None
+    assert terminology.finding_terminology("Tachycardia", "heart_rate").note  # text only says why
+    assert terminology.finding_terminology("Tachycardia", "heart_rate").text == "Tachycardia (measured heart rate)"
+    with pytest.raises(KeyError):
+        terminology.finding_code("Atrial fibrillation", "heart_rate")  # the rate alone never gives it
+
+
+@pytest.mark.parametrize(("bpm", "added"), [(130.0, "Tachycardia"), (45.0, "Bradycardia")])
+def test_every_finding_the_interpreter_makes_has_a_row(bpm: float, added: str) -> None:
+    """The interpreter's real rules: the rate-only finding (H3, H6) and every model finding are in FINDINGS."""
+    from interpreter.findings import interpret
+
+    probabilities = {label: 0.9 if label in ("Sinus rhythm", "Infarction") else 0.05 for label in LABELS}
+    heart_rate = {"heart_rate_bpm": bpm, "quality": "good", "irregular": False, "rr_cv": 0.01}
+    findings = interpret(probabilities, heart_rate).reported_findings()
+    assert {(f.label, f.source) for f in findings} == {
+        ("Sinus rhythm", "model"), ("Infarction", "model"), (added, "heart_rate")
+    }  # fmt: skip
+    for finding in findings:
+        assert (finding.label, finding.source) in terminology.FINDINGS

@@ -41,9 +41,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     predict.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     predict.add_argument(
         "--format",
-        choices=("json", "fhir"),
+        choices=("json", "fhir", "hl7v2"),
         default="json",
-        help="fhir: one FHIR R4 Bundle per record (ecgfm.results.fhir)",
+        help="fhir: one FHIR R4 Bundle per line (ecgfm.results.fhir); hl7v2: one HL7 v2.5.1 ORU^R01 message per record "
+        "(ER7, segments ended by carriage returns, a newline after each message; the labels only, no PID: "
+        "ecgfm.results.hl7v2)",
+    )
+    predict.add_argument(
+        "--fhir-bundle",
+        choices=("collection", "transaction"),
+        help="with --format fhir: the Bundle's type (default collection); transaction to POST it to a FHIR server's "
+        "base URL (each entry with request POST <type>)",
     )
 
     demo = commands.add_parser("demo-checkpoints", help="write random-init checkpoints in the official format")
@@ -67,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_convert_parser(commands)  # ecgfm convert: ecgfm/cli/convert.py
 
     args = parser.parse_args(argv)
+    if args.command == "predict" and args.fhir_bundle and args.format != "fhir":
+        parser.error("--fhir-bundle is for --format fhir")
+    if args.command == "predict" and args.format == "hl7v2" and args.only == "features":
+        parser.error("--format hl7v2 carries the labels' probabilities: leave out --only features")
     if args.command in ("batch", "convert"):
         return args.run(args)
     if args.command == "predict":
@@ -87,7 +99,7 @@ def _predict(args: argparse.Namespace) -> int:
         predictor = Predictor.from_paths(
             args.pretrained,
             args.finetuned,
-            load_pretrained=args.only != "clinical",
+            load_pretrained=args.only != "clinical" and args.format != "hl7v2",  # HL7 v2 has no place for an embedding
             load_finetuned=args.only != "features",
             device=args.device,
         )
@@ -127,13 +139,22 @@ def _predict_records(predictor: Predictor, args: argparse.Namespace, output: Tex
             failures += 1
             progress.write(f"ecgfm: skipped {path}: {exc}", file=sys.stderr)
             continue
-        if args.format == "fhir":
-            from ecgfm.results.fhir import bundle_for_result
-
-            result = bundle_for_result(result)
-        output.write(json.dumps(result) + "\n")
+        output.write(_formatted(result, args) + "\n")
         output.flush()
     return failures
+
+
+def _formatted(result: dict, args: argparse.Namespace) -> str:
+    """One record's result as ``--format`` asks: a JSON line, a FHIR Bundle on one line, or an HL7 v2 message."""
+    if args.format == "fhir":
+        from ecgfm.results.fhir import bundle_for_result
+
+        return json.dumps(bundle_for_result(result, bundle_type=args.fhir_bundle or "collection"))
+    if args.format == "hl7v2":
+        from ecgfm.results.hl7v2 import message_for_result
+
+        return message_for_result(result)
+    return json.dumps(result)
 
 
 def _download(args: argparse.Namespace) -> int:

@@ -1,12 +1,16 @@
-"""ECG-FM results as FHIR R4: a ``collection`` Bundle holding one DiagnosticReport and its Observations.
+"""ECG-FM results as FHIR R4: a Bundle (``collection``, or ``transaction`` to post to a FHIR server) holding one
+DiagnosticReport and its Observations. Every code comes from :mod:`ecgfm.terminology`.
 
 * DiagnosticReport: LOINC 11524-6 "EKG study", category EC (v2-0074), status ``preliminary`` (raw research output,
   not reviewed), ``conclusion`` the research-use statement, ``result`` the Observations.
-* One Observation per label of ``/clinical``: ``code.text`` the label name, ``valueQuantity`` its probability
-  (UCUM ``1``), no interpretation or threshold (raw outputs).
+* One Observation per label of ``/clinical``: ``code.coding`` the label's SNOMED CT concept where the terminology table
+  has one, ``code.text`` the label name, ``valueQuantity`` its probability (UCUM ``1``), no interpretation or threshold
+  (raw outputs).
 * ``/features``: one Observation "ECG-FM embedding" whose ``valueSampledData`` holds the D floats.
 * From the interpreter (:func:`bundle` with ``heart_rate_bpm`` / ``findings``): heart rate (LOINC 8867-4, ``/min``)
-  and one Observation per grouped finding.
+  and one "EKG impression" Observation (LOINC 8601-7) per reported finding: ``valueCodeableConcept`` the finding's
+  SNOMED CT concept (or text only), ``interpretation`` POS for present and IND for possible or discordant, the model's
+  probability as a ``component``.
 
 Nothing that identifies a patient is copied: there is no ``subject``. Only the resources' shapes shared by R4 and
 R4B are used (the tests validate each with ``fhir.resources``' R4B models).
@@ -17,13 +21,29 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
+
+from ecgfm.terminology import (
+    ECG_STUDY_LOINC,
+    EKG_IMPRESSION_LOINC,
+    FINDING_INTERPRETATION,
+    HEART_RATE_LOINC,
+    INTERPRETATION_SYSTEM,
+    LOINC_SYSTEM,
+    SNOMED_SYSTEM,
+    Concept,
+    finding_terminology,
+    label_code,
+)
 
 FHIR_MEDIA_TYPE = "application/fhir+json"
-LOINC = "http://loinc.org"
+BUNDLE_TYPES = ("collection", "transaction")
+BundleType = Literal["collection", "transaction"]
+LOINC = LOINC_SYSTEM
 UCUM = "http://unitsofmeasure.org"
-EKG_STUDY = {"system": LOINC, "code": "11524-6", "display": "EKG study"}
-HEART_RATE = {"system": LOINC, "code": "8867-4", "display": "Heart rate"}
+EKG_STUDY = {"system": LOINC, "code": ECG_STUDY_LOINC[0], "display": ECG_STUDY_LOINC[1]}
+HEART_RATE = {"system": LOINC, "code": HEART_RATE_LOINC[0], "display": HEART_RATE_LOINC[1]}
+EKG_IMPRESSION = {"system": LOINC, "code": EKG_IMPRESSION_LOINC[0], "display": EKG_IMPRESSION_LOINC[1]}
 CATEGORY_EC = {
     "system": "http://terminology.hl7.org/CodeSystem/v2-0074",
     "code": "EC",
@@ -50,12 +70,24 @@ def _observation(code: dict[str, Any], value: dict[str, Any], note: str | None =
     return resource
 
 
+def snomed_concept(concept: Concept | None, text: str) -> dict[str, Any]:
+    """A CodeableConcept: the SNOMED CT coding when there is a concept, and always ``text``."""
+    if concept is None:
+        return {"text": text}
+    return {"coding": [{"system": SNOMED_SYSTEM, "code": concept.code, "display": concept.term}], "text": text}
+
+
+def _probability(p: float) -> dict[str, Any]:
+    return {"value": float(p), "unit": "probability", "system": UCUM, "code": "1"}
+
+
 def label_observations(probabilities: Mapping[str, float]) -> list[dict[str, Any]]:
-    """One Observation per label, its probability as ``valueQuantity`` (no threshold applied)."""
+    """One Observation per label: its SNOMED CT code (where there is one), its probability as ``valueQuantity`` (no
+    threshold applied)."""
     return [
         _observation(
-            {"text": label},
-            {"valueQuantity": {"value": float(p), "unit": "probability", "system": UCUM, "code": "1"}},
+            snomed_concept(label_code(label), label),
+            {"valueQuantity": _probability(p)},
             "ECG-FM finetuned model output (sigmoid), aggregated over 5 s segments; raw, not a diagnosis.",
         )
         for label, p in probabilities.items()
@@ -81,14 +113,29 @@ def heart_rate_observation(bpm: float) -> dict[str, Any]:
 
 
 def finding_observation(finding: Mapping[str, Any]) -> dict[str, Any]:
-    """A grouped finding of the interpreter: its text, group, severity and the probability behind it."""
-    text = str(finding.get("statement") or finding.get("label") or finding.get("name") or "finding")
-    parts = [f"{key}: {finding[key]}" for key in ("group", "severity", "label") if finding.get(key) is not None]
-    value: dict[str, Any] = {"valueString": "; ".join(parts) or text}
-    if isinstance(finding.get("probability"), (int, float)):
-        value = {"valueQuantity": {"value": float(finding["probability"]), "unit": "probability", "system": UCUM,
-                                   "code": "1"}}  # fmt: skip
-    return _observation({"text": text}, value, "; ".join(parts) or None)
+    """A reported finding of the interpreter (:class:`interpreter.findings.Finding` as a dict: ``label``, ``source``,
+    ``status``, ``probability``, ``group``, ``severity``, ``rules``, ``notes``) as an "EKG impression": its concept
+    as the value, its status as the interpretation, the model's probability as a component."""
+    row = finding_terminology(str(finding["label"]), str(finding["source"]))
+    code, display = FINDING_INTERPRETATION[str(finding["status"])]
+    value: dict[str, Any] = {
+        "valueCodeableConcept": snomed_concept(row.code, row.text),
+        "interpretation": [
+            {"coding": [{"system": INTERPRETATION_SYSTEM, "code": code, "display": display}], "text": finding["status"]}
+        ],
+    }
+    if finding.get("probability") is not None:
+        value["component"] = [
+            {
+                "code": {"text": f"ECG-FM probability of {row.label}"},
+                "valueQuantity": _probability(finding["probability"]),
+            }
+        ]
+    parts = [f"{key}: {finding[key]}" for key in ("status", "source", "group", "severity") if finding.get(key)]
+    parts += [f"rules: {', '.join(finding['rules'])}"] if finding.get("rules") else []
+    parts += list(finding.get("notes") or [])
+    return _observation({"coding": [EKG_IMPRESSION], "text": f"ECG-FM interpreter finding: {row.text}"}, value,
+                        "; ".join(parts))  # fmt: skip
 
 
 def bundle(
@@ -99,8 +146,11 @@ def bundle(
     findings: Sequence[Mapping[str, Any]] = (),
     demo: bool = False,
     now: datetime | None = None,
+    bundle_type: BundleType = "collection",
 ) -> dict[str, Any]:
-    """The Bundle: a DiagnosticReport (EKG study) whose ``result`` references every Observation."""
+    """The Bundle: a DiagnosticReport (EKG study) whose ``result`` references every Observation. A ``transaction``
+    Bundle (for a FHIR server's base URL) gives each entry ``request`` ``POST <resource type>``; the server resolves the
+    ``urn:uuid:`` references between them."""
     observations: list[dict[str, Any]] = []
     if heart_rate_bpm is not None:
         observations.append(heart_rate_observation(heart_rate_bpm))
@@ -121,12 +171,17 @@ def bundle(
         "result": [{"reference": url} for url in urls],
         "conclusion": conclusion,
     }
+    if bundle_type not in BUNDLE_TYPES:
+        raise ValueError(f"bundle_type must be one of {BUNDLE_TYPES}, not {bundle_type!r}")
     entries = [{"fullUrl": _urn(), "resource": report}]
     entries += [{"fullUrl": url, "resource": obs} for url, obs in zip(urls, observations, strict=True)]
-    return {"resourceType": "Bundle", "type": "collection", "timestamp": issued, "entry": entries}
+    if bundle_type == "transaction":
+        for entry in entries:
+            entry["request"] = {"method": "POST", "url": entry["resource"]["resourceType"]}
+    return {"resourceType": "Bundle", "type": bundle_type, "timestamp": issued, "entry": entries}
 
 
-def bundle_for_result(result: Mapping[str, Any]) -> dict[str, Any]:
+def bundle_for_result(result: Mapping[str, Any], bundle_type: BundleType = "collection") -> dict[str, Any]:
     """A Bundle for one JSON result: ``/clinical`` (probabilities), ``/features`` (features), ``/both`` or an
     ``ecgfm predict`` line (``clinical`` and/or ``features``)."""
     clinical = result.get("clinical") if isinstance(result.get("clinical"), Mapping) else None
@@ -140,4 +195,5 @@ def bundle_for_result(result: Mapping[str, Any]) -> dict[str, Any]:
         probabilities=clinical["probabilities"] if clinical else None,
         features=features["features"] if features else None,
         demo=demo,
+        bundle_type=bundle_type,
     )
