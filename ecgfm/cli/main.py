@@ -62,12 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ecgfm.cli.batch import add_batch_parser
     from ecgfm.cli.convert import add_convert_parser
+    from ecgfm.cli.evaluate import add_evaluate_parser
 
     add_batch_parser(commands)  # ecgfm batch: ecgfm/cli/batch.py
     add_convert_parser(commands)  # ecgfm convert: ecgfm/cli/convert.py
+    add_evaluate_parser(commands)  # ecgfm evaluate: ecgfm/cli/evaluate.py
 
     args = parser.parse_args(argv)
-    if args.command in ("batch", "convert"):
+    if args.command in ("batch", "convert", "evaluate"):
         return args.run(args)
     if args.command == "predict":
         return _predict(args)
