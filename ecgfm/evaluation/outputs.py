@@ -87,7 +87,7 @@ def _figure_png(entry: dict[str, Any], plot: dict[str, Any]) -> str:
     ):
         axis.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
         axis.legend(fontsize=7, loc="lower right" if axis is roc else "best")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.15, top=0.91, wspace=0.28)  # cheaper than tight_layout
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=72)
     plt.close(fig)

@@ -145,5 +145,5 @@ def _check(predictions: Predictions) -> None:
         row, column = (int(i) for i in np.argwhere(bad)[0])
         raise EvaluationInputError(
             f"{predictions.source}: {int(bad.sum())} probabilit(ies) outside [0, 1] or not numbers, first "
-            f"{predictions.records[row]!r} {predictions.labels[column]!r} = {values[row, column]!r}"
+            f"{predictions.records[row]!r} {predictions.labels[column]!r} = {float(values[row, column])!r}"
         )
