@@ -64,7 +64,10 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
         config["source"] = str(path)
     else:
         config["source"] = "default"
-    validate_config(config)
+    try:
+        validate_config(config)
+    except ConfigError as exc:
+        raise ConfigError(f"thresholds file {path}: {exc}" if path is not None else str(exc)) from None
     return config
 
 

@@ -399,10 +399,11 @@ def test_physionet_2021_headers_of_real_records_predicted_by_ecgfm_predict(tmp_p
 
 
 def test_a_written_thresholds_file_changes_the_interpreters_findings_as_its_numbers_say(
-    site: dict[str, Any], tmp_path: Path
+    site: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``python -m interpreter report --thresholds``: per label, the records reported present are the records at or
-    above the chosen threshold (tp + fp of metrics.json), and without it those at or above the interpreter's."""
+    """``python -m interpreter report --thresholds`` (or ``ECGFM_THRESHOLDS``): per label, the records reported
+    present are the records at or above the chosen threshold (tp + fp of metrics.json), and without it those at or
+    above the interpreter's."""
     thresholds = site["out"] / "thresholds.yaml"
     written = yaml.safe_load(thresholds.read_text())
     assert written["provenance"]["n_records"] == 400 and written["provenance"]["method"] == "youden"
@@ -410,12 +411,15 @@ def test_a_written_thresholds_file_changes_the_interpreters_findings_as_its_numb
         key: site["metrics"]["labels"][RARE][key] for key in ("n_positive", "n_negative")
     }
     present = {}
-    for name, extra in (("chosen", ["--thresholds", str(thresholds)]), ("interpreter", [])):
+    runs = (("chosen", ["--thresholds", str(thresholds)], ""), ("interpreter", [], ""), ("setting", [], thresholds))
+    for name, extra, setting in runs:
+        monkeypatch.setenv("ECGFM_THRESHOLDS", str(setting))
         out = tmp_path / name
         assert interpreter_main(["report", "--results", str(site["predictions"]), "--out", str(out), "--quiet",
                                  "--format", "fhir", *extra]) == 0  # fmt: skip
         rows = list(csv.DictReader((out / "summary.csv").open()))
         present[name] = {label: {r["record"] for r in rows if f"{label} (present" in r["findings"]} for label in LABELS}
+    assert present["setting"] == present["chosen"]  # ECGFM_THRESHOLDS is the same file as --thresholds
     changed = 0
     for label in (label for label in LABELS if label not in (ABSENT, ALWAYS)):  # no heart rate: the model's (H8)
         known = set(np.array(site["names"])[~np.isnan(site["truth"][:, LABELS.index(label)])])
