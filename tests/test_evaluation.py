@@ -337,8 +337,14 @@ def challenge_names() -> dict[str, str]:
     names = {}
     for file in ("dx_mapping_scored.csv", "dx_mapping_unscored.csv"):
         for row in csv.DictReader((CHALLENGE_DIR / file).open()):
-            names[row["SNOMEDCTCode"]] = row["Dx"].strip()
+            names.setdefault(row["SNOMEDCTCode"], re.sub(r"\s+", " ", row["Dx"]).strip())
     return names
+
+
+def test_the_shipped_code_names_are_the_challenges() -> None:
+    from ecgfm.evaluation.site_labels import challenge_names as shipped
+
+    assert shipped() == challenge_names() and len(shipped()) > 130
 
 
 def test_snomed_codes_map_to_labels_and_unmapped_codes_are_counted_by_name(tmp_path: Path) -> None:
@@ -354,8 +360,13 @@ def test_snomed_codes_map_to_labels_and_unmapped_codes_are_counted_by_name(tmp_p
     predictions = write_predictions(tmp_path / "p.jsonl", list(codes), p)
     labels = tmp_path / "snomed.csv"
     labels.write_text("record,snomed\n" + "".join(f"{name},{value}\n" for name, value in codes.items()))
-    assert evaluate(predictions, "--labels", labels, "--out", tmp_path / "out", "--bootstrap", 10) == 0
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    measured = tmp_path / "last_year.yaml"  # --thresholds: the operating points of another file than the defaults
+    measured.write_text("labels:\n  Sinus rhythm: {threshold: 0.7, borderline: 0.3}\n")
+    out = tmp_path / "out"
+    assert evaluate(predictions, "--labels", labels, "--out", out, "--bootstrap", 10, "--thresholds", measured) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["labels"]["Sinus rhythm"]["thresholds"]["interpreter"]["threshold"] == 0.7
+    assert metrics["interpreter_thresholds"] == {"source": str(measured), "provenance": None}
     positives = {label: entry["n_positive"] for label, entry in metrics["labels"].items()}
     assert positives["Atrial fibrillation"] == 1 and positives["Bifascicular block"] == 1
     assert positives["Right bundle branch block"] == 1 and positives["Bradycardia"] == 1
