@@ -44,6 +44,7 @@ from ecgfm.network.hub import WeightsNotFoundError, resolve_all
 from ecgfm.results.outputs import BothOutput, CheckpointInfo, ClinicalOutput, FeaturesOutput, RecordOutput
 from ecgfm.settings import Settings
 from interpreter.api import interpret_record
+from interpreter.findings import ConfigError, load_config
 from serving import metrics
 from serving.answers import answer_for
 from serving.contract import (
@@ -249,15 +250,18 @@ class ECGFMService:
         install_log_filter(ECGRequest.model_fields)
         install_request_id_logging()
         self.checkpoints: dict[str, CheckpointInfo] = {}
+        self.thresholds = load_config(SETTINGS.interpreter.thresholds)  # checked by resolve_weights before start
         metrics.start_api_series()
 
     @bentoml.on_deployment
     def resolve_weights() -> None:
-        """Before any worker starts: find, download or write both checkpoints, or end ``bentoml serve`` at once with
-        one message and exit status 2 (the traceback only at DEBUG), instead of workers failing and restarting."""
+        """Before any worker starts: find, download or write both checkpoints and read the interpreter's thresholds
+        file (``ECGFM_THRESHOLDS``), or end ``bentoml serve`` at once with one message and exit status 2 (the
+        traceback only at DEBUG), instead of workers failing and restarting."""
         try:
+            load_config(SETTINGS.interpreter.thresholds)
             resolve_all(SETTINGS.weights)
-        except WeightsNotFoundError as exc:
+        except (WeightsNotFoundError, ConfigError) as exc:
             logging.getLogger(__name__).debug("weights not found", exc_info=True)
             print(f"ecgfm-serve: cannot start: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
@@ -319,7 +323,8 @@ class ECGFMService:
         described = await self._describe_models()
         if error := models_unavailable(described):
             return error_response(error)
-        info = InfoResponse.of(**described, settings=SETTINGS.to_dict(), versions=versions())
+        thresholds = {"source": self.thresholds["source"], "provenance": self.thresholds["provenance"]}
+        info = InfoResponse.of(**described, settings=SETTINGS.to_dict(), versions=versions(), thresholds=thresholds)
         return JSONResponse(info.model_dump(mode="json"))
 
     @app.get("/status", response_model=StatusResponse, responses={503: {"model": ErrorResponse}})
@@ -361,7 +366,13 @@ class ECGFMService:
         except ANSWERED_ERRORS as exc:
             return error_response(exc)
         fields = body.model_dump(exclude={"probabilities"})
-        report = partial(interpret_record, body.probabilities, **fields, max_duration_s=SERVING.max_duration_s)
+        report = partial(
+            interpret_record,
+            body.probabilities,
+            **fields,
+            max_duration_s=SERVING.max_duration_s,
+            config=self.thresholds,
+        )
         try:
             return answer.interpretation_response(await anyio.to_thread.run_sync(report))
         except ANSWERED_ERRORS as exc:

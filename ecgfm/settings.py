@@ -2,7 +2,9 @@
 
 * :class:`WeightsSettings`: which checkpoints (local paths, Hub revision, sha256 pins, demo weights);
 * :class:`RuntimeSettings`: how a model runs (device, precision, positional conv, compile, weights cache);
-* :class:`ServingSettings`: the HTTP service (input and body limits, concurrency, batching, timeouts, API key, tracing).
+* :class:`ServingSettings`: the HTTP service (input and body limits, concurrency, batching, timeouts, API key, tracing);
+* :class:`InterpreterSettings`: the interpreter's thresholds file (``POST /interpret``, the page, ``python -m
+  interpreter report``).
 
 Each field declares its environment variable, parser, default and meaning (:func:`setting`); ``from_env`` reads
 them all, and this is the only module that reads an ``ECGFM_*`` variable. A bad value fails at once with one
@@ -381,25 +383,51 @@ class ServingSettings:
 
 
 @dataclass(frozen=True)
+class InterpreterSettings:
+    """What the interpreter applies (:func:`interpreter.findings.load_config`)."""
+
+    thresholds: str | None = setting(
+        "ECGFM_THRESHOLDS",
+        text,
+        None,
+        "thresholds file merged into `interpreter/thresholds.yaml` (e.g. the `thresholds.yaml` of `ecgfm evaluate`): "
+        "used by `POST /interpret`, the page and `python -m interpreter report`; `/info` shows it and its "
+        "provenance; a bad file stops start-up (docs/evaluation.md)",
+    )
+
+    from_env = classmethod(_from_env)
+    to_dict = _to_dict
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings of one process."""
 
     weights: WeightsSettings
     runtime: RuntimeSettings
     serving: ServingSettings
+    interpreter: InterpreterSettings = field(default_factory=InterpreterSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         return cls(
-            WeightsSettings.from_env(environ), RuntimeSettings.from_env(environ), ServingSettings.from_env(environ)
+            WeightsSettings.from_env(environ),
+            RuntimeSettings.from_env(environ),
+            ServingSettings.from_env(environ),
+            InterpreterSettings.from_env(environ),
         )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The effective settings as ``/info`` reports them (the API key only as ``api_key_set``)."""
-        return {"weights": self.weights.to_dict(), "runtime": self.runtime.to_dict(), "serving": self.serving.to_dict()}
+        return {
+            "weights": self.weights.to_dict(),
+            "runtime": self.runtime.to_dict(),
+            "serving": self.serving.to_dict(),
+            "interpreter": self.interpreter.to_dict(),
+        }
 
 
-SECTIONS: tuple[type, ...] = (WeightsSettings, RuntimeSettings, ServingSettings)
+SECTIONS: tuple[type, ...] = (WeightsSettings, RuntimeSettings, ServingSettings, InterpreterSettings)
 TABLE_START, TABLE_END = "<!-- settings table: python -m ecgfm.settings -->", "<!-- end of settings table -->"
 
 

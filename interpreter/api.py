@@ -23,13 +23,14 @@ def interpret_record(
     record: str = "",
     *,
     max_duration_s: float,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON report of one record: ``probabilities`` (the 17 labels of ``/clinical``) and, when ``signal`` and
     ``fs`` are given, the heart rate measured on the record as sent (its own rate, every lead).
 
     The signal is first checked as ``/clinical`` checks it (:class:`ecgfm.records.preprocess.ECGInputError`, 422), so
     that a record the model would refuse gets the same message here. Without a signal the rate rules are not applied
-    (H8).
+    (H8). ``config``: :func:`interpreter.findings.load_config`'s thresholds (the defaults when ``None``).
     """
     heart_rate = None
     if signal is not None:
@@ -38,4 +39,4 @@ def interpret_record(
         preprocess(signal, fs, lead_names, max_duration_s=max_duration_s)
         names = list(lead_names) if lead_names else list(LEAD_ORDER)  # preprocess checked there are 12
         heart_rate = detect_heart_rate(np.asarray(signal, dtype=np.float64), float(fs), names).to_dict()
-    return report_dict(interpret(probabilities, heart_rate, record=record))
+    return report_dict(interpret(probabilities, heart_rate, config, record=record))

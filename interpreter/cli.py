@@ -23,7 +23,7 @@ from typing import Any
 from ecgfm.labels import LABELS
 from ecgfm.records.readers import read_record
 from ecgfm.records.record import ECGRecord, RecordError
-from ecgfm.settings import ServingSettings
+from ecgfm.settings import InterpreterSettings, ServingSettings
 from interpreter import DISCLAIMER
 from interpreter.findings import ConfigError, interpret, load_config
 from interpreter.heart_rate import detect_heart_rate
@@ -149,7 +149,7 @@ def _meta_from(clinical: dict[str, Any], how: str) -> dict[str, Any]:
 def _cmd_report(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    config = load_config(args.thresholds)
+    config = load_config(args.thresholds or InterpreterSettings.from_env().thresholds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # predict(record, saliency): a /clinical body. The probabilities always come from the plain answer; with
@@ -235,7 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--finetuned", help="local finetuned checkpoint")
     source.add_argument("--results", help="earlier API results: JSON Lines, JSON list or CSV")
     rep.add_argument("--out", required=True, help="output folder")
-    rep.add_argument("--thresholds", help="YAML overriding interpreter/thresholds.yaml")
+    rep.add_argument(
+        "--thresholds",
+        help="YAML merged into interpreter/thresholds.yaml, e.g. the thresholds.yaml of ecgfm evaluate (default: "
+        "$ECGFM_THRESHOLDS when set)",
+    )
     rep.add_argument("--fs", type=float, help="sampling rate, for .csv/.npy records")
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
     rep.add_argument(

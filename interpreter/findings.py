@@ -42,17 +42,32 @@ def default_config_path() -> Path:
 
 
 def load_config(path: str | Path | None = None) -> dict[str, Any]:
-    """Load the default thresholds, merged key by key with the user file ``path`` if given, and validate."""
+    """Load the default thresholds, merged key by key with the user file ``path`` if given, and validate.
+
+    ``config["source"]`` is ``path`` (or ``"default"``); ``config["provenance"]`` is the user file's
+    ``provenance:`` block (where its thresholds came from: ``ecgfm evaluate`` writes one), else ``None``.
+    """
     config = yaml.safe_load(default_config_path().read_text())
+    config["provenance"] = None
     if path is not None:
-        user = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            user = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"thresholds file {path}: cannot be read ({exc.strerror or exc})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"thresholds file {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(user, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
+        if "provenance" in user and not isinstance(user["provenance"], dict):
+            raise ConfigError(f"{path}: provenance must be a mapping (where the thresholds came from)")
         config = _merge(config, user)
         config["source"] = str(path)
     else:
         config["source"] = "default"
-    validate_config(config)
+    try:
+        validate_config(config)
+    except ConfigError as exc:
+        raise ConfigError(f"thresholds file {path}: {exc}" if path is not None else str(exc)) from None
     return config
 
 

@@ -399,6 +399,16 @@ class BatchingSettings(BaseModel):
     max_latency_ms: int = Field(description="Longest a queued request may wait before it is refused (503).")
 
 
+class ThresholdsInForce(BaseModel):
+    """The interpreter's thresholds that ``POST /interpret`` applies (``ECGFM_THRESHOLDS``)."""
+
+    source: str = Field(description="`default` (interpreter/thresholds.yaml) or the file set by ECGFM_THRESHOLDS.")
+    provenance: dict[str, Any] | None = Field(
+        description="the file's `provenance:` block: how, when and on which data (counts) its thresholds were chosen "
+        "(`ecgfm evaluate`); null for the defaults or a file without one."
+    )
+
+
 class InfoResponse(BaseModel):
     """``GET /info``: what is being served, and the effective settings (the API key only as set / not set)."""
 
@@ -410,7 +420,10 @@ class InfoResponse(BaseModel):
     feature_dim: int
     input: InputContract
     batching: BatchingSettings
-    settings: dict[str, dict[str, Any]] = Field(description="weights, runtime and serving settings (ecgfm.settings).")
+    settings: dict[str, dict[str, Any]] = Field(
+        description="weights, runtime, serving and interpreter settings (ecgfm.settings)."
+    )
+    thresholds: ThresholdsInForce
     versions: dict[str, str]
 
     @classmethod

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ecgfm.network", "ecgfm.results"),
     ("ecgfm.inference",),
     ("interpreter",),
-    ("ecgfm.archive", "ecgfm.cli", "ecgfm.__main__"),
+    ("ecgfm.archive", "ecgfm.evaluation", "ecgfm.cli", "ecgfm.__main__"),
     ("serving",),
     ("service",),
 ]

@@ -212,6 +212,7 @@ def test_info_describes_checkpoints_labels_contract_and_batching(client: httpx.C
     assert info["input"]["lead_order"][3] == "aVR" and info["input"]["max_duration_s"] == 600
     assert info["batching"]["max_batch_size"] > 1
     assert info["versions"]["bentoml"] == "1.4.40"
+    assert info["thresholds"] == {"source": "default", "provenance": None}  # no ECGFM_THRESHOLDS: the interpreter's
 
 
 def test_responses_name_the_checkpoint_file_but_never_the_servers_path(client: httpx.Client) -> None:

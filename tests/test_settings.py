@@ -39,6 +39,7 @@ def test_defaults_with_an_empty_environment() -> None:
     assert serving.request_timeout_s == 300 and serving.api_key == ""
     assert serving.max_body_bytes == 600 * 1000 * 12 * 24  # the longest record at 1000 Hz as JSON
     assert serving.max_batch_size == 8  # CPU (this machine has no CUDA)
+    assert settings.interpreter.thresholds is None  # the interpreter's defaults (interpreter/thresholds.yaml)
 
 
 def test_each_variable_sets_its_field() -> None:
@@ -54,6 +55,7 @@ def test_each_variable_sets_its_field() -> None:
         "ECGFM_MAX_DURATION_S": "30",
         "ECGFM_MAX_BATCH_SIZE": " 16 ",
         "ECGFM_API_KEY": "s3cret",
+        "ECGFM_THRESHOLDS": "/site/thresholds.yaml",
     }
     settings = Settings.from_env(environ)
     assert (
@@ -64,6 +66,8 @@ def test_each_variable_sets_its_field() -> None:
     assert settings.runtime == RuntimeSettings(device="cpu", precision="bf16", pos_conv="fft", compile=True)
     assert settings.serving.max_batch_size == 16 and settings.serving.api_key == "s3cret"
     assert settings.serving.max_body_bytes == 30 * 1000 * 12 * 24  # follows the duration limit when unset
+    assert settings.interpreter.thresholds == "/site/thresholds.yaml"
+    assert settings.to_dict()["interpreter"] == {"thresholds": "/site/thresholds.yaml"}  # what /info shows
 
 
 @pytest.mark.parametrize(
@@ -100,7 +104,7 @@ def test_unset_and_empty_variables_keep_the_defaults() -> None:
 
 def test_every_variable_has_a_documented_meaning_and_a_unique_name() -> None:
     names = [row["env"] for row in variables()]
-    assert len(names) == len(set(names)) == 22
+    assert len(names) == len(set(names)) == 23
     assert all(name.startswith("ECGFM_") for name in names)
     assert all(row["doc"] and row["default"] for row in variables())
 

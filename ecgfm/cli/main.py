@@ -70,16 +70,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ecgfm.cli.batch import add_batch_parser
     from ecgfm.cli.convert import add_convert_parser
+    from ecgfm.cli.evaluate import add_evaluate_parser
 
     add_batch_parser(commands)  # ecgfm batch: ecgfm/cli/batch.py
     add_convert_parser(commands)  # ecgfm convert: ecgfm/cli/convert.py
+    add_evaluate_parser(commands)  # ecgfm evaluate: ecgfm/cli/evaluate.py
 
     args = parser.parse_args(argv)
     if args.command == "predict" and args.fhir_bundle and args.format != "fhir":
         parser.error("--fhir-bundle is for --format fhir")
     if args.command == "predict" and args.format == "hl7v2" and args.only == "features":
         parser.error("--format hl7v2 carries the labels' probabilities: leave out --only features")
-    if args.command in ("batch", "convert"):
+    if args.command in ("batch", "convert", "evaluate"):
         return args.run(args)
     if args.command == "predict":
         return _predict(args)
