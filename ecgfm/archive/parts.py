@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ecgfm.labels import AGGREGATION, LABELS
@@ -171,3 +172,19 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def read_features(source: Path) -> tuple[pa.Table, dict[str, Any]]:
+    """The scored rows of an ``ecgfm batch`` output (a folder of parts, or one part) with a ``features`` column:
+    ``record``, ``path`` and ``features`` of every row without an error, and the job's metadata (its
+    ``checkpoints`` say which pretrained weights). Raises ValueError when there is no such output."""
+    parts = [source] if source.is_file() else committed_parts(source)
+    if not parts:
+        raise ValueError(f"{source}: no ecgfm batch output (no part-*.parquet files)")
+    metadata = read_metadata(parts[0])
+    if "pretrained" not in (metadata.get("models") or []):
+        raise ValueError(f"{source}: this ecgfm batch output has no features column (it was run with --only clinical)")
+    tables = [pq.read_table(part, columns=["record", "path", "features", "error"]) for part in parts]
+    table = pa.concat_tables(tables)
+    mask = pc.and_(pc.is_null(table["error"]), pc.is_valid(table["features"]))
+    return table.filter(mask).drop_columns(["error"]), metadata
