@@ -90,7 +90,8 @@ def labels_matrix(labels: Path) -> np.ndarray:
 
 
 def predict_lines(probe: Path, records: list[Path], out: Path, *extra: str) -> list[dict]:
-    assert main(["probe", "predict", str(probe), *map(str, records), "-o", str(out), *extra]) == 0
+    argv = ["probe", "predict", str(probe), *map(str, records), "-o", str(out), "--pretrained", str(PRETRAINED_CKPT)]
+    assert main([*argv, *extra]) == 0
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 

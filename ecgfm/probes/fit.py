@@ -11,7 +11,9 @@ For each target (a 0/1 column; several targets make a multi-label probe, one ind
    (``sklearn.metrics.roc_auc_score``) and its 95 % interval from a seeded bootstrap over records are stored in
    the probe's summary. It estimates how the probe does on records like these, not on another site's.
 
-A target needs at least :data:`MIN_PER_CLASS` positive and negative records (k-fold inside k-fold).
+A target needs at least :data:`MIN_PER_CLASS` positive and negative records (k-fold inside k-fold). The fits run
+on one thread (``threadpoolctl``, scikit-learn's own dependency): these regressions are small, and OpenMP and BLAS
+threads competing for busy cores made them several times slower.
 """
 
 from __future__ import annotations
@@ -117,7 +119,10 @@ def fit_probe(
             :data:`MIN_PER_CLASS` positive or negative records.
     """
     import sklearn
+    import sklearn.linear_model
+    import sklearn.model_selection  # loaded before the thread limit, so that it covers their OpenMP and BLAS
     from sklearn.metrics import roc_auc_score
+    from threadpoolctl import threadpool_limits
 
     import ecgfm
 
@@ -138,11 +143,12 @@ def fit_probe(
             )
     coefs, intercepts, per_target, scaler = [], [], {}, None
     for target, y in zip(targets, y_all.T.astype(int), strict=True):
-        search = _select(x, y, folds, seed)
+        with threadpool_limits(1):
+            search = _select(x, y, folds, seed)
+            scores, outer = cross_validated_scores(x, y, folds, seed)
         scaler, logreg = search.best_estimator_.named_steps["scale"], search.best_estimator_.named_steps["logreg"]
         coefs.append(logreg.coef_[0])
         intercepts.append(logreg.intercept_[0])
-        scores, outer = cross_validated_scores(x, y, folds, seed)
         low, high, used = bootstrap_auroc(y, scores, bootstrap, seed)
         per_target[target] = {
             "positives": int(y.sum()),
