@@ -106,6 +106,7 @@ from serving.middleware import (
     RequestStats,
     RequestStatsMiddleware,
     RetryAfterMiddleware,
+    UnknownProbeMiddleware,
 )
 from serving.openapi import (
     DECODE_REQUEST_BODY,
@@ -517,6 +518,12 @@ ECGFMService.add_asgi_middleware(
 )
 ECGFMService.add_asgi_middleware(LandingPageMiddleware, html=LANDING_PAGE)
 ECGFMService.add_asgi_middleware(StaticFilesMiddleware, files=UI_FILES | SAMPLE_FILES)
+ECGFMService.add_asgi_middleware(
+    UnknownProbeMiddleware,
+    prefix=f"{PROBES_ROUTE}/",
+    paths=PROBE_POST_ROUTES,
+    refuse=lambda name: probe_not_found(name),  # defined below, with the module's other helpers
+)
 # The /file routes take several media types: their decoder checks them (decoding.file_media_type).
 ECGFMService.add_asgi_middleware(
     MediaTypeMiddleware,
