@@ -366,3 +366,62 @@ def test_a_probe_on_demo_weights_is_served_only_with_the_demo_flag(windows, tmp_
     assert answer.status_code == 200, answer.text
     assert answer.json()["demo"] is True and answer.json()["checkpoint"]["demo"] is True
     assert listed[0]["demo"] is True
+
+
+# --- ecgfm batch --probe, and fitting from its output ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batch_with_probe(fitted, windows, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``ecgfm batch --only features --probe rhythm.probe`` over the windows and a file that is no record."""
+    from tests.test_batch import run_ecgfm
+
+    broken = tmp_path_factory.mktemp("broken") / "broken.json"
+    broken.write_text('{"signal": [[1, 2')
+    output = tmp_path_factory.mktemp("batch") / "out"
+    done = run_ecgfm(
+        "batch", "--only", "features", "--pretrained", str(PRETRAINED_CKPT), "--probe", str(fitted),
+        "--records-per-batch", "8", "--no-progress", "--output", str(output), *map(str, windows[0]), str(broken),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return output
+
+
+def test_batch_probe_columns_equal_ecgfm_probe_predict(batch_with_probe, fitted, windows, tmp_path) -> None:
+    import pyarrow.dataset as pads
+
+    from ecgfm.archive.parts import committed_parts, read_metadata
+
+    table = pads.dataset(batch_with_probe, format="parquet").to_table().to_pylist()
+    rows = {row["record"] or Path(row["path"]).stem: row for row in table}  # a file that is no record has no name
+    lines = predict_lines(fitted, windows[0], tmp_path / "out.jsonl")
+    for line in lines:
+        for target in TARGETS:
+            got = rows[line["record"]][f"probe_rhythm_{target}"]
+            assert abs(got - line["probe"]["probabilities"][target]) <= TOLERANCE  # float32 in Parquet
+    assert rows["broken"]["error"] and rows["broken"]["probe_rhythm_AF"] is None
+    metadata = read_metadata(committed_parts(batch_with_probe)[0])
+    assert metadata["probes"] == [{"name": "rhythm", "targets": list(TARGETS), "sha256": file_sha256(fitted)}]
+
+
+def test_batch_refuses_a_probe_of_other_weights_and_a_resume_with_other_probes(batch_with_probe, fitted, windows):
+    from tests.test_batch import run_ecgfm
+
+    other = PARITY_DIR / "ckpt" / "ecgfm_small_pretrained_fsHEAD.pt"
+    args = ["batch", "--only", "features", "--no-progress", *map(str, windows[0][:2])]
+    wrong = run_ecgfm(*args, "--pretrained", str(other), "--probe", str(fitted), "--output", str(batch_with_probe))
+    assert wrong.returncode == 2 and file_sha256(other) in wrong.stderr and file_sha256(PRETRAINED_CKPT) in wrong.stderr
+    resumed = run_ecgfm(*args, "--pretrained", str(PRETRAINED_CKPT), "--resume", "--output", str(batch_with_probe))
+    assert resumed.returncode == 2 and "probes" in resumed.stderr
+
+
+def test_a_probe_fit_on_an_ecgfm_batch_output_is_the_one_fit_on_its_records(batch_with_probe, fitted, windows) -> None:
+    out = batch_with_probe.parent / "af.probe"
+    argv = ["probe", "fit", "--embeddings", str(batch_with_probe), "--labels", str(windows[1]), "--targets", "AF"]
+    assert main([*argv, "--out", str(out), *FIT_OPTIONS]) == 0
+    from_batch, from_records = load_probe(out), load_probe(fitted)
+    assert from_batch.pretrained_sha256 == from_records.pretrained_sha256 and from_batch.summary["records"] == 21
+    assert from_batch.summary["targets"]["AF"]["C"] == from_records.summary["targets"]["AF"]["C"]
+    x = from_records.mean + from_records.scale * np.random.default_rng(0).normal(size=(5, from_records.embed_dim))
+    # float32 features in Parquet against float64 ones: the same fit up to float32 rounding
+    np.testing.assert_allclose(from_batch.probabilities(x)[:, 0], from_records.probabilities(x)[:, 0], atol=1e-4)
