@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
@@ -39,9 +40,10 @@ from starlette.responses import JSONResponse, Response
 
 import ecgfm
 from ecgfm.inference import decode_batch, load_model
-from ecgfm.network.checkpoint import ModelKind
+from ecgfm.network.checkpoint import ModelKind, file_sha256
 from ecgfm.network.hub import WeightsNotFoundError, resolve_all
-from ecgfm.results.outputs import BothOutput, CheckpointInfo, ClinicalOutput, FeaturesOutput, RecordOutput
+from ecgfm.probes.probe import Probe, ProbeFileError, load_probe_dir
+from ecgfm.results.outputs import BothOutput, CheckpointInfo, ClinicalOutput, FeaturesOutput, ProbeOutput, RecordOutput
 from ecgfm.settings import Settings
 from interpreter.api import interpret_record
 from interpreter.findings import ConfigError, load_config
@@ -57,6 +59,10 @@ from serving.contract import (
     JSON_POST_ROUTES,
     NPY_POST_ROUTES,
     POST_MEDIA_TYPES,
+    PROBE_FILE_ROUTE,
+    PROBE_NPY_ROUTE,
+    PROBE_ROUTE,
+    PROBES_ROUTE,
     PUBLIC_PATHS,
     BothResponse,
     ClinicalResponse,
@@ -69,9 +75,15 @@ from serving.contract import (
     InterpretationResponse,
     InterpretRequest,
     ModelDescription,
+    ProbeDescription,
+    ProbeNotFoundError,
+    ProbeResponse,
+    ProbesResponse,
     StatusResponse,
     error_response,
+    file_routes,
     models_unavailable,
+    probe_post_routes,
     validation_error_response,
 )
 from serving.decoding import (
@@ -95,6 +107,7 @@ from serving.middleware import (
     RequestStats,
     RequestStatsMiddleware,
     RetryAfterMiddleware,
+    UnknownProbeMiddleware,
 )
 from serving.openapi import (
     DECODE_REQUEST_BODY,
@@ -102,6 +115,8 @@ from serving.openapi import (
     INTERPRET_REQUEST_BODY,
     NPY_OPERATION,
     OPENAPI_INFO,
+    PROBE_NOT_FOUND,
+    PROBE_REQUEST_BODY,
     OpenAPIDocumentMiddleware,
 )
 from serving.pages import (
@@ -128,7 +143,16 @@ PROBE_TIMEOUT_S = 3.0  # /health, /info, /status and /readyz give up on a model 
 CONNECTION_RETRIES = 2  # see call_model
 DRAIN_MARGIN_S = 5  # a model worker outlives the API worker's drain by at most this (ModelService.drain_before_exit)
 STARTED_AT = time.time()
-REQUEST_STATS = RequestStats((*JSON_POST_ROUTES, *GET_ROUTES, *NPY_POST_ROUTES, *FILE_POST_ROUTES))
+# The probes of ECGFM_PROBES_DIR (docs/probes.md), checked against the served weights before any worker starts
+# (ECGFMService.resolve_weights); a file that cannot be used stops start-up there, with its message.
+try:
+    PROBES: dict[str, Probe] = load_probe_dir(SERVING.probes_dir)
+    PROBES_PROBLEM: ProbeFileError | None = None
+except ProbeFileError as problem:
+    PROBES, PROBES_PROBLEM = {}, problem
+PROBE_POST_ROUTES = probe_post_routes(tuple(PROBES))  # the loaded probes' paths, for the middlewares
+ADMITTED_POSTS = POST_MEDIA_TYPES | PROBE_POST_ROUTES
+REQUEST_STATS = RequestStats((*JSON_POST_ROUTES, *GET_ROUTES, *NPY_POST_ROUTES, *FILE_POST_ROUTES, *PROBE_POST_ROUTES))
 OUTPUTS: dict[ModelKind, type[ClinicalOutput] | type[FeaturesOutput]] = {
     "finetuned": ClinicalOutput,
     "pretrained": FeaturesOutput,
@@ -255,14 +279,20 @@ class ECGFMService:
 
     @bentoml.on_deployment
     def resolve_weights() -> None:
-        """Before any worker starts: find, download or write both checkpoints and read the interpreter's thresholds
-        file (``ECGFM_THRESHOLDS``), or end ``bentoml serve`` at once with one message and exit status 2 (the
-        traceback only at DEBUG), instead of workers failing and restarting."""
+        """Before any worker starts: find, download or write both checkpoints, check every probe against the
+        pretrained one and read the interpreter's thresholds file (``ECGFM_THRESHOLDS``), or end ``bentoml serve`` at
+        once with one message and exit status 2 (the traceback only at DEBUG), instead of workers failing and
+        restarting or a probe answering for other weights."""
         try:
             load_config(SETTINGS.interpreter.thresholds)
-            resolve_all(SETTINGS.weights)
-        except (WeightsNotFoundError, ConfigError) as exc:
-            logging.getLogger(__name__).debug("weights not found", exc_info=True)
+            pretrained = resolve_all(SETTINGS.weights)["pretrained"]
+            if PROBES_PROBLEM is not None:
+                raise PROBES_PROBLEM
+            served = pretrained.sha256 or file_sha256(pretrained.path) if PROBES else ""
+            for probe in PROBES.values():
+                probe.check_checkpoint(served, f"the served pretrained checkpoint ({Path(pretrained.path).name})")
+        except (WeightsNotFoundError, ProbeFileError, ConfigError) as exc:
+            logging.getLogger(__name__).debug("weights, a probe or the thresholds refused", exc_info=True)
             print(f"ecgfm-serve: cannot start: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
 
@@ -311,6 +341,38 @@ class ECGFMService:
         """``/both`` for an uploaded ECG file (DICOM, HL7 aECG, Philips, GE MUSE, SCP-ECG)."""
         return await self._answer(self._both, await file_decoder(request), request)
 
+    @app.post(PROBE_ROUTE, response_model=ProbeResponse, responses=PROBE_NOT_FOUND, openapi_extra=PROBE_REQUEST_BODY)
+    async def probe(self, name: str, request: Request) -> Response:
+        """A probe's target probabilities (``ECGFM_PROBES_DIR``, docs/probes.md) for the record of a ``/features``
+        body, from its embedding (the Pretrained service's batched ``embed``)."""
+        if name not in PROBES:
+            return error_response(probe_not_found(name))
+        try:
+            fields = ECGRequest.model_validate_json(await request.body()).model_dump()
+        except ValidationError as exc:
+            return validation_error_response(exc)
+        return await self._answer(partial(self._probe, PROBES[name]), json_decoder(fields), request)
+
+    @app.post(PROBE_NPY_ROUTE, response_model=ProbeResponse, responses=PROBE_NOT_FOUND, openapi_extra=NPY_OPERATION)
+    async def probe_npy(self, name: str, request: Request) -> Response:
+        """``/probes/<name>`` with the signal as a NumPy ``.npy`` body ``[leads, samples]``; fields as query
+        parameters."""
+        if name not in PROBES:
+            return error_response(probe_not_found(name))
+        return await self._answer(partial(self._probe, PROBES[name]), await npy_decoder(request), request)
+
+    @app.post(PROBE_FILE_ROUTE, response_model=ProbeResponse, responses=PROBE_NOT_FOUND, openapi_extra=FILE_OPERATION)
+    async def probe_file(self, name: str, request: Request) -> Response:
+        """``/probes/<name>`` for an uploaded ECG file (DICOM, HL7 aECG, Philips, GE MUSE, SCP-ECG)."""
+        if name not in PROBES:
+            return error_response(probe_not_found(name))
+        return await self._answer(partial(self._probe, PROBES[name]), await file_decoder(request), request)
+
+    @app.get(PROBES_ROUTE, response_model=ProbesResponse)
+    async def probes(self) -> Response:
+        """The probes loaded from ``ECGFM_PROBES_DIR``: targets, the pretrained checkpoint, the training summary."""
+        return JSONResponse(ProbesResponse(probes=list(probe_descriptions().values())).model_dump(mode="json"))
+
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health(self) -> Response:
         """200 when both model services have their model loaded, else 503."""
@@ -324,7 +386,13 @@ class ECGFMService:
         if error := models_unavailable(described):
             return error_response(error)
         thresholds = {"source": self.thresholds["source"], "provenance": self.thresholds["provenance"]}
-        info = InfoResponse.of(**described, settings=SETTINGS.to_dict(), versions=versions(), thresholds=thresholds)
+        info = InfoResponse.of(
+            **described,
+            settings=SETTINGS.to_dict(),
+            versions=versions(),
+            probes=probe_descriptions(),
+            thresholds=thresholds,
+        )
         return JSONResponse(info.model_dump(mode="json"))
 
     @app.get("/status", response_model=StatusResponse, responses={503: {"model": ErrorResponse}})
@@ -409,6 +477,9 @@ class ECGFMService:
         clinical, features = await asyncio.gather(self._clinical(prepared), self._features(prepared))
         return BothOutput(clinical=clinical, features=features)
 
+    async def _probe(self, probe: Probe, prepared: PreparedRequest) -> ProbeOutput:
+        return probe.output(await self._features(prepared))
+
     async def _output(self, kind: ModelKind, prepared: PreparedRequest) -> RecordOutput:
         """One model's result for a record: the batched model call and the (cached) checkpoint, concurrently."""
         values, checkpoint = await asyncio.gather(self._score(kind, prepared), self._checkpoint(kind))
@@ -466,15 +537,30 @@ ECGFMService.add_asgi_middleware(
 )
 ECGFMService.add_asgi_middleware(LandingPageMiddleware, html=LANDING_PAGE)
 ECGFMService.add_asgi_middleware(StaticFilesMiddleware, files=UI_FILES | SAMPLE_FILES)
+ECGFMService.add_asgi_middleware(
+    UnknownProbeMiddleware,
+    prefix=f"{PROBES_ROUTE}/",
+    paths=PROBE_POST_ROUTES,
+    refuse=lambda name: probe_not_found(name),  # defined below, with the module's other helpers
+)
 # The /file routes take several media types: their decoder checks them (decoding.file_media_type).
 ECGFMService.add_asgi_middleware(
     MediaTypeMiddleware,
-    media_types={k: v for k, v in POST_MEDIA_TYPES.items() if k not in (*FILE_POST_ROUTES, DECODE_ROUTE)},
+    media_types={k: v for k, v in ADMITTED_POSTS.items() if k not in (*file_routes(ADMITTED_POSTS), DECODE_ROUTE)},
 )
 ECGFMService.add_asgi_middleware(
-    ConcurrencyLimitMiddleware, paths=POST_MEDIA_TYPES, max_concurrency=SERVING.max_concurrency
+    ConcurrencyLimitMiddleware, paths=ADMITTED_POSTS, max_concurrency=SERVING.max_concurrency
 )
-ECGFMService.add_asgi_middleware(BodySizeLimitMiddleware, paths=POST_MEDIA_TYPES, max_body_bytes=SERVING.max_body_bytes)
+ECGFMService.add_asgi_middleware(BodySizeLimitMiddleware, paths=ADMITTED_POSTS, max_body_bytes=SERVING.max_body_bytes)
+
+
+def probe_descriptions() -> dict[str, ProbeDescription]:
+    return {name: ProbeDescription.model_validate(probe.describe()) for name, probe in PROBES.items()}
+
+
+def probe_not_found(name: str) -> ProbeNotFoundError:
+    loaded = ", ".join(PROBES) or "none (set ECGFM_PROBES_DIR to a folder of .probe files)"
+    return ProbeNotFoundError(f"no probe named {name[:64]!r} is loaded; the probes are: {loaded}")
 
 
 def versions() -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 * :class:`WeightsSettings`: which checkpoints (local paths, Hub revision, sha256 pins, demo weights);
 * :class:`RuntimeSettings`: how a model runs (device, precision, positional conv, compile, weights cache);
-* :class:`ServingSettings`: the HTTP service (input and body limits, concurrency, batching, timeouts, API key, tracing);
+* :class:`ServingSettings`: the HTTP service (input and body limits, concurrency, batching, timeouts, API key, tracing,
+  probes);
 * :class:`InterpreterSettings`: the interpreter's thresholds file (``POST /interpret``, the page, ``python -m
   interpreter report``).
 
@@ -371,6 +372,13 @@ class ServingSettings:
         fraction,
         1.0,
         "share of requests traced when `ECGFM_OTLP_ENDPOINT` is set (0 to 1; a traced caller's decision is kept)",
+    )
+    probes_dir: str | None = setting(
+        "ECGFM_PROBES_DIR",
+        text,
+        None,
+        "folder of probe files (`<name>.probe`, `ecgfm probe fit`): each is checked and loaded at start and served at "
+        "`POST /probes/<name>`; one fit on other pretrained weights stops start-up (exit 2; docs/probes.md)",
     )
 
     from_env = classmethod(_from_env)

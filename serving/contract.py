@@ -21,6 +21,10 @@ path            method  request                     response (200)
                         and signal files)
 /interpret      POST    :class:`InterpretRequest`   :class:`InterpretationResponse`: heart rate, grouped findings,
                                                     severity and rule identifiers (:mod:`interpreter`)
+/probes         GET     -                           :class:`ProbesResponse`: the probes loaded from
+                                                    ``ECGFM_PROBES_DIR``, with their training summary
+/probes/<name>  POST    as ``/features``; ``/npy``  :class:`ProbeResponse`: the probe's target probabilities from
+                        and ``/file`` variants      the record's embedding (404 for a probe not loaded)
 ==============  ======  ==========================  ===============================================================
 
 200 bodies are raw model outputs (probabilities / embeddings): no thresholds, no diagnosis. Their schemas are
@@ -55,7 +59,14 @@ from ecgfm.records.preprocess import (
     ECGInputError,
 )
 from ecgfm.results.hl7v2 import HL7V2_MEDIA_TYPE, PatientIdentityError
-from ecgfm.results.outputs import BothOutput, ClinicalOutput, ConversionReport, FeaturesOutput, LoadedCheckpoint
+from ecgfm.results.outputs import (
+    BothOutput,
+    ClinicalOutput,
+    ConversionReport,
+    FeaturesOutput,
+    LoadedCheckpoint,
+    ProbeOutput,
+)
 
 SERVICE_NAME = "ecgfm-serve"
 RESEARCH_USE = "Research use only — ECG-FM and this service are not a diagnostic device."
@@ -99,19 +110,40 @@ FILE_FIELD = "file"
 # of it (/interpret).
 DECODE_ROUTE = "/decode"
 INTERPRET_ROUTE = "/interpret"
+# Probes (ecgfm.probes, docs/probes.md): one per file of ECGFM_PROBES_DIR, each at POST /probes/<name> with the
+# bodies of /features. The middlewares match exact paths: they are given each loaded probe's (probe_post_routes);
+# /docs.json documents the templates.
+PROBES_ROUTE = "/probes"
+PROBE_ROUTE = "/probes/{name}"
+PROBE_NPY_ROUTE = f"{PROBE_ROUTE}/npy"
+PROBE_FILE_ROUTE = f"{PROBE_ROUTE}/file"
+PROBE_MEDIA_TYPES = {PROBE_ROUTE: JSON_MEDIA_TYPE, PROBE_NPY_ROUTE: NPY_MEDIA_TYPE, PROBE_FILE_ROUTE: NPY_MEDIA_TYPE}
 POST_MEDIA_TYPES: dict[str, str] = (
     dict.fromkeys(JSON_POST_ROUTES, JSON_MEDIA_TYPE)
     | dict.fromkeys(NPY_POST_ROUTES, NPY_MEDIA_TYPE)
     | dict.fromkeys(FILE_POST_ROUTES, NPY_MEDIA_TYPE)
     | {DECODE_ROUTE: MULTIPART_MEDIA_TYPE, INTERPRET_ROUTE: JSON_MEDIA_TYPE}
+    | PROBE_MEDIA_TYPES
 )
+
+
+def probe_post_routes(names: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """The POST paths of the loaded probes and the media type of each (for the middlewares, which match paths)."""
+    return {route.format(name=name): media for name in names for route, media in PROBE_MEDIA_TYPES.items()}
+
+
+def file_routes(routes: dict[str, str]) -> tuple[str, ...]:
+    """The ``/file`` routes among ``routes`` (their decoder checks their several media types)."""
+    return tuple(route for route in routes if route.endswith("/file"))
+
+
 FHIR_MEDIA_TYPE = "application/fhir+json"  # Accept: application/fhir+json on a POST answers a FHIR R4 Bundle
 # Accept: x-application/hl7-v2+er7 on a POST with labels answers an HL7 v2.5.1 ORU^R01 message (ecgfm.results.hl7v2);
 # its PID carries only these headers, when the caller sends them (never logged, never read from the input file).
 ANSWER_MEDIA_TYPES = (JSON_MEDIA_TYPE, FHIR_MEDIA_TYPE, HL7V2_MEDIA_TYPE)
 PATIENT_ID_HEADER = "X-Patient-ID"  # PID-3, ER7 CX components, e.g. 12345^^^HOSP^MR
 PATIENT_NAME_HEADER = "X-Patient-Name"  # PID-5, ER7 XPN components, e.g. DOE^JANE
-GET_ROUTES = ("/health", "/info", "/status")
+GET_ROUTES = ("/health", "/info", "/status", PROBES_ROUTE)
 # With ECGFM_API_KEY set, "Authorization: Bearer <key>" is required on every path but these probes.
 PUBLIC_PATHS = ("/health", "/livez", "/healthz", "/readyz")  # /healthz is BentoML's alias of /livez
 RETRY_AFTER_S = 2  # the Retry-After of every 429 and 503
@@ -145,6 +177,10 @@ class TooManyRequestsError(Exception):
 
 class NotAcceptableError(Exception):
     """``Accept`` asks for a format the route's result has no place in (HL7 v2 for an embedding)."""
+
+
+class ProbeNotFoundError(LookupError):
+    """``POST /probes/<name>`` for a probe that is not loaded; the message lists those that are."""
 
 
 class ModelsUnavailableError(Exception):
@@ -196,6 +232,9 @@ ERRORS: dict[type[Exception], ErrorStatus] = {
         "says which",
     ),
     FormatError: ErrorStatus(422, "A file that is not a readable ECG file (documented with the 422 above)", ()),
+    ProbeNotFoundError: ErrorStatus(  # declared on the probe routes
+        404, "No probe of that name is loaded (GET /probes lists them)", documented_on=()
+    ),
     TooManyRequestsError: ErrorStatus(429, "Too many requests in flight (ECGFM_MAX_CONCURRENCY); see Retry-After"),
     ModelsUnavailableError: ErrorStatus(  # declared on the routes of /info and /status
         503, "A model service is not loaded (still loading or failed); see /health", documented_on=()
@@ -311,6 +350,27 @@ class ValidationErrorResponse(BaseModel):
 ClinicalResponse = ClinicalOutput
 FeaturesResponse = FeaturesOutput
 BothResponse = BothOutput
+ProbeResponse = ProbeOutput
+
+
+class ProbeDescription(BaseModel):
+    """A loaded probe (``GET /probes``, ``/info``): what it answers and how it was fit."""
+
+    name: str = Field(description="POST /probes/<name>; its file is <name>.probe in ECGFM_PROBES_DIR.")
+    targets: list[str]
+    embed_dim: int
+    pretrained_sha256: str = Field(description="The pretrained checkpoint it was fit on (the one served).")
+    demo: bool = Field(description="True when it was fit on embeddings of random demo weights: meaningless.")
+    summary: dict[str, Any] = Field(
+        description="Training records, positives, cross-validated AUROC with its bootstrap interval per target, C, "
+        "method, date and command (ecgfm probe fit)."
+    )
+
+
+class ProbesResponse(BaseModel):
+    """``GET /probes``: the probes loaded from ``ECGFM_PROBES_DIR`` (none when it is unset)."""
+
+    probes: list[ProbeDescription]
 
 
 class ModelState(BaseModel):
@@ -425,6 +485,9 @@ class InfoResponse(BaseModel):
     )
     thresholds: ThresholdsInForce
     versions: dict[str, str]
+    probes: dict[str, ProbeDescription] = Field(
+        default_factory=dict, description="The loaded probes by name, with their training summary (GET /probes)."
+    )
 
     @classmethod
     def of(

@@ -9,7 +9,8 @@ ECGs. ``service.py`` registers them explicitly, outermost first:
 4. :class:`serving.openapi.OpenAPIDocumentMiddleware`: the OpenAPI document (``/docs.json``);
    :class:`serving.pages.LandingPageMiddleware` and :class:`serving.pages.StaticFilesMiddleware`: ``GET /``, the
    page at ``/ui`` and its files;
-5. :class:`MediaTypeMiddleware`: 415 for a POST body without its route's ``Content-Type``;
+5. :class:`UnknownProbeMiddleware`: 404 for a POST to a probe that is not loaded (``/probes/<name>``);
+   :class:`MediaTypeMiddleware`: 415 for a POST body without its route's ``Content-Type``;
 6. :class:`ConcurrencyLimitMiddleware`: 429 when too many POSTs are in flight (bodies being read included);
 7. :class:`BodySizeLimitMiddleware`: 413 for a POST body over the limit, before BentoML parses it.
 
@@ -254,6 +255,27 @@ class RetryAfterMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_retry_after)
+
+
+class UnknownProbeMiddleware:
+    """404 for a POST under ``prefix`` to any path but ``paths`` (the loaded probes' routes), answered here before
+    any routing: a name the router cannot match (BentoML's mount does not match a newline) gets the same JSON 404 as
+    any other unknown name; ``refuse(name)`` is the error."""
+
+    def __init__(self, app: ASGIApp, prefix: str, paths: Iterable[str], refuse: Callable[[str], Exception]) -> None:
+        self.app, self.prefix, self.paths, self.refuse = app, prefix, frozenset(paths), refuse
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if (
+            scope["type"] == "http"
+            and scope.get("method") == "POST"
+            and path.startswith(self.prefix)
+            and path not in self.paths
+        ):
+            await send_error(send, self.refuse(path[len(self.prefix) :].split("/")[0]))
+            return
+        await self.app(scope, receive, send)
 
 
 class MediaTypeMiddleware:

@@ -27,6 +27,7 @@ from serving.contract import (
     RESEARCH_USE,
     SERVICE_DESCRIPTION,
     SERVICE_NAME,
+    ECGRequest,
     ErrorResponse,
     InterpretRequest,
     NotAcceptableError,
@@ -193,6 +194,14 @@ DECODE_REQUEST_BODY = {
                 }
             }
         },
+    }
+}
+PROBE_NOT_FOUND = {404: {"model": ErrorResponse, "description": "No probe of that name is loaded (GET /probes)"}}
+PROBE_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "As for /features.",
+        "content": {JSON_MEDIA_TYPE: {"schema": ECGRequest.model_json_schema(mode="validation")}},
     }
 }
 INTERPRET_REQUEST_BODY = {

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ecgfm.settings",),
     ("ecgfm.network", "ecgfm.results"),
     ("ecgfm.inference",),
-    ("interpreter",),
+    ("interpreter", "ecgfm.probes"),
     ("ecgfm.archive", "ecgfm.evaluation", "ecgfm.cli", "ecgfm.__main__"),
     ("serving",),
     ("service",),

@@ -20,6 +20,7 @@ from serving.middleware import (
     ConcurrencyLimitMiddleware,
     MediaTypeMiddleware,
     RetryAfterMiddleware,
+    UnknownProbeMiddleware,
 )
 from serving.openapi import document_error_responses
 
@@ -390,3 +391,19 @@ def test_the_log_filter_goes_on_bentomls_http_logger_with_the_request_fields() -
     (installed,) = [f for f in logger.filters if isinstance(f, ValidationTracebackFilter)]
     assert installed.known_fields == frozenset(ECGRequest.model_fields)
     assert not any(isinstance(f, ValidationTracebackFilter) for f in logging.getLogger().filters)
+
+
+def test_a_post_to_a_probe_that_is_not_loaded_is_a_json_404_whatever_its_name() -> None:
+    """Answered before routing: a name with a newline (which BentoML's mount does not match) included."""
+    from serving.contract import ProbeNotFoundError, probe_post_routes
+
+    loaded = probe_post_routes(("rhythm",))
+    middleware = UnknownProbeMiddleware(
+        echo, prefix="/probes/", paths=loaded, refuse=lambda name: ProbeNotFoundError(f"no probe {name!r}")
+    )
+    for path in ("/probes/other", "/probes/a\nb/npy", "/probes/rhythm/other", "/probes/"):
+        status, _, body = answer_of(run_asgi(middleware, path=path, headers=KEYED))
+        assert status == 404 and body["error"] == f"no probe {path.removeprefix('/probes/').split('/')[0]!r}", path
+    for path in (*loaded, "/probes", "/clinical"):
+        assert answer_of(run_asgi(middleware, path=path, headers=KEYED))[0] == 200, path
+    assert answer_of(run_asgi(middleware, path="/probes/other", method="GET", headers=KEYED))[0] == 200

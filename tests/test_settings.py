@@ -56,6 +56,7 @@ def test_each_variable_sets_its_field() -> None:
         "ECGFM_MAX_BATCH_SIZE": " 16 ",
         "ECGFM_API_KEY": "s3cret",
         "ECGFM_THRESHOLDS": "/site/thresholds.yaml",
+        "ECGFM_PROBES_DIR": "/srv/probes",
     }
     settings = Settings.from_env(environ)
     assert (
@@ -65,6 +66,7 @@ def test_each_variable_sets_its_field() -> None:
     assert settings.weights.demo_size == "small"
     assert settings.runtime == RuntimeSettings(device="cpu", precision="bf16", pos_conv="fft", compile=True)
     assert settings.serving.max_batch_size == 16 and settings.serving.api_key == "s3cret"
+    assert settings.serving.probes_dir == "/srv/probes"
     assert settings.serving.max_body_bytes == 30 * 1000 * 12 * 24  # follows the duration limit when unset
     assert settings.interpreter.thresholds == "/site/thresholds.yaml"
     assert settings.to_dict()["interpreter"] == {"thresholds": "/site/thresholds.yaml"}  # what /info shows
@@ -104,7 +106,7 @@ def test_unset_and_empty_variables_keep_the_defaults() -> None:
 
 def test_every_variable_has_a_documented_meaning_and_a_unique_name() -> None:
     names = [row["env"] for row in variables()]
-    assert len(names) == len(set(names)) == 23
+    assert len(names) == len(set(names)) == 24
     assert all(name.startswith("ECGFM_") for name in names)
     assert all(row["doc"] and row["default"] for row in variables())
 

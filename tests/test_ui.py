@@ -548,3 +548,45 @@ def test_when_the_saliency_request_fails_the_page_still_shows_the_ecg_and_the_nu
         assert seen.page.evaluate("ECGTracing.last.peaks.length") > 0  # the tracing is drawn, its beats marked
         seen.screenshot("saliency-unavailable", tmp_path)
         assert all("status of 503" in e for e in seen.errors), seen.errors  # only the refused request's log line
+
+
+def test_the_page_shows_each_loaded_probe_beside_the_labels(browser: Any, tmp_path: Path) -> None:
+    """A probe in ECGFM_PROBES_DIR (random coefficients on the demo weights' sha256: the page shows what the API
+    answers, whatever the probe): its table lists each target with the probability of POST /probes/<name>."""
+    import numpy as np
+
+    from ecgfm.network.checkpoint import file_sha256, load_checkpoint
+    from ecgfm.network.demo import write_demo_checkpoints
+    from ecgfm.probes.probe import Probe, save_probe
+
+    pretrained, finetuned = write_demo_checkpoints(tmp_path / "demo", size="small")
+    dim = load_checkpoint(pretrained).config.embed_dim
+    rng = np.random.default_rng(0)
+    summary = {"records": 21, "targets": {"AF": {"cv_auroc": 0.75}}}
+    coef = rng.normal(size=(2, dim)) * 0.1
+    probe = Probe("site_af", ("AF", "LVH"), coef, np.zeros(2), np.zeros(dim), np.ones(dim), file_sha256(pretrained),
+                  True, summary)  # fmt: skip
+    (tmp_path / "probes").mkdir()
+    save_probe(probe, tmp_path / "probes")
+    env = {
+        "ECGFM_PRETRAINED_CHECKPOINT": str(pretrained),
+        "ECGFM_FINETUNED_CHECKPOINT": str(finetuned),
+        "ECGFM_PROBES_DIR": str(tmp_path / "probes"),
+    }
+    with bentoml_server(env, tmp_path / "server.log") as url, visit(browser, url) as seen:
+        seen.upload(DATA_DIR / "JS06908.json")
+        seen.wait_until_done()
+        ((body, request),) = page_posts(seen, "/probes/site_af")
+        answer = request.response().json()
+        direct = httpx.post(url + "/probes/site_af", json=body, timeout=120).json()
+        assert answer["probe"] == direct["probe"] and answer["demo"] is True
+        rows = seen.page.query_selector_all("#probes table[data-probe='site_af'] tr[data-target]")
+        shown = {row.get_attribute("data-target"): row.query_selector("td.num") for row in rows}
+        assert list(shown) == ["AF", "LVH"]
+        for target, cell in shown.items():
+            p = answer["probe"]["probabilities"][target]
+            assert float(cell.get_attribute("data-probability")) == p and cell.inner_text() == f"{p:.4f}"
+        assert "cross-validated AUROC 0.750" in seen.page.inner_text("#probes")
+        assert "site_af (demo weights) — fit on 21 records" in seen.page.inner_text("#probes")
+        assert seen.page.is_visible("#probes-card") and seen.errors == []
+        seen.screenshot("probes-1280x800", tmp_path)

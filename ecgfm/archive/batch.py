@@ -12,7 +12,9 @@ The job, from inputs to part files (``docs/batch.md``):
    records are concatenated with their lengths and run through :meth:`ecgfm.inference.ModelHandle.run`, then
    aggregated per record exactly as ``ecgfm predict`` does (:func:`ecgfm.labels.aggregate_probabilities`; the
    mean over segments for features); with ``--saliency`` through
-   :meth:`~ecgfm.inference.ModelHandle.run_with_saliency` instead, adding each model's per-segment saliency;
+   :meth:`~ecgfm.inference.ModelHandle.run_with_saliency` instead, adding each model's per-segment saliency; with
+   ``--probe``, the pretrained stage applies each probe to the record's embedding (:mod:`ecgfm.probes`): a
+   ``probe_<name>_<target>`` column per target, the values ``ecgfm probe predict`` gives;
 4. **write** (the driver): rows stream back (``iter_batches``) and are committed as part files by
    :class:`ecgfm.archive.parts.PartWriter` (tmp file, fsync, rename): a part is complete or absent.
 
@@ -47,6 +49,7 @@ from ecgfm.archive.parts import (
     done_paths,
     job_metadata,
     output_schema,
+    probe_column,
     read_metadata,
     remove_unfinished,
 )
@@ -102,6 +105,7 @@ class BatchJob:
     preprocess: PreprocessOptions = PreprocessOptions()
     per_segment: bool = False
     saliency: bool = False
+    probes: tuple[str, ...] = ()  # probe files (--probe) applied to the features
     resume: bool = False
     device: str | None = None
     address: str | None = None  # None: a local Ray for the job
@@ -119,6 +123,28 @@ class BatchJob:
     def options(self) -> dict[str, Any]:
         """What must be equal for a resumed job to continue this one (stored in the schema metadata)."""
         return dataclasses.asdict(self.preprocess)
+
+    def probe_metadata(self) -> list[dict[str, Any]]:
+        """Each probe of ``--probe``: name, targets and the file's sha256 (a resumed job must have the same);
+        :class:`BatchError` for a probe file that cannot be used or a job without the features it needs."""
+        from ecgfm.network.checkpoint import file_sha256
+        from ecgfm.probes.probe import ProbeFileError, load_probe
+
+        if self.probes and "pretrained" not in self.models:
+            raise BatchError("--probe needs the pretrained model's embeddings: leave out --only clinical")
+        described = []
+        for path in self.probes:
+            try:
+                probe = load_probe(path)
+            except ProbeFileError as exc:
+                raise BatchError(str(exc)) from None
+            described.append({"name": probe.name, "targets": list(probe.targets), "sha256": file_sha256(path)})
+        if len({item["name"] for item in described}) != len(described):
+            raise BatchError("two --probe files have the same name")
+        return sorted(described, key=lambda item: item["name"])
+
+    def probe_columns(self) -> list[str]:
+        return [probe_column(p["name"], t) for p in self.probe_metadata() for t in p["targets"]]
 
 
 @dataclass
@@ -217,10 +243,12 @@ class ModelStage:
         per_segment: bool,
         last: bool,
         saliency: bool = False,
+        probes: tuple[str, ...] = (),
     ) -> None:
         import torch
 
         from ecgfm.inference import load_model
+        from ecgfm.probes.probe import load_probe
 
         if threads:
             torch.set_num_threads(threads)
@@ -232,6 +260,9 @@ class ModelStage:
         self.last = last
         self.saliency = saliency
         self.saliency_axis_json = json.dumps(saliency_axis(self.handle.loaded.config)) if saliency else ""
+        self.probes = sorted((load_probe(path) for path in probes), key=lambda probe: probe.name)
+        for probe in self.probes:  # checked by the driver on a local Ray; on a cluster, here
+            probe.check_checkpoint(self.handle.sha256, f"the pretrained checkpoint of this job ({self.handle.sha256})")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from ecgfm.labels import aggregate_probabilities
@@ -245,6 +276,9 @@ class ModelStage:
         records: list[list[float] | None] = [None] * len(batch)
         segments_out: list[list[list[float]] | None] = [None] * len(batch)
         saliency_out: list[list[list[float]] | None] = [None] * len(batch)
+        probe_out = {
+            probe_column(probe.name, target): [None] * len(batch) for probe in self.probes for target in probe.targets
+        }
         if scored:
             blobs, blob_lengths = batch["segments"].to_pylist(), batch["lengths"].to_pylist()
             shape = (-1, len(LEAD_ORDER), SEGMENT_SAMPLES)
@@ -264,11 +298,16 @@ class ModelStage:
                     record = aggregate_probabilities(per_segment)
                 else:  # as FeaturesOutput.from_segments
                     record = np.asarray(per_segment, dtype=np.float64).mean(axis=0)
+                    for probe in self.probes:  # as ecgfm probe predict: from the float64 embedding
+                        for target, p in zip(probe.targets, probe.probabilities(record), strict=True):
+                            probe_out[probe_column(probe.name, target)][i] = float(p)
                 records[i] = record.astype(np.float32).tolist()
                 segments_out[i] = per_segment.astype(np.float32).tolist() if self.per_segment else None
         name = "probabilities" if self.kind == "finetuned" else "features"
         n = len(batch)
         batch = batch.append_column(pa.field(name, FLOATS), pa.array(records, FLOATS))
+        for column, values in probe_out.items():
+            batch = batch.append_column(pa.field(column, pa.float32()), pa.array(values, pa.float32()))
         if self.per_segment:
             batch = batch.append_column(f"segment_{name}", pa.array(segments_out, pa.list_(FLOATS)))
         if self.saliency:
@@ -334,8 +373,13 @@ def check_output(job: BatchJob) -> tuple[set[str], dict[str, Any]]:
         "per_segment": job.per_segment,
         "saliency": job.saliency,
         "options": job.options(),
+        "probes": job.probe_metadata(),
     }
-    found = {**metadata, "saliency": bool(metadata.get("saliency"))}  # its time axis, or None (or absent: older)
+    found = {  # the saliency time axis, or None (or absent: older); no probes (or absent: older)
+        **metadata,
+        "saliency": bool(metadata.get("saliency")),
+        "probes": metadata.get("probes") or [],
+    }
     for key, value in expected.items():
         if found.get(key) != value:
             raise BatchError(
@@ -347,6 +391,7 @@ def check_output(job: BatchJob) -> tuple[set[str], dict[str, Any]]:
 
 def run_job(job: BatchJob) -> BatchSummary:
     """Score ``job.inputs`` into ``job.output``; returns what was done. Raises :class:`BatchError` if it cannot."""
+    _check_probes(job)
     job.output.mkdir(parents=True, exist_ok=True)
     done, previous = check_output(job)
     removed = remove_unfinished(job.output)
@@ -368,6 +413,29 @@ def run_job(job: BatchJob) -> BatchSummary:
         _write_parts(job, dataset, len(todo), previous, summary)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _check_probes(job: BatchJob) -> None:
+    """Every ``--probe`` can be used and, on a local Ray, was fit on this job's pretrained checkpoint (else
+    :class:`BatchError` naming both sha256s, before Ray starts; on a cluster the actor checks it)."""
+    job.probe_metadata()
+    if not job.probes or job.address is not None:
+        return
+    from ecgfm.network.checkpoint import file_sha256
+    from ecgfm.network.hub import WeightsNotFoundError, resolve_checkpoint
+    from ecgfm.probes.probe import ProbeFileError, load_probe
+    from ecgfm.settings import WeightsSettings
+
+    try:
+        source = resolve_checkpoint("pretrained", job.checkpoints.get("pretrained"), WeightsSettings.from_env())
+    except WeightsNotFoundError:
+        return  # the pretrained actor reports it (ecgfm.cli.batch: exit 2)
+    sha256 = source.sha256 or file_sha256(source.path)
+    for path in job.probes:
+        try:
+            load_probe(path).check_checkpoint(sha256, f"this job's pretrained checkpoint ({Path(source.path).name})")
+        except ProbeFileError as exc:
+            raise BatchError(str(exc)) from None
 
 
 def build_dataset(job: BatchJob, todo: Sequence[BatchInput], plan: dict[str, Any]):
@@ -403,6 +471,7 @@ def build_dataset(job: BatchJob, todo: Sequence[BatchInput], plan: dict[str, Any
                 "per_segment": job.per_segment,
                 "last": index == len(job.models) - 1,
                 "saliency": job.saliency,
+                "probes": job.probes if kind == "pretrained" else (),
             },
             batch_size=job.records_per_batch,
             batch_format="pyarrow",
@@ -453,8 +522,13 @@ def _write_parts(job: BatchJob, dataset: Any, total: int, previous: dict[str, An
             if writer is None:
                 _check_same_checkpoints(job, previous, checkpoints)
                 axis = _one_saliency_axis(job, axes) if job.saliency else None
-                metadata = job_metadata(job.models, job.per_segment, job.options(), checkpoints, saliency=axis)
-                schema = output_schema(job.models, job.per_segment, metadata, saliency=job.saliency)
+                probes = job.probe_metadata()
+                metadata = job_metadata(
+                    job.models, job.per_segment, job.options(), checkpoints, saliency=axis, probes=probes
+                )
+                schema = output_schema(
+                    job.models, job.per_segment, metadata, saliency=job.saliency, probe_columns=job.probe_columns()
+                )
                 writer = PartWriter(job.output, schema)
             pending.append(batch)
             pending_rows += batch.num_rows

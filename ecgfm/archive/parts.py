@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ecgfm.labels import AGGREGATION, LABELS
@@ -50,17 +51,27 @@ RECORD_FIELDS = [
 ]
 
 
+def probe_column(probe: str, target: str) -> str:
+    """The float32 column of one target of a probe (``ecgfm batch --probe``)."""
+    return f"probe_{probe}_{target}"
+
+
 def output_schema(
-    models: Sequence[str], per_segment: bool, metadata: dict[str, Any] | None = None, saliency: bool = False
+    models: Sequence[str],
+    per_segment: bool,
+    metadata: dict[str, Any] | None = None,
+    saliency: bool = False,
+    probe_columns: Sequence[str] = (),
 ) -> pa.Schema:
     """The columns of one row per record for the models run (``finetuned``: probabilities, ``pretrained``:
-    features; with ``saliency``, ``<kind>_saliency`` ``[n_segments][T]`` for each); ``metadata`` becomes the
-    schema's ``ecgfm`` key."""
+    features; with ``saliency``, ``<kind>_saliency`` ``[n_segments][T]`` for each; ``probe_columns``, float32, from
+    the features); ``metadata`` becomes the schema's ``ecgfm`` key."""
     fields = [pa.field("path", pa.string(), nullable=False), pa.field("record", pa.string())]
     if "finetuned" in models:
         fields.append(pa.field("probabilities", FLOATS))
     if "pretrained" in models:
         fields.append(pa.field("features", FLOATS))
+    fields += [pa.field(column, pa.float32()) for column in probe_columns]
     if per_segment and "finetuned" in models:
         fields.append(pa.field("segment_probabilities", pa.list_(FLOATS)))
     if per_segment and "pretrained" in models:
@@ -81,9 +92,11 @@ def job_metadata(
     options: dict[str, Any],
     checkpoints: dict[str, dict[str, Any]],
     saliency: dict[str, Any] | None = None,
+    probes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """What the schema says about the job: labels and aggregation, checkpoints (no paths), options; ``saliency``
-    (None without saliency columns) is their time axis: ``step_s``, ``segment_s``, ``steps_per_segment``."""
+    (None without saliency columns) is their time axis: ``step_s``, ``segment_s``, ``steps_per_segment``;
+    ``probes`` the probes of the ``probe_<name>_<target>`` columns (name, targets, the file's sha256)."""
     pretrained = checkpoints.get("pretrained")
     return {
         "format": FORMAT,
@@ -95,6 +108,7 @@ def job_metadata(
         "checkpoints": checkpoints,
         "options": options,
         "saliency": saliency,
+        "probes": probes or [],
     }
 
 
@@ -171,3 +185,19 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def read_features(source: Path) -> tuple[pa.Table, dict[str, Any]]:
+    """The scored rows of an ``ecgfm batch`` output (a folder of parts, or one part) with a ``features`` column:
+    ``record``, ``path`` and ``features`` of every row without an error, and the job's metadata (its
+    ``checkpoints`` say which pretrained weights). Raises ValueError when there is no such output."""
+    parts = [source] if source.is_file() else committed_parts(source)
+    if not parts:
+        raise ValueError(f"{source}: no ecgfm batch output (no part-*.parquet files)")
+    metadata = read_metadata(parts[0])
+    if "pretrained" not in (metadata.get("models") or []):
+        raise ValueError(f"{source}: this ecgfm batch output has no features column (it was run with --only clinical)")
+    tables = [pq.read_table(part, columns=["record", "path", "features", "error"]) for part in parts]
+    table = pa.concat_tables(tables)
+    mask = pc.and_(pc.is_null(table["error"]), pc.is_valid(table["features"]))
+    return table.filter(mask).drop_columns(["error"]), metadata

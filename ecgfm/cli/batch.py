@@ -45,6 +45,14 @@ def add_batch_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
         help="also write <model>_saliency, per segment: where the model attended (attention, not cause; about "
         "1.3-1.5x the model time)",
     )
+    parser.add_argument(
+        "--probe",
+        action="append",
+        default=[],
+        metavar="NAME.probe",
+        help="also apply this probe (ecgfm probe fit) to each record's embedding: a probe_<name>_<target> column per "
+        "target (repeatable; docs/probes.md)",
+    )
     parser.add_argument("--fs", type=float, help="sampling rate for .npy and .csv files")
     parser.add_argument("--ignore-extra-leads", action="store_true", help="drop leads that are not one of the 12")
     parser.add_argument("--max-duration", type=float, default=None, help="refuse records longer than this (s)")
@@ -88,6 +96,7 @@ def job_from_args(args: argparse.Namespace) -> BatchJob:
         preprocess=PreprocessOptions(args.fs, args.max_duration, args.ignore_extra_leads),
         per_segment=args.per_segment,
         saliency=args.saliency,
+        probes=tuple(args.probe),
         resume=args.resume,
         device=args.device,
         address=args.address,

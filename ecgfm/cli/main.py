@@ -1,4 +1,5 @@
-"""``ecgfm`` command line: ``predict`` records to JSON Lines, write ``demo-checkpoints``, ``inspect`` a checkpoint."""
+"""``ecgfm`` command line: ``predict`` records to JSON Lines, write ``demo-checkpoints``, ``inspect`` a checkpoint;
+``batch``, ``convert`` and ``probe`` have a module each."""
 
 from __future__ import annotations
 
@@ -71,17 +72,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ecgfm.cli.batch import add_batch_parser
     from ecgfm.cli.convert import add_convert_parser
     from ecgfm.cli.evaluate import add_evaluate_parser
+    from ecgfm.cli.probe import add_probe_parser
 
     add_batch_parser(commands)  # ecgfm batch: ecgfm/cli/batch.py
     add_convert_parser(commands)  # ecgfm convert: ecgfm/cli/convert.py
     add_evaluate_parser(commands)  # ecgfm evaluate: ecgfm/cli/evaluate.py
+    add_probe_parser(commands)  # ecgfm probe fit|predict: ecgfm/cli/probe.py
 
     args = parser.parse_args(argv)
     if args.command == "predict" and args.fhir_bundle and args.format != "fhir":
         parser.error("--fhir-bundle is for --format fhir")
     if args.command == "predict" and args.format == "hl7v2" and args.only == "features":
         parser.error("--format hl7v2 carries the labels' probabilities: leave out --only features")
-    if args.command in ("batch", "convert", "evaluate"):
+    if args.command in ("batch", "convert", "evaluate", "probe"):
         return args.run(args)
     if args.command == "predict":
         return _predict(args)

@@ -7,6 +7,8 @@ DiagnosticReport and its Observations. Every code comes from :mod:`ecgfm.termino
   has one, ``code.text`` the label name, ``valueQuantity`` its probability (UCUM ``1``), no interpretation or threshold
   (raw outputs).
 * ``/features``: one Observation "ECG-FM embedding" whose ``valueSampledData`` holds the D floats.
+* ``/probes/<name>``: one Observation per target of the probe, ``code.text`` the target name, ``valueQuantity``
+  its probability (UCUM ``1``), the probe named in the note.
 * From the interpreter (:func:`bundle` with ``heart_rate_bpm`` / ``findings``): heart rate (LOINC 8867-4, ``/min``)
   and one "EKG impression" Observation (LOINC 8601-7) per reported finding: ``valueCodeableConcept`` the finding's
   SNOMED CT concept (or text only), ``interpretation`` POS for present and IND for possible or discordant, the model's
@@ -104,6 +106,19 @@ def embedding_observation(features: Sequence[float]) -> dict[str, Any]:
     )
 
 
+def probe_observations(probe: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One Observation per target of a probe's result (``{"name", "targets", "probabilities"}``), as for labels."""
+    note = (
+        f"ECG-FM probe '{probe['name']}': a logistic regression on the pretrained encoder's embedding, fit by the "
+        "site (ecgfm probe fit); raw, not a diagnosis."
+    )
+    quantity = {"unit": "probability", "system": UCUM, "code": "1"}
+    return [
+        _observation({"text": target}, {"valueQuantity": {"value": float(p), **quantity}}, note)
+        for target, p in probe["probabilities"].items()
+    ]
+
+
 def heart_rate_observation(bpm: float) -> dict[str, Any]:
     return _observation(
         {"coding": [HEART_RATE], "text": "Heart rate"},
@@ -144,6 +159,7 @@ def bundle(
     features: Sequence[float] | None = None,
     heart_rate_bpm: float | None = None,
     findings: Sequence[Mapping[str, Any]] = (),
+    probe: Mapping[str, Any] | None = None,
     demo: bool = False,
     now: datetime | None = None,
     bundle_type: BundleType = "collection",
@@ -159,6 +175,8 @@ def bundle(
         observations += label_observations(probabilities)
     if features is not None:
         observations.append(embedding_observation(features))
+    if probe is not None:
+        observations += probe_observations(probe)
     issued = (now or datetime.now(UTC)).isoformat(timespec="seconds")
     urls = [_urn() for _ in observations]
     conclusion = RESEARCH_USE + (" DEMO weights (random): the outputs are meaningless." if demo else "")
@@ -182,18 +200,20 @@ def bundle(
 
 
 def bundle_for_result(result: Mapping[str, Any], bundle_type: BundleType = "collection") -> dict[str, Any]:
-    """A Bundle for one JSON result: ``/clinical`` (probabilities), ``/features`` (features), ``/both`` or an
-    ``ecgfm predict`` line (``clinical`` and/or ``features``)."""
+    """A Bundle for one JSON result: ``/clinical`` (probabilities), ``/features`` (features), ``/both``, an
+    ``ecgfm predict`` line (``clinical`` and/or ``features``), or a probe's (``/probes/<name>``, ``probe``)."""
     clinical = result.get("clinical") if isinstance(result.get("clinical"), Mapping) else None
     features = result.get("features") if isinstance(result.get("features"), Mapping) else None
     if clinical is None and "probabilities" in result:
         clinical = result
     if features is None and isinstance(result.get("features"), list):
         features = result
+    probe = result.get("probe") if isinstance(result.get("probe"), Mapping) else None
     demo = any(bool(part.get("demo")) for part in (clinical, features) if part is not None)
     return bundle(
         probabilities=clinical["probabilities"] if clinical else None,
         features=features["features"] if features else None,
-        demo=demo,
+        probe=probe,
+        demo=demo or (probe is not None and bool(result.get("demo"))),
         bundle_type=bundle_type,
     )

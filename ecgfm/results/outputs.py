@@ -6,6 +6,8 @@ per-segment model outputs and the preprocessed record:
 
 * :class:`ClinicalOutput` (``/clinical``, ``ecgfm predict``'s ``clinical``): the 17 label probabilities;
 * :class:`FeaturesOutput` (``/features``, ``features``): the pretrained encoder's embedding;
+* :class:`ProbeOutput` (``/probes/<name>``, ``ecgfm probe predict``): a probe's target probabilities
+  (:mod:`ecgfm.probes`), computed from the record's :class:`FeaturesOutput`;
 * :class:`Saliency` (``saliency``, only when asked): where in the tracing the model attended;
 * :class:`CheckpointInfo`: which weights produced it (never the server's file path: that is in
   :class:`LoadedCheckpoint`, which only ``/info`` reports).
@@ -198,6 +200,48 @@ class FeaturesOutput(RecordOutput):
             saliency=None if saliency is None else Saliency.from_segments(saliency),
             **cls.record_fields(prep, checkpoint),
         )
+
+
+class ProbeResult(BaseModel):
+    """What a probe answered for a record: one probability per target (raw outputs, no thresholds)."""
+
+    name: str = Field(description="The probe's name (its file name without .probe; GET /probes lists them).")
+    targets: list[str] = Field(description="The probe's targets, in the order of its file.")
+    probabilities: dict[str, float] = Field(description="One probability per target (logistic regression).")
+
+
+class ProbeOutput(RecordOutput):
+    """A probe's result (``POST /probes/<name>``): a logistic regression on the pretrained encoder's embedding of
+    the record (:mod:`ecgfm.probes`). ``checkpoint`` is the pretrained checkpoint; ``demo`` is true when it, or the
+    probe's training embeddings, came from random demo weights."""
+
+    model: Literal["probe"] = "probe"
+    probe: ProbeResult
+    segments: list[list[float]] | None = Field(
+        default=None, description="Only with per_segment: [n_segments][targets] probabilities of each segment."
+    )
+
+    @classmethod
+    def from_features(
+        cls,
+        features: FeaturesOutput,
+        name: str,
+        targets: tuple[str, ...] | list[str],
+        probabilities: np.ndarray,
+        segments: np.ndarray | None = None,
+        demo: bool = False,
+    ) -> ProbeOutput:
+        """From the record's embedding result and the probe's ``[T]`` (and per-segment ``[n_segments, T]``)
+        probabilities; ``demo`` (the probe was fit on demo embeddings) is added to the checkpoint's."""
+        record = features.model_dump(include=set(RecordOutput.model_fields))
+        record["demo"] = features.demo or demo
+        result = ProbeResult(
+            name=name,
+            targets=list(targets),
+            probabilities={t: float(p) for t, p in zip(targets, probabilities, strict=True)},
+        )
+        values = None if segments is None else np.asarray(segments, dtype=np.float64).tolist()
+        return cls(probe=result, segments=values, **record)
 
 
 class BothOutput(BaseModel):

@@ -1,7 +1,8 @@
 /* ecgfm-serve: the page at /ui. A record file goes to POST /decode (what the service reads from it), its signal to
  * POST /clinical (ECG-FM's 17 probabilities), again to POST /clinical with "saliency": true (where the model
  * attended: drawn over the tracing only; the numbers shown are the plain request's) and both to POST /interpret
- * (heart rate and its R peaks, findings, severity); the page draws and lists what they answer, and shows their
+ * (heart rate and its R peaks, findings, severity), and to POST /probes/<name> for each probe GET /probes lists
+ * (probes fit at this site on ECG-FM's embeddings); the page draws and lists what they answer, and shows their
  * errors as they word them. Every request goes to this origin, with the API key (kept in sessionStorage) as the
  * Bearer header when one is set. No library, nothing to build. */
 "use strict";
@@ -236,6 +237,43 @@
     table.append(tbody);
   }
 
+  // One table per loaded probe (GET /probes): its targets' probabilities for the record (POST /probes/<name>) and
+  // its cross-validated AUROC; a probe that fails says so in its place. No probes loaded: the section stays hidden.
+  async function renderProbes(record, mine) {
+    const listed = await call("/probes");
+    if (mine !== run || !listed.probes.length) return;
+    const holder = $("probes");
+    holder.replaceChildren();
+    $("probes-card").hidden = false;
+    for (const probe of listed.probes) {
+      const summary = probe.summary || {};
+      const table = el("table", { class: "prob-table probe-table", "data-probe": probe.name });
+      table.append(el("caption", { text: `${probe.name}${probe.demo ? " (demo weights)" : ""} — fit on `
+        + `${summary.records ?? "?"} records` }));
+      const body = el("tbody");
+      table.append(body);
+      holder.append(table);
+      try {
+        const answer = await call(`/probes/${encodeURIComponent(probe.name)}`, {
+          method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(record),
+        });
+        if (mine !== run) return;
+        for (const target of answer.probe.targets) {
+          const p = answer.probe.probabilities[target];
+          const auroc = ((summary.targets || {})[target] || {}).cv_auroc;
+          body.append(el("tr", { "data-target": target },
+            el("th", { scope: "row", text: target }),
+            el("td", { class: "num", "data-probability": String(p), title: String(p), text: p.toFixed(4) }),
+            el("td", { class: "help", text: auroc === undefined ? "" : `cross-validated AUROC ${auroc.toFixed(3)}` })));
+        }
+      } catch (err) {
+        if (mine !== run) return;
+        body.append(el("tr", {}, el("td", { class: "error", text: err instanceof ApiError
+          ? `POST /probes/${probe.name} answered ${err.status} (${err.message})` : String(err.message) })));
+      }
+    }
+  }
+
   function renderInterpretation(report) {
     const hr = report.heart_rate;
     const bpm = hr && typeof hr.heart_rate_bpm === "number" ? hr.heart_rate_bpm : null;
@@ -296,6 +334,8 @@
       current = decoded;
       $("results").hidden = false;
       $("prob-table").tBodies[0].replaceChildren();
+      $("probes").replaceChildren();
+      $("probes-card").hidden = true;
       $("groups").replaceChildren();
       $("peaks-note").hidden = true;
       $("saliency-legend").hidden = true;
@@ -331,6 +371,7 @@
       if (mine !== run) return;
       renderInterpretation(report);
       showPeaks(report);
+      await renderProbes(record, mine);
       if (view.saliency === "pending") setProgress(`${decoded.name}: working out where the model attended …`);
       await saliency;
       if (mine !== run) return;
