@@ -101,8 +101,8 @@ GET_ROUTES = ("/health", "/info", "/status")
 # With ECGFM_API_KEY set, "Authorization: Bearer <key>" is required on every path but these probes.
 PUBLIC_PATHS = ("/health", "/livez", "/healthz", "/readyz")  # /healthz is BentoML's alias of /livez
 RETRY_AFTER_S = 2  # the Retry-After of every 429 and 503
-REQUEST_ID_HEADER = "X-Request-ID"  # accepted or generated, and returned (serving.RequestIdMiddleware)
-# The ID of the request being answered: set by serving.RequestIdMiddleware, read by error bodies and log lines.
+REQUEST_ID_HEADER = "X-Request-ID"  # accepted or generated, and returned (serving.middleware.RequestIdMiddleware)
+# The ID of the request being answered: set by serving.middleware.RequestIdMiddleware, read by error bodies and log lines.
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
