@@ -26,7 +26,7 @@ path            method  request                     response (200)
 200 bodies are raw model outputs (probabilities / embeddings): no thresholds, no diagnosis. Their schemas are
 the typed results of :mod:`ecgfm.results.outputs` (the CLI prints the same objects). Every error is one row of
 :data:`ERRORS` (exception -> status -> description): the handlers answer from it (:func:`error_response`) and
-``/docs.json`` documents it (``serving.OpenAPIDocumentMiddleware``). The body is ``{"error": "<message>"}``, the
+``/docs.json`` documents it (``serving.openapi.OpenAPIDocumentMiddleware``). The body is ``{"error": "<message>"}``, the
 message says what to fix; the one exception is BentoML's own 400 for a JSON body that does not match
 :class:`ECGRequest` (:class:`ValidationErrorResponse`, which adds ``detail``; posted values are never echoed).
 A 500 is a bug (see the server log).
