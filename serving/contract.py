@@ -30,7 +30,7 @@ path            method  request                     response (200)
 200 bodies are raw model outputs (probabilities / embeddings): no thresholds, no diagnosis. Their schemas are
 the typed results of :mod:`ecgfm.results.outputs` (the CLI prints the same objects). Every error is one row of
 :data:`ERRORS` (exception -> status -> description): the handlers answer from it (:func:`error_response`) and
-``/docs.json`` documents it (``serving.OpenAPIDocumentMiddleware``). The body is ``{"error": "<message>"}``, the
+``/docs.json`` documents it (``serving.openapi.OpenAPIDocumentMiddleware``). The body is ``{"error": "<message>"}``, the
 message says what to fix; the one exception is BentoML's own 400 for a JSON body that does not match
 :class:`ECGRequest` (:class:`ValidationErrorResponse`, which adds ``detail``; posted values are never echoed).
 A 500 is a bug (see the server log).
@@ -147,8 +147,8 @@ GET_ROUTES = ("/health", "/info", "/status", PROBES_ROUTE)
 # With ECGFM_API_KEY set, "Authorization: Bearer <key>" is required on every path but these probes.
 PUBLIC_PATHS = ("/health", "/livez", "/healthz", "/readyz")  # /healthz is BentoML's alias of /livez
 RETRY_AFTER_S = 2  # the Retry-After of every 429 and 503
-REQUEST_ID_HEADER = "X-Request-ID"  # accepted or generated, and returned (serving.RequestIdMiddleware)
-# The ID of the request being answered: set by serving.RequestIdMiddleware, read by error bodies and log lines.
+REQUEST_ID_HEADER = "X-Request-ID"  # accepted or generated, and returned (serving.middleware.RequestIdMiddleware)
+# The ID of the request being answered: set by serving.middleware.RequestIdMiddleware, read by error bodies and log lines.
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 

@@ -118,7 +118,7 @@ def test_an_unusable_request_id_is_replaced(server: ServerProcess, unsafe: str) 
 TOO_SHORT = json.dumps({"signal": [[0.0] * 900] * 12, "fs": 500}).encode()  # 1.8 s
 ERROR_REQUESTS = {  # one of each writer of error bodies: (path, content type, body, status)
     "422 from the handler (contract.error_response)": ("/clinical", "application/json", TOO_SHORT, 422),
-    "415 from a middleware (serving.send_error)": ("/clinical", "text/plain", b"{}", 415),
+    "415 from a middleware (serving.middleware.send_error)": ("/clinical", "text/plain", b"{}", 415),
     "400 from BentoML's own validation": ("/clinical", "application/json", b'{"fs": 500}', 400),
     "400 from the .npy decoder": ("/clinical/npy", "application/octet-stream", b"not npy", 400),
 }
@@ -404,7 +404,7 @@ def attribute_text(span: Any) -> list[str]:
 
 def test_tracing_is_off_unless_an_otlp_endpoint_is_set() -> None:
     from ecgfm.settings import ServingSettings, SettingsError
-    from serving import tracing_config
+    from serving.tracing import tracing_config
 
     assert tracing_config(ServingSettings.from_env({}).otlp_endpoint, 1.0) == {}
     on = ServingSettings.from_env({"ECGFM_OTLP_ENDPOINT": "http://collector:4318", "ECGFM_TRACE_SAMPLE_RATE": "0.25"})
