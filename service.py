@@ -44,7 +44,7 @@ from ecgfm.network.hub import WeightsNotFoundError, resolve_all
 from ecgfm.results.outputs import BothOutput, CheckpointInfo, ClinicalOutput, FeaturesOutput, RecordOutput
 from ecgfm.settings import Settings
 from interpreter.api import interpret_record
-from serving import metrics
+from serving import audit, metrics
 from serving.answers import result_response
 from serving.contract import (
     ANSWERED_ERRORS,
@@ -82,10 +82,12 @@ from serving.decoding import (
     npy_decoder,
     uploaded_files,
 )
+from serving.keys import KeyFileError, KeyRing
 from serving.lifecycle import defer_sigterm, rss_mb, worker_alive
 from serving.logs import install_log_filter, install_request_id_logging
 from serving.middleware import (
     ApiKeyMiddleware,
+    AuditMiddleware,
     BatchStats,
     BodySizeLimitMiddleware,
     ConcurrencyLimitMiddleware,
@@ -127,6 +129,8 @@ PROBE_TIMEOUT_S = 3.0  # /health, /info, /status and /readyz give up on a model 
 CONNECTION_RETRIES = 2  # see call_model
 DRAIN_MARGIN_S = 5  # a model worker outlives the API worker's drain by at most this (ModelService.drain_before_exit)
 STARTED_AT = time.time()
+KEYS = KeyRing(SERVING.api_key, SERVING.api_keys_file)  # ECGFM_API_KEY ("default") and ECGFM_API_KEYS_FILE
+AUDIT_LOG = audit.AuditLog(SERVING.audit_log) if SERVING.audit_log else None  # ECGFM_AUDIT_LOG
 REQUEST_STATS = RequestStats((*JSON_POST_ROUTES, *GET_ROUTES, *NPY_POST_ROUTES, *FILE_POST_ROUTES))
 OUTPUTS: dict[ModelKind, type[ClinicalOutput] | type[FeaturesOutput]] = {
     "finetuned": ClinicalOutput,
@@ -253,12 +257,16 @@ class ECGFMService:
 
     @bentoml.on_deployment
     def resolve_weights() -> None:
-        """Before any worker starts: find, download or write both checkpoints, or end ``bentoml serve`` at once with
-        one message and exit status 2 (the traceback only at DEBUG), instead of workers failing and restarting."""
+        """Before any worker starts: check the API keys file and the audit log, find, download or write both
+        checkpoints, or end ``bentoml serve`` at once with one message and exit status 2 (the traceback only at
+        DEBUG), instead of workers failing and restarting."""
         try:
+            KEYS.check()
+            if AUDIT_LOG is not None:
+                AUDIT_LOG.check()
             resolve_all(SETTINGS.weights)
-        except WeightsNotFoundError as exc:
-            logging.getLogger(__name__).debug("weights not found", exc_info=True)
+        except (KeyFileError, audit.AuditLogError, WeightsNotFoundError) as exc:
+            logging.getLogger(__name__).debug("cannot start", exc_info=True)
             print(f"ecgfm-serve: cannot start: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
 
@@ -346,6 +354,7 @@ class ECGFMService:
         try:
             files = await uploaded_files(request)
             record, kind = await anyio.to_thread.run_sync(partial(decode_record_files, files, fs, lead_names))
+            audit.note(duration_s=round(record.duration_s, 3))
         except ANSWERED_ERRORS as exc:
             return error_response(exc)
         return JSONResponse(DecodedRecordResponse.of(record, kind).model_dump(mode="json"))
@@ -378,6 +387,7 @@ class ECGFMService:
         with Retry-After)."""
         try:
             prepared = await anyio.to_thread.run_sync(partial(decode, max_duration_s=SERVING.max_duration_s))
+            audit.note(duration_s=round(prepared.record.duration_s, 3))
             output = await build(prepared)
         except ANSWERED_ERRORS as exc:
             return error_response(exc)
@@ -443,8 +453,9 @@ MODEL_APIS: dict[tuple[ModelKind, bool], Callable[[ECGFMService], Callable[..., 
 
 # Outermost first (serving/middleware.py says what each does).
 ECGFMService.add_asgi_middleware(RequestIdMiddleware)
+ECGFMService.add_asgi_middleware(AuditMiddleware, audit_log=AUDIT_LOG, paths=POST_MEDIA_TYPES)
 ECGFMService.add_asgi_middleware(RequestStatsMiddleware, stats=REQUEST_STATS)
-ECGFMService.add_asgi_middleware(ApiKeyMiddleware, api_key=SERVING.api_key, public_paths=(*PUBLIC_PATHS, *UI_FILES))
+ECGFMService.add_asgi_middleware(ApiKeyMiddleware, keys=KEYS, public_paths=(*PUBLIC_PATHS, *UI_FILES))
 ECGFMService.add_asgi_middleware(RetryAfterMiddleware)
 ECGFMService.add_asgi_middleware(
     OpenAPIDocumentMiddleware, info=OPENAPI_INFO, media_types=POST_MEDIA_TYPES, public_paths=PUBLIC_PATHS

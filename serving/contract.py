@@ -104,6 +104,8 @@ RETRY_AFTER_S = 2  # the Retry-After of every 429 and 503
 REQUEST_ID_HEADER = "X-Request-ID"  # accepted or generated, and returned (serving.RequestIdMiddleware)
 # The ID of the request being answered: set by serving.RequestIdMiddleware, read by error bodies and log lines.
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+# The name of the request's API key (never the key): set by serving.ApiKeyMiddleware, read by log lines.
+KEY_NAME: ContextVar[str | None] = ContextVar("key_name", default=None)
 
 
 # ---- errors ---------------------------------------------------------------------------------------------------
