@@ -152,7 +152,9 @@ ERRORS: dict[type[Exception], ErrorStatus] = {
     BadRequestError: ErrorStatus(
         400, "The body is not an .npy array, a multipart body has no 'file' field, or a query parameter is wrong"
     ),
-    MissingAPIKeyError: ErrorStatus(401, "Missing or wrong API key (only when ECGFM_API_KEY is set)", ("post", "get")),
+    MissingAPIKeyError: ErrorStatus(
+        401, "Missing or wrong API key (only when ECGFM_API_KEY or ECGFM_API_KEYS_FILE is set)", ("post", "get")
+    ),
     BodyTooLargeError: ErrorStatus(413, "Body larger than ECGFM_MAX_BODY_BYTES"),
     UnsupportedMediaTypeError: ErrorStatus(
         415,

@@ -418,8 +418,11 @@ class BodySizeLimitMiddleware:
         if length.isdigit() and int(length) > self.max_body_bytes:
             await refuse(scope, receive, send, too_large)
             return
-        body = await self.read_body(receive)
-        if body is None:  # over the limit (the rest is drained), or the client went away (nothing to drain)
+        body, disconnected = await self.read_body(receive)
+        if disconnected:
+            await send_error(send, too_large)  # a disconnected client never reads it; nothing is left to drain
+            return
+        if body is None:
             await refuse(scope, receive, send, too_large)
             return
         replayed = False
@@ -433,17 +436,18 @@ class BodySizeLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def read_body(self, receive: Receive) -> bytes | None:
-        """The whole body, or None as soon as it passes the limit or the client disconnects."""
+    async def read_body(self, receive: Receive) -> tuple[bytes | None, bool]:
+        """(the whole body, False), or (None, False) as soon as it passes the limit, or (None, True) when the client
+        disconnects."""
         chunks, size = [], 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return None
+                return None, True
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                return None
+                return None, False
             chunks.append(chunk)
             if not message.get("more_body", False):
-                return b"".join(chunks)
+                return b"".join(chunks), False
