@@ -1,0 +1,49 @@
+"""Fuzzing (fuzz/, docs/testing.md "Fuzzing"): every input a campaign found is replayed and must now be refused
+with one of the project's documented errors, within the CPU bound; a short campaign per target finds nothing."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from fuzz import targets
+from fuzz.__main__ import HANG_CPU_S
+from tests.conftest import REPO_DIR
+
+REGRESSIONS_DIR = REPO_DIR / "tests" / "fuzz_regressions"
+FINDINGS = sorted(path for path in REGRESSIONS_DIR.glob("*/*") if path.is_file())
+CAMPAIGN_S = 10  # per target in CI (the whole suite must stay under 30 min)
+
+
+def test_the_kept_findings_cover_the_targets_that_had_findings() -> None:
+    assert {path.parent.name for path in FINDINGS} <= set(targets.TARGETS)
+    assert {"npy", "records"} <= {path.parent.name for path in FINDINGS}  # docs/testing.md lists what each was
+
+
+@pytest.mark.parametrize("path", FINDINGS, ids=lambda path: f"{path.parent.name}/{path.name[:20]}")
+def test_a_kept_finding_is_refused_with_a_documented_error_within_the_bound(path: Path) -> None:
+    started = time.process_time()
+    assert targets.run_one(path.parent.name, path.read_bytes()) == "refused"
+    assert time.process_time() - started < HANG_CPU_S
+
+
+@pytest.mark.parametrize("target", targets.TARGETS)
+def test_every_seed_is_decoded(target: str) -> None:
+    """The seeds are readable records: a harness that refused everything would fuzz nothing but its refusal."""
+    outcomes = {name: targets.run_one(target, data) for name, data in targets.seeds(target).items()}
+    assert outcomes and set(outcomes.values()) == {"decoded"}, outcomes
+
+
+@pytest.mark.parametrize("target", targets.TARGETS)
+def test_a_short_campaign_finds_nothing(target: str, tmp_path: Path) -> None:
+    command = [str(REPO_DIR / "scripts" / "fuzz.sh"), target, "--seconds", str(CAMPAIGN_S), "--work", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=CAMPAIGN_S + 180)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert list((tmp_path / "findings").iterdir()) == []
+    runs = re.search(r"Done (\d+) runs in", result.stderr)
+    assert runs and int(runs.group(1)) >= 20, result.stderr[-2000:]  # it really ran inputs
+    assert re.search(r"DONE\s+cov: [1-9]", result.stderr)  # with coverage feedback
