@@ -16,7 +16,7 @@ from tests.conftest import REPO_DIR
 
 REGRESSIONS_DIR = REPO_DIR / "tests" / "fuzz_regressions"
 FINDINGS = sorted(path for path in REGRESSIONS_DIR.glob("*/*") if path.is_file())
-CAMPAIGN_S = 10  # per target in CI (the whole suite must stay under 30 min)
+CAMPAIGN_S = 10  # per target in CI, plus 20-60 s of instrumented imports (the whole suite must stay under 30 min)
 
 
 def test_the_kept_findings_cover_the_targets_that_had_findings() -> None:
@@ -50,5 +50,5 @@ def test_a_short_campaign_finds_nothing(target: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
     assert list((tmp_path / "findings").iterdir()) == []
     runs = re.search(r"Done (\d+) runs in", result.stderr)
-    assert runs and int(runs.group(1)) >= 20, result.stderr[-2000:]  # it really ran inputs
+    assert runs and int(runs.group(1)) > len(targets.seeds(target)), result.stderr[-2000:]  # beyond the seeds
     assert re.search(r"DONE\s+cov: [1-9]", result.stderr)  # with coverage feedback
