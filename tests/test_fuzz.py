@@ -52,3 +52,32 @@ def test_a_short_campaign_finds_nothing(target: str, tmp_path: Path) -> None:
     runs = re.search(r"Done (\d+) runs in", result.stderr)
     assert runs and int(runs.group(1)) > len(targets.seeds(target)), result.stderr[-2000:]  # beyond the seeds
     assert re.search(r"DONE\s+cov: [1-9]", result.stderr)  # with coverage feedback
+
+
+def test_an_npy_header_that_claims_more_data_than_follows_is_a_400_before_any_allocation() -> None:
+    """The fix of the npy finding: numpy allocates the shape a header claims before it reads the data."""
+    import io
+
+    import numpy as np
+
+    from serving.contract import BadRequestError
+    from serving.decoding import load_npy
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((12, 10), dtype=np.float32))
+    claimed = io.BytesIO()
+    header = {"descr": "<f4", "fortran_order": False, "shape": (12, 10_000_000_000)}  # 480 GB of float32
+    np.lib.format.write_array_header_1_0(claimed, header)
+    claimed.write(np.zeros((12, 10), dtype=np.float32).tobytes())
+    with pytest.raises(BadRequestError, match="describes 480000000000 bytes of data but 480 follow it"):
+        load_npy(claimed.getvalue())
+    assert load_npy(buffer.getvalue()).shape == (12, 10)
+    for body, message in ((b"{'signal': []}", "not a NumPy .npy array"), (b"\x93NUMPY\x01\x00", "not a NumPy")):
+        with pytest.raises(BadRequestError, match=message):
+            load_npy(body)
+    strings, objects = io.BytesIO(), io.BytesIO()
+    np.save(strings, np.array([["a"] * 5] * 12))
+    np.save(objects, np.array([[object()] * 5] * 12, dtype=object), allow_pickle=True)
+    for body in (strings.getvalue(), objects.getvalue()):
+        with pytest.raises(BadRequestError, match="must hold numbers"):
+            load_npy(body)
