@@ -238,18 +238,29 @@ class ECGRequest(BaseModel):
         hide_input_in_errors=True,  # never echo signal values in errors or logs
     )
 
+    # The schema says what validation checks (a record off it is a 422 with a message, as documented, not a 400):
+    # 12 leads of at least MIN_DURATION_S at the lowest fs, fs within [MIN_FS, MAX_FS], 12 lead names.
     signal: Signal = Field(
         description=(
             "One list of samples per lead, all of the same length, in any unit (each lead is standardised). "
             f"12 leads in the order {', '.join(LEAD_ORDER)} unless lead_names says otherwise."
         ),
+        json_schema_extra={
+            "minItems": len(LEAD_ORDER),
+            "maxItems": len(LEAD_ORDER),
+            "items": {"type": "array", "items": {"type": "number"}, "minItems": int(MIN_DURATION_S * MIN_FS)},
+        },
     )
     fs: Hz = Field(
         description=f"Sampling rate in Hz, {MIN_FS:g} to {MAX_FS:g}; resampled to {TARGET_FS} Hz.",
+        json_schema_extra={"minimum": MIN_FS, "maximum": MAX_FS},
     )
     lead_names: list[Annotated[str, Strict()]] | None = Field(
         default=None,
         description="Name of each row of signal (case-insensitive, e.g. 'avr'); default: the standard order.",
+        json_schema_extra={
+            "anyOf": [{"type": "array", "items": {"type": "string"}, "minItems": 12, "maxItems": 12}, {"type": "null"}]
+        },
     )
     per_segment: Annotated[bool, Strict()] = Field(
         default=False, description="Also return the outputs of every 5 s segment under 'segments'."

@@ -415,3 +415,31 @@ def test_the_log_filter_goes_on_bentomls_http_logger_with_the_request_fields() -
     (installed,) = [f for f in logger.filters if isinstance(f, ValidationTracebackFilter)]
     assert installed.known_fields == frozenset(ECGRequest.model_fields)
     assert not any(isinstance(f, ValidationTracebackFilter) for f in logging.getLogger().filters)
+
+
+def test_the_request_schema_is_as_strict_as_validation() -> None:
+    """What /docs.json says of a JSON body (schemathesis generates from it) is what preprocess accepts: a body at
+    the schema's edges passes validation, one just past them is refused."""
+    from ecgfm.records.preprocess import ECGInputError, preprocess
+    from serving.openapi import FS_PARAMETER
+
+    properties = ECGRequest.model_json_schema()["properties"]
+    signal, fs = properties["signal"], properties["fs"]
+    leads, samples = signal["minItems"], signal["items"]["minItems"]
+    assert (leads, signal["maxItems"]) == (12, 12)
+    assert FS_PARAMETER["schema"] | {"type": "number"} == {
+        "type": "number",
+        "minimum": fs["minimum"],
+        "maximum": fs["maximum"],
+    }
+    wave = [[float(i % 7) for i in range(samples)] for _ in range(leads)]
+    preprocess(wave, fs["minimum"], None, max_duration_s=600)  # the shortest record at the lowest rate passes
+    preprocess([lead * 50 for lead in wave], fs["maximum"], None, max_duration_s=600)
+    for bad_signal, bad_fs in ((wave[:11], fs["minimum"]), ([lead[:-1] for lead in wave], fs["minimum"])):
+        with pytest.raises(ECGInputError):
+            preprocess(bad_signal, bad_fs, None, max_duration_s=600)
+    for bad_fs in (fs["minimum"] - 1, fs["maximum"] + 1):
+        with pytest.raises(ECGInputError, match="fs must be between"):
+            preprocess([lead * 60 for lead in wave], bad_fs, None, max_duration_s=600)
+    names = properties["lead_names"]["anyOf"][0]
+    assert (names["minItems"], names["maxItems"]) == (12, 12)
