@@ -82,3 +82,48 @@ def test_the_default_name_belongs_to_the_single_key(tmp_path: Path) -> None:
 def test_an_unreadable_file_is_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError, match="cannot be read"):
         KeyRing(keys_file=str(tmp_path / "missing.txt")).check()
+
+
+def test_the_key_name_never_the_key_is_on_the_request_span_log_line_and_audit_line(tmp_path: Path) -> None:
+    import asyncio
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from serving import audit
+    from serving.contract import KEY_NAME, PUBLIC_PATHS, REQUEST_ID
+    from serving.logs import RequestIdLogFilter
+    from serving.middleware import KEY_NAME_SPAN_ATTRIBUTE, ApiKeyMiddleware
+
+    write(tmp_path / "keys.txt", f"ward:{WARD}\n")
+    seen: dict[str, object] = {}
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        record = logging.LogRecord("x", logging.INFO, "x", 1, "scored", None, None)
+        token = REQUEST_ID.set("req-1")
+        RequestIdLogFilter().filter(record)
+        REQUEST_ID.reset(token)
+        seen["log"], seen["key_name"] = record.trace_msg, KEY_NAME.get()
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    middleware = ApiKeyMiddleware(app, keys=KeyRing(keys_file=str(tmp_path / "keys.txt")), public_paths=PUBLIC_PATHS)
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/info",
+        "headers": [(b"authorization", f"Bearer {WARD}".encode())],
+    }
+
+    async def run() -> dict:
+        with provider.get_tracer("test").start_as_current_span("request"), audit.open_line("/info", "") as line:
+            await middleware(scope, None, None)
+        return line
+
+    line = asyncio.run(run())
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes[KEY_NAME_SPAN_ATTRIBUTE] == "ward" == seen["key_name"] == line["key_name"]
+    assert seen["log"] == " (request_id=req-1, key=ward)"
+    assert WARD not in str(dict(span.attributes)) + str(seen) + str(line)
