@@ -47,7 +47,7 @@ from ecgfm.results.outputs import BothOutput, CheckpointInfo, ClinicalOutput, Fe
 from ecgfm.settings import Settings
 from interpreter.api import interpret_record
 from interpreter.findings import ConfigError, load_config
-from serving import metrics
+from serving import audit, metrics
 from serving.answers import answer_for
 from serving.contract import (
     ANSWERED_ERRORS,
@@ -95,10 +95,12 @@ from serving.decoding import (
     npy_decoder,
     uploaded_files,
 )
+from serving.keys import KeyFileError, KeyRing
 from serving.lifecycle import defer_sigterm, rss_mb, worker_alive
 from serving.logs import install_log_filter, install_request_id_logging
 from serving.middleware import (
     ApiKeyMiddleware,
+    AuditMiddleware,
     BatchStats,
     BodySizeLimitMiddleware,
     ConcurrencyLimitMiddleware,
@@ -152,6 +154,8 @@ except ProbeFileError as problem:
     PROBES, PROBES_PROBLEM = {}, problem
 PROBE_POST_ROUTES = probe_post_routes(tuple(PROBES))  # the loaded probes' paths, for the middlewares
 ADMITTED_POSTS = POST_MEDIA_TYPES | PROBE_POST_ROUTES
+KEYS = KeyRing(SERVING.api_key, SERVING.api_keys_file)  # ECGFM_API_KEY ("default") and ECGFM_API_KEYS_FILE
+AUDIT_LOG = audit.AuditLog(SERVING.audit_log) if SERVING.audit_log else None  # ECGFM_AUDIT_LOG
 REQUEST_STATS = RequestStats((*JSON_POST_ROUTES, *GET_ROUTES, *NPY_POST_ROUTES, *FILE_POST_ROUTES, *PROBE_POST_ROUTES))
 OUTPUTS: dict[ModelKind, type[ClinicalOutput] | type[FeaturesOutput]] = {
     "finetuned": ClinicalOutput,
@@ -279,11 +283,14 @@ class ECGFMService:
 
     @bentoml.on_deployment
     def resolve_weights() -> None:
-        """Before any worker starts: find, download or write both checkpoints, check every probe against the
-        pretrained one and read the interpreter's thresholds file (``ECGFM_THRESHOLDS``), or end ``bentoml serve`` at
-        once with one message and exit status 2 (the traceback only at DEBUG), instead of workers failing and
-        restarting or a probe answering for other weights."""
+        """Before any worker starts: check the API keys file and the audit log, find, download or write both
+        checkpoints, check every probe against the pretrained one and read the interpreter's thresholds file
+        (``ECGFM_THRESHOLDS``), or end ``bentoml serve`` at once with one message and exit status 2 (the traceback only
+        at DEBUG), instead of workers failing and restarting or a probe answering for other weights."""
         try:
+            KEYS.check()
+            if AUDIT_LOG is not None:
+                AUDIT_LOG.check()
             load_config(SETTINGS.interpreter.thresholds)
             pretrained = resolve_all(SETTINGS.weights)["pretrained"]
             if PROBES_PROBLEM is not None:
@@ -291,8 +298,8 @@ class ECGFMService:
             served = pretrained.sha256 or file_sha256(pretrained.path) if PROBES else ""
             for probe in PROBES.values():
                 probe.check_checkpoint(served, f"the served pretrained checkpoint ({Path(pretrained.path).name})")
-        except (WeightsNotFoundError, ProbeFileError, ConfigError) as exc:
-            logging.getLogger(__name__).debug("weights, a probe or the thresholds refused", exc_info=True)
+        except (KeyFileError, audit.AuditLogError, WeightsNotFoundError, ProbeFileError, ConfigError) as exc:
+            logging.getLogger(__name__).debug("cannot start", exc_info=True)
             print(f"ecgfm-serve: cannot start: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
 
@@ -419,6 +426,7 @@ class ECGFMService:
         try:
             files = await uploaded_files(request)
             record, kind = await anyio.to_thread.run_sync(partial(decode_record_files, files, fs, lead_names))
+            audit.note(duration_s=round(record.duration_s, 3))
         except ANSWERED_ERRORS as exc:
             return error_response(exc)
         return JSONResponse(DecodedRecordResponse.of(record, kind).model_dump(mode="json"))
@@ -461,6 +469,7 @@ class ECGFMService:
         try:
             answer = answer_for(request.headers)  # JSON, FHIR or HL7 v2 (a bad X-Patient-* header: 400 here)
             prepared = await anyio.to_thread.run_sync(partial(decode, max_duration_s=SERVING.max_duration_s))
+            audit.note(duration_s=round(prepared.record.duration_s, 3))
             response = answer.response(await build(prepared))
         except ANSWERED_ERRORS as exc:
             return error_response(exc)
@@ -529,8 +538,9 @@ MODEL_APIS: dict[tuple[ModelKind, bool], Callable[[ECGFMService], Callable[..., 
 
 # Outermost first (serving/middleware.py says what each does).
 ECGFMService.add_asgi_middleware(RequestIdMiddleware)
+ECGFMService.add_asgi_middleware(AuditMiddleware, audit_log=AUDIT_LOG, paths=ADMITTED_POSTS)
 ECGFMService.add_asgi_middleware(RequestStatsMiddleware, stats=REQUEST_STATS)
-ECGFMService.add_asgi_middleware(ApiKeyMiddleware, api_key=SERVING.api_key, public_paths=(*PUBLIC_PATHS, *UI_FILES))
+ECGFMService.add_asgi_middleware(ApiKeyMiddleware, keys=KEYS, public_paths=(*PUBLIC_PATHS, *UI_FILES))
 ECGFMService.add_asgi_middleware(RetryAfterMiddleware)
 ECGFMService.add_asgi_middleware(
     OpenAPIDocumentMiddleware, info=OPENAPI_INFO, media_types=POST_MEDIA_TYPES, public_paths=PUBLIC_PATHS

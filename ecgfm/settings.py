@@ -357,6 +357,21 @@ class ServingSettings:
         "`/readyz` (docs/security.md)",
         secret=True,
     )
+    api_keys_file: str | None = setting(
+        "ECGFM_API_KEYS_FILE",
+        text,
+        None,
+        "file of named API keys, one `name:key` line each (key at least 16 characters), re-read when it changes or "
+        "on SIGHUP; with `ECGFM_API_KEY` too, that key is named `default`; a bad file stops start-up "
+        "(docs/security.md)",
+    )
+    audit_log: str | None = setting(
+        "ECGFM_AUDIT_LOG",
+        text,
+        None,
+        "audit trail: a JSON Lines file (appended) or `-` for stdout; one line per POST request, its status, key "
+        "name, record duration and the body's sha256, never a value (docs/security.md)",
+    )
     otlp_endpoint: str = setting(
         "ECGFM_OTLP_ENDPOINT",
         otlp_traces_url,

@@ -148,8 +148,11 @@ GET_ROUTES = ("/health", "/info", "/status", PROBES_ROUTE)
 PUBLIC_PATHS = ("/health", "/livez", "/healthz", "/readyz")  # /healthz is BentoML's alias of /livez
 RETRY_AFTER_S = 2  # the Retry-After of every 429 and 503
 REQUEST_ID_HEADER = "X-Request-ID"  # accepted or generated, and returned (serving.middleware.RequestIdMiddleware)
-# The ID of the request being answered: set by serving.middleware.RequestIdMiddleware, read by error bodies and log lines.
+# The ID of the request being answered: set by serving.middleware.RequestIdMiddleware, read by error bodies and log
+# lines.
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+# The name of the request's API key (never the key): set by serving.ApiKeyMiddleware, read by log lines.
+KEY_NAME: ContextVar[str | None] = ContextVar("key_name", default=None)
 
 
 # ---- errors ---------------------------------------------------------------------------------------------------
@@ -213,7 +216,9 @@ ERRORS: dict[type[Exception], ErrorStatus] = {
         "components: CX for the ID, XPN for the name), or X-Patient-Name without X-Patient-ID",
         documented_on=(),
     ),
-    MissingAPIKeyError: ErrorStatus(401, "Missing or wrong API key (only when ECGFM_API_KEY is set)", ("post", "get")),
+    MissingAPIKeyError: ErrorStatus(
+        401, "Missing or wrong API key (only when ECGFM_API_KEY or ECGFM_API_KEYS_FILE is set)", ("post", "get")
+    ),
     BodyTooLargeError: ErrorStatus(413, "Body larger than ECGFM_MAX_BODY_BYTES"),
     UnsupportedMediaTypeError: ErrorStatus(
         415,
@@ -305,18 +310,29 @@ class ECGRequest(BaseModel):
         hide_input_in_errors=True,  # never echo signal values in errors or logs
     )
 
+    # The schema says what validation checks (a record off it is a 422 with a message, as documented, not a 400):
+    # 12 leads of at least MIN_DURATION_S at the lowest fs, fs within [MIN_FS, MAX_FS], 12 lead names.
     signal: Signal = Field(
         description=(
             "One list of samples per lead, all of the same length, in any unit (each lead is standardised). "
             f"12 leads in the order {', '.join(LEAD_ORDER)} unless lead_names says otherwise."
         ),
+        json_schema_extra={
+            "minItems": len(LEAD_ORDER),
+            "maxItems": len(LEAD_ORDER),
+            "items": {"type": "array", "items": {"type": "number"}, "minItems": int(MIN_DURATION_S * MIN_FS)},
+        },
     )
     fs: Hz = Field(
         description=f"Sampling rate in Hz, {MIN_FS:g} to {MAX_FS:g}; resampled to {TARGET_FS} Hz.",
+        json_schema_extra={"minimum": MIN_FS, "maximum": MAX_FS},
     )
     lead_names: list[Annotated[str, Strict()]] | None = Field(
         default=None,
         description="Name of each row of signal (case-insensitive, e.g. 'avr'); default: the standard order.",
+        json_schema_extra={
+            "anyOf": [{"type": "array", "items": {"type": "string"}, "minItems": 12, "maxItems": 12}, {"type": "null"}]
+        },
     )
     per_segment: Annotated[bool, Strict()] = Field(
         default=False, description="Also return the outputs of every 5 s segment under 'segments'."

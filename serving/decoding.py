@@ -11,7 +11,9 @@ request (its body, upload and query parameters), for the service to run on a wor
 from __future__ import annotations
 
 import io
+import math
 import tempfile
+import tokenize
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib import format as npy_format
 from starlette.requests import Request
 
 from ecgfm.inference import encode_batch, record_lengths
@@ -101,16 +104,43 @@ def decode_npy(
         raise BadRequestError("the query parameter per_segment must be true or false")
     with_saliency = query_flag("saliency", saliency)
     names = [name.strip() for name in lead_names.split(",")] if lead_names else None
+    signal = load_npy(body)
+    flag = _FLAGS[per_segment.lower()] if per_segment else False
+    return prepare(signal, fs_hz, names, flag, with_saliency, max_duration_s=max_duration_s)
+
+
+# What numpy's .npy reader raises on bytes that are not an .npy file (its header is parsed with tokenize and
+# ast.literal_eval: TokenError and SyntaxError too; found by fuzzing, docs/testing.md "Fuzzing").
+NPY_ERRORS = (ValueError, OSError, EOFError, SyntaxError, TypeError, OverflowError, tokenize.TokenError)
+
+
+def load_npy(body: bytes) -> np.ndarray:
+    """A numeric array from ``.npy`` bytes (``numpy.lib.format``, no pickle). The header is checked before any
+    allocation: its shape and dtype must account for exactly the bytes that follow (numpy would otherwise allocate
+    the shape the header claims, however large, before finding the data short).
+
+    Raises:
+        BadRequestError: not an ``.npy`` file, a header that does not match the data, or not numbers.
+    """
+    stream = io.BytesIO(body)
     try:
-        signal = np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        version = npy_format.read_magic(stream)
+        read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        shape, _, dtype = read_header(stream)
+        if dtype.kind not in "iuf":
+            raise BadRequestError("the .npy array must hold numbers (integer or float)")
+        expected = math.prod(shape) * dtype.itemsize
+        if expected != len(body) - stream.tell():
+            raise BadRequestError(
+                f"the .npy header describes {expected} bytes of data but {len(body) - stream.tell()} follow it"
+            )
+        return np.load(io.BytesIO(body), allow_pickle=False)
+    except NPY_ERRORS as exc:
+        if isinstance(exc, BadRequestError):
+            raise
         raise BadRequestError(
             f"the body is not a NumPy .npy array written by numpy.save ({type(exc).__name__})"
         ) from None
-    if not isinstance(signal, np.ndarray) or signal.dtype.kind not in "iuf":
-        raise BadRequestError("the .npy array must hold numbers (integer or float)")
-    flag = _FLAGS[per_segment.lower()] if per_segment else False
-    return prepare(signal, fs_hz, names, flag, with_saliency, max_duration_s=max_duration_s)
 
 
 def file_media_type(content_type: str | None) -> str:

@@ -1,5 +1,6 @@
-"""Log hygiene: the request ID on every log line written while a request is answered, and no request values in
-BentoML's validation tracebacks. Installed once at start-up; no request body or signal value is ever logged."""
+"""Log hygiene: the request ID (and the API key's name) on every log line written while a request is answered,
+and no request values in BentoML's validation tracebacks. Installed once at start-up; no request body or signal
+value is ever logged."""
 
 from __future__ import annotations
 
@@ -8,17 +9,20 @@ from collections.abc import Iterable
 
 from pydantic import ValidationError
 
-from serving.contract import REQUEST_ID
+from serving.contract import KEY_NAME, REQUEST_ID
 
 
 class RequestIdLogFilter(logging.Filter):
-    """Adds `` (request_id=<id>)`` to a log line written while a request is answered. It runs on BentoML's
-    handlers after BentoML's own ``TraceRecordFilter``, whose ``trace_msg`` ends every line of its format."""
+    """Adds `` (request_id=<id>)`` to a log line written while a request is answered, `` (request_id=<id>,
+    key=<name>)`` when it came with a named API key (the key's name, never the key). It runs on BentoML's handlers
+    after BentoML's own ``TraceRecordFilter``, whose ``trace_msg`` ends every line of its format."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         request_id = REQUEST_ID.get()
         if request_id is not None and "request_id=" not in getattr(record, "trace_msg", ""):
-            record.trace_msg = f"{getattr(record, 'trace_msg', '')} (request_id={request_id})"
+            key_name = KEY_NAME.get()
+            key = f", key={key_name}" if key_name is not None else ""
+            record.trace_msg = f"{getattr(record, 'trace_msg', '')} (request_id={request_id}{key})"
         return True
 
 

@@ -20,8 +20,9 @@ is ever kept: the statistics hold counts, sizes and latencies only.
 
 from __future__ import annotations
 
+import asyncio
 import collections
-import hmac
+import hashlib
 import json
 import re
 import threading
@@ -33,8 +34,10 @@ from typing import Any
 import numpy as np
 from opentelemetry import trace
 
+from serving import audit
 from serving.contract import (
     JSON_MEDIA_TYPE,
+    KEY_NAME,
     REQUEST_ID,
     REQUEST_ID_HEADER,
     RETRY_AFTER_S,
@@ -47,6 +50,7 @@ from serving.contract import (
     error_headers,
     error_status,
 )
+from serving.keys import KeyRing
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -67,6 +71,45 @@ async def send_error(send: Send, exc: Exception) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+# A refused request's body is read and discarded before its answer is sent, up to these bounds: a client that
+# writes its whole body before it reads (urllib, requests, many integration engines) then reads its 4xx instead
+# of a broken pipe (with "Connection: close" the server closes as soon as it has answered, and unread bytes make
+# the kernel reset the connection, answer included). Past either bound the answer goes at once.
+DRAIN_MAX_BYTES = 32 * 2**20
+DRAIN_MAX_S = 10.0
+
+
+async def drain_body(scope: Scope, receive: Receive) -> bool:
+    """Read and discard the request body (at most :data:`DRAIN_MAX_BYTES`, :data:`DRAIN_MAX_S`); True when it was
+    read to its end. A ``Content-Length`` over the bound is not read at all."""
+    length = header(scope, b"content-length")
+    if length.isdigit() and int(length) > DRAIN_MAX_BYTES:
+        return False
+
+    async def discard() -> bool:
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return True
+            if size > DRAIN_MAX_BYTES:
+                return False
+
+    try:
+        return await asyncio.wait_for(discard(), DRAIN_MAX_S)
+    except TimeoutError:
+        return False
+
+
+async def refuse(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
+    """:func:`send_error` after draining the request body (:func:`drain_body`), so that the client reads it."""
+    await drain_body(scope, receive)
+    await send_error(send, exc)
+
+
 def header(scope: Scope, name: bytes) -> bytes:
     """A request header's value (``b""`` when absent); ``name`` in lower case."""
     return next((value for key, value in scope.get("headers", []) if key.lower() == name), b"")
@@ -81,6 +124,7 @@ def is_post_to(scope: Scope, paths: Iterable[str]) -> bool:
 # An X-Request-ID a caller sends is kept when it is 1 to 128 of these characters (a UUID, a gateway's ID), else
 # replaced by a new one: what reaches a log line or a header cannot carry a line break or markup.
 REQUEST_ID_SPAN_ATTRIBUTE = "ecgfm.request_id"  # on the API service's request span, to find a trace by its ID
+KEY_NAME_SPAN_ATTRIBUTE = "ecgfm.key_name"  # the name of the request's API key (never the key)
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 
@@ -216,25 +260,86 @@ class RequestStatsMiddleware:
             self.stats.observe(path, status, time.perf_counter() - started)
 
 
+# ---- audit trail ------------------------------------------------------------------------------------------------
+
+
+class AuditMiddleware:
+    """One line of ``audit_log`` (:mod:`serving.audit`) per POST to ``paths``, refusals included: the body hashed as
+    it is read, the status as it is sent, the key name and record duration as noted inside."""
+
+    def __init__(self, app: ASGIApp, audit_log: audit.AuditLog | None, paths: Iterable[str]) -> None:
+        self.app, self.audit_log, self.paths = app, audit_log, frozenset(paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.audit_log is None or not is_post_to(scope, self.paths):
+            await self.app(scope, receive, send)
+            return
+        media_type = header(scope, b"content-type").decode("latin-1").split(";")[0].strip().lower()
+        digest, received, complete = hashlib.sha256(), 0, False
+
+        async def hashing_receive() -> Message:
+            nonlocal received, complete
+            message = await receive()
+            if message["type"] == "http.request":
+                chunk = message.get("body", b"")
+                digest.update(chunk)
+                received += len(chunk)
+                complete = complete or not message.get("more_body", False)
+            return message
+
+        with audit.open_line(scope["path"], media_type) as line:
+            written = False
+
+            def write() -> None:
+                nonlocal written
+                line["body_bytes"] = received
+                line["body_sha256"] = digest.hexdigest() if complete else None
+                self.audit_log.write(line)  # type: ignore[union-attr]
+                written = True
+
+            async def status_send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    line["status"] = message["status"]
+                elif message["type"] == "http.response.body" and not message.get("more_body", False) and not written:
+                    write()  # before the answer's end leaves: a client that has its answer finds its line
+                await send(message)
+
+            try:
+                await self.app(scope, hashing_receive, status_send)
+            finally:
+                if not written:  # no answer (an error, a client gone): the line still goes
+                    write()
+
+
 # ---- guards ---------------------------------------------------------------------------------------------------
 
 
 class ApiKeyMiddleware:
-    """With ``api_key`` set, 401 (``WWW-Authenticate: Bearer``) unless the request carries
-    ``Authorization: Bearer <key>`` (compared in constant time); ``public_paths`` are exempt."""
+    """With keys in ``keys`` (:class:`serving.keys.KeyRing`), 401 (``WWW-Authenticate: Bearer``) unless the request
+    carries ``Authorization: Bearer <key>`` of one of them; ``public_paths`` are exempt. The key's name (never the
+    key) is set in :data:`contract.KEY_NAME` for log lines, on the request span and on the audit line."""
 
-    def __init__(self, app: ASGIApp, api_key: str, public_paths: Iterable[str]) -> None:
-        self.app = app
-        self.expected = f"Bearer {api_key}".encode() if api_key else None
+    def __init__(self, app: ASGIApp, keys: KeyRing, public_paths: Iterable[str]) -> None:
+        self.app, self.keys = app, keys
         self.public_paths = frozenset(public_paths)
+        keys.install_sighup()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        protected = self.expected is not None and scope["type"] == "http" and scope.get("path") not in self.public_paths
-        if protected and not hmac.compare_digest(header(scope, b"authorization"), self.expected):
-            error = "missing or wrong API key: send the header 'Authorization: Bearer <key>'"
-            await send_error(send, MissingAPIKeyError(error))
+        if not self.keys.enabled or scope["type"] != "http" or scope.get("path") in self.public_paths:
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        name = self.keys.name_of(header(scope, b"authorization"))
+        if name is None:
+            error = "missing or wrong API key: send the header 'Authorization: Bearer <key>'"
+            await refuse(scope, receive, send, MissingAPIKeyError(error))
+            return
+        token = KEY_NAME.set(name)
+        trace.get_current_span().set_attribute(KEY_NAME_SPAN_ATTRIBUTE, name)  # a no-op when not traced
+        audit.note(key_name=name)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            KEY_NAME.reset(token)
 
 
 class RetryAfterMiddleware:
@@ -291,7 +396,7 @@ class MediaTypeMiddleware:
             if given != expected:
                 kind = "JSON" if expected == JSON_MEDIA_TYPE else "a NumPy .npy file"
                 error = f"the body must be {kind}, sent with 'Content-Type: {expected}'"
-                await send_error(send, UnsupportedMediaTypeError(error))
+                await refuse(scope, receive, send, UnsupportedMediaTypeError(error))
                 return
         await self.app(scope, receive, send)
 
@@ -309,7 +414,7 @@ class ConcurrencyLimitMiddleware:
             return
         if self.in_flight >= self.max_concurrency:
             error = f"more than {self.max_concurrency} requests in flight (ECGFM_MAX_CONCURRENCY); retry later"
-            await send_error(send, TooManyRequestsError(error))
+            await refuse(scope, receive, send, TooManyRequestsError(error))
             return
         self.in_flight += 1
         try:
@@ -333,11 +438,14 @@ class BodySizeLimitMiddleware:
         too_large = BodyTooLargeError(f"the body is larger than {self.max_body_bytes} bytes (ECGFM_MAX_BODY_BYTES)")
         length = header(scope, b"content-length")
         if length.isdigit() and int(length) > self.max_body_bytes:
-            await send_error(send, too_large)
+            await refuse(scope, receive, send, too_large)
             return
-        body = await self.read_body(receive)
+        body, disconnected = await self.read_body(receive)
+        if disconnected:
+            await send_error(send, too_large)  # a disconnected client never reads it; nothing is left to drain
+            return
         if body is None:
-            await send_error(send, too_large)  # a disconnected client never reads it
+            await refuse(scope, receive, send, too_large)
             return
         replayed = False
 
@@ -350,17 +458,18 @@ class BodySizeLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def read_body(self, receive: Receive) -> bytes | None:
-        """The whole body, or None as soon as it passes the limit or the client disconnects."""
+    async def read_body(self, receive: Receive) -> tuple[bytes | None, bool]:
+        """(the whole body, False), or (None, False) as soon as it passes the limit, or (None, True) when the client
+        disconnects."""
         chunks, size = [], 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return None
+                return None, True
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                return None
+                return None, False
             chunks.append(chunk)
             if not message.get("more_body", False):
-                return b"".join(chunks)
+                return b"".join(chunks), False

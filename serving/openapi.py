@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import ecgfm
+from ecgfm.records.preprocess import MAX_FS, MIN_FS
 from serving.contract import (
     ERRORS,
     FHIR_MEDIA_TYPE,
@@ -173,7 +174,8 @@ def query_parameter(name: str, description: str, required: bool = False) -> dict
     return {"name": name, "in": "query", "required": required, "description": description, "schema": {"type": "string"}}
 
 
-FS_PARAMETER = query_parameter("fs", "sampling rate in Hz", required=True)
+FS_PARAMETER = query_parameter("fs", f"sampling rate in Hz, {MIN_FS:g} to {MAX_FS:g}", required=True)
+FS_PARAMETER["schema"] = {"type": "number", "minimum": MIN_FS, "maximum": MAX_FS}  # as strict as validation
 LEAD_NAMES_PARAMETER = query_parameter("lead_names", "comma-separated lead names, one per row (default: I..V6)")
 PER_SEGMENT_PARAMETER = query_parameter("per_segment", "true: also each 5 s segment's output (default false)")
 SALIENCY_PARAMETER = query_parameter("saliency", "true: also where the model attended, per segment (default false)")

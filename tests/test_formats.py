@@ -119,6 +119,30 @@ def test_ge_muse_reads_microvolts_per_bit_from_the_file(tmp_path: Path) -> None:
     np.testing.assert_allclose(read_file(changed).signal, 2 * read_file(MUSE).signal)
 
 
+def muse_with_sample_bases(tmp_path: Path, median: str, rhythm: str) -> Path:
+    """The GE MUSE fixture with the median-beat and rhythm waveforms' ``SampleBase`` set apart."""
+    text = MUSE.read_text(encoding="utf-8")
+    cut = text.index("<WaveformType>Rhythm")
+    assert text[:cut].count("<SampleBase>500<") == 1 and text[cut:].count("<SampleBase>500<") == 1
+    changed = text[:cut].replace("<SampleBase>500<", f"<SampleBase>{median}<") + text[cut:].replace(
+        "<SampleBase>500<", f"<SampleBase>{rhythm}<"
+    )
+    path = tmp_path / f"muse_median{median}_rhythm{rhythm}.xml"
+    path.write_text(changed, encoding="utf-8")
+    return path
+
+
+def test_ge_muse_takes_the_sampling_rate_of_the_rhythm_waveform_not_the_median_beat(tmp_path: Path) -> None:
+    """The fixture has both waveforms at 500 Hz; here they differ, each way round (the median comes first)."""
+    original = read_file(MUSE)
+    median_apart = read_file(muse_with_sample_bases(tmp_path, median="250", rhythm="500"))
+    assert median_apart.fs == 500.0
+    np.testing.assert_array_equal(median_apart.signal, original.signal)
+    rhythm_apart = read_file(muse_with_sample_bases(tmp_path, median="500", rhythm="1000"))
+    assert rhythm_apart.fs == 1000.0
+    assert rhythm_apart.signal.shape == original.signal.shape  # the same samples, now 5 s at 1000 Hz
+
+
 def test_hl7_aecg_applies_each_sequences_scale_and_origin(tmp_path: Path) -> None:
     text = AECG.read_text(encoding="utf-8")
     first = text.index('code="MDC_ECG_LEAD_V2"')

@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from serving.contract import ERRORS, JSON_MEDIA_TYPE, POST_MEDIA_TYPES, PUBLIC_PATHS, ECGRequest
+from serving.keys import KeyRing
 from serving.logs import ValidationTracebackFilter, install_log_filter
 from serving.middleware import (
     ApiKeyMiddleware,
@@ -129,7 +130,7 @@ def answer_of(sent: list[dict]) -> tuple[int, dict[bytes, bytes], dict]:
 
 
 GUARDS = {
-    "api key": lambda app: ApiKeyMiddleware(app, api_key="s3cret", public_paths=PUBLIC_PATHS),
+    "api key": lambda app: ApiKeyMiddleware(app, keys=KeyRing("s3cret"), public_paths=PUBLIC_PATHS),
     "media type": lambda app: MediaTypeMiddleware(app, media_types=POST_MEDIA_TYPES),
     "concurrency": lambda app: ConcurrencyLimitMiddleware(app, paths=POST_MEDIA_TYPES, max_concurrency=1),
     "body size": lambda app: BodySizeLimitMiddleware(app, paths=POST_MEDIA_TYPES, max_body_bytes=10),
@@ -180,6 +181,30 @@ def test_a_refusal_is_the_contracts_json_error_and_the_app_is_not_called(guard: 
     assert response_headers[b"content-type"] == b"application/json"
 
 
+@pytest.mark.parametrize("guard", ["api key", "media type", "body size", "concurrency"])
+def test_a_refusal_reads_the_whole_body_before_it_answers(guard: str) -> None:
+    """A client that writes its whole body before reading must find its answer: the body is drained first."""
+    events: list[str] = []
+    chunks = [b"0123456789", b"x" * 100, b"!"]
+
+    async def receive() -> dict:
+        chunk = chunks.pop(0)
+        events.append("read")
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    async def send(message: dict) -> None:
+        events.append(message["type"])
+
+    middleware = GUARDS[guard](answers_200)
+    if guard == "concurrency":
+        middleware.in_flight = 1
+    headers = [(b"content-type", b"text/plain" if guard == "media type" else JSON_MEDIA_TYPE.encode())]
+    scope = {"type": "http", "method": "POST", "path": "/clinical", "headers": headers}
+    asyncio.run(middleware(scope, receive, send))
+    assert chunks == [] and events[-2:] == ["http.response.start", "http.response.body"]
+    assert "http.response.start" not in events[: events.index("http.response.start")]
+
+
 def test_the_npy_routes_ask_for_a_numpy_body() -> None:
     sent = run_asgi(GUARDS["media type"](echo), path="/both/npy", headers={"content-type": JSON_MEDIA_TYPE})
     error = "the body must be a NumPy .npy file, sent with 'Content-Type: application/octet-stream'"
@@ -201,7 +226,7 @@ def test_a_concurrency_slot_is_freed_when_the_request_ends_even_by_an_error() ->
 
 
 def test_the_api_key_header_is_found_whatever_its_case_and_must_match_exactly() -> None:
-    guarded = ApiKeyMiddleware(echo, api_key="s3cret", public_paths=PUBLIC_PATHS)
+    guarded = ApiKeyMiddleware(echo, keys=KeyRing("s3cret"), public_paths=PUBLIC_PATHS)
     assert answer_of(run_asgi(guarded, headers={"Authorization": "Bearer s3cret"}))[0] == 200
     for wrong in ("bearer s3cret", "Bearer s3cret ", "Bearer", "s3cret", ""):
         assert answer_of(run_asgi(guarded, headers={"authorization": wrong}))[0] == 401, wrong
@@ -235,7 +260,7 @@ def test_a_503_from_behind_gets_retry_after() -> None:
 
 
 def test_api_key_is_required_except_on_public_paths() -> None:
-    guarded = ApiKeyMiddleware(answers_200, api_key="s3cret", public_paths=PUBLIC_PATHS)
+    guarded = ApiKeyMiddleware(answers_200, keys=KeyRing("s3cret"), public_paths=PUBLIC_PATHS)
     assert run_asgi(guarded)[0]["status"] == 401
     assert (b"www-authenticate", b"Bearer") in run_asgi(guarded)[0]["headers"]
     wrong = {"content-type": JSON_MEDIA_TYPE, "authorization": "Bearer s3cre"}
@@ -246,7 +271,7 @@ def test_api_key_is_required_except_on_public_paths() -> None:
 
 
 def test_without_an_api_key_nothing_is_guarded() -> None:
-    assert run_asgi(ApiKeyMiddleware(answers_200, api_key="", public_paths=PUBLIC_PATHS))[0]["status"] == 200
+    assert run_asgi(ApiKeyMiddleware(answers_200, keys=KeyRing(), public_paths=PUBLIC_PATHS))[0]["status"] == 200
 
 
 @pytest.mark.parametrize(("path", "content_type", "status"), [
@@ -407,3 +432,31 @@ def test_a_post_to_a_probe_that_is_not_loaded_is_a_json_404_whatever_its_name() 
     for path in (*loaded, "/probes", "/clinical"):
         assert answer_of(run_asgi(middleware, path=path, headers=KEYED))[0] == 200, path
     assert answer_of(run_asgi(middleware, path="/probes/other", method="GET", headers=KEYED))[0] == 200
+
+
+def test_the_request_schema_is_as_strict_as_validation() -> None:
+    """What /docs.json says of a JSON body (schemathesis generates from it) is what preprocess accepts: a body at
+    the schema's edges passes validation, one just past them is refused."""
+    from ecgfm.records.preprocess import ECGInputError, preprocess
+    from serving.openapi import FS_PARAMETER
+
+    properties = ECGRequest.model_json_schema()["properties"]
+    signal, fs = properties["signal"], properties["fs"]
+    leads, samples = signal["minItems"], signal["items"]["minItems"]
+    assert (leads, signal["maxItems"]) == (12, 12)
+    assert FS_PARAMETER["schema"] | {"type": "number"} == {
+        "type": "number",
+        "minimum": fs["minimum"],
+        "maximum": fs["maximum"],
+    }
+    wave = [[float(i % 7) for i in range(samples)] for _ in range(leads)]
+    preprocess(wave, fs["minimum"], None, max_duration_s=600)  # the shortest record at the lowest rate passes
+    preprocess([lead * 50 for lead in wave], fs["maximum"], None, max_duration_s=600)
+    for bad_signal, bad_fs in ((wave[:11], fs["minimum"]), ([lead[:-1] for lead in wave], fs["minimum"])):
+        with pytest.raises(ECGInputError):
+            preprocess(bad_signal, bad_fs, None, max_duration_s=600)
+    for bad_fs in (fs["minimum"] - 1, fs["maximum"] + 1):
+        with pytest.raises(ECGInputError, match="fs must be between"):
+            preprocess([lead * 60 for lead in wave], bad_fs, None, max_duration_s=600)
+    names = properties["lead_names"]["anyOf"][0]
+    assert (names["minItems"], names["maxItems"]) == (12, 12)

@@ -106,7 +106,7 @@ def test_unset_and_empty_variables_keep_the_defaults() -> None:
 
 def test_every_variable_has_a_documented_meaning_and_a_unique_name() -> None:
     names = [row["env"] for row in variables()]
-    assert len(names) == len(set(names)) == 24
+    assert len(names) == len(set(names)) == 26
     assert all(name.startswith("ECGFM_") for name in names)
     assert all(row["doc"] and row["default"] for row in variables())
 

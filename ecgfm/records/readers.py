@@ -141,13 +141,20 @@ def _read_wfdb(path: Path) -> ECGRecord:
 
     record_name = str(path.with_suffix(""))
     try:
-        record = wfdb.rdrecord(record_name, physical=True)
-    except ValueError as exc:
-        # Some PhysioNet/CinC headers name the record "E05526.mat" on their first line, which wfdb rejects.
-        first = path.read_text().splitlines()[0] if path.stat().st_size else ""
-        if not re.match(r"^\S+\.\w+\s", first):
-            raise RecordError(f"{path}: {exc}") from exc
-        record = _read_wfdb_with_fixed_header(path)
+        try:
+            record = wfdb.rdrecord(record_name, physical=True)
+        except ValueError as exc:
+            # Some PhysioNet/CinC headers name the record "E05526.mat" on their first line, which wfdb rejects.
+            first = path.read_text(errors="replace").splitlines()[0] if path.stat().st_size else ""
+            if not re.match(r"^\S+\.\w+\s", first):
+                raise RecordError(f"{path}: {exc}") from exc
+            record = _read_wfdb_with_fixed_header(path)
+    except (RecordError, OSError):
+        raise
+    except Exception as exc:  # wfdb on a malformed header or signal file: IndexError, AttributeError, ... (fuzzing)
+        raise RecordError(f"{path}: not a readable WFDB record ({type(exc).__name__})") from None
+    if record.p_signal is None or not record.fs:
+        raise RecordError(f"{path}: the WFDB record has no signal or no sampling rate")
     signal = np.asarray(record.p_signal, dtype=np.float64).T
     metadata: dict[str, Any] = {"units": list(record.units or []), "header_comments": list(record.comments or [])}
     return ECGRecord(path.stem, signal, float(record.fs), list(record.sig_name), metadata)

@@ -78,6 +78,16 @@ def read(data: bytes) -> Decoded:
     except Exception as exc:  # truncated or corrupt: pydicom raises many kinds
         raise FormatError(f"{KIND}: truncated or corrupt file ({type(exc).__name__})") from None
     try:
+        return _decode(ds)
+    except FormatError:
+        raise
+    except Exception as exc:  # pydicom parses an element when it is first read: a corrupt one raises then (fuzzing)
+        raise FormatError(f"{KIND}: a corrupt data element ({type(exc).__name__})") from None
+
+
+def _decode(ds) -> Decoded:
+    """The rhythm waveform of a dataset (any element access may raise: :func:`read` answers it)."""
+    try:
         groups = list(ds.get("WaveformSequence") or [])
     except Exception as exc:
         raise FormatError(f"{KIND}: the waveform sequence cannot be read ({type(exc).__name__})") from None
