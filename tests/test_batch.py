@@ -297,6 +297,22 @@ def test_a_job_killed_after_its_first_part_and_resumed_has_exactly_one_row_per_i
     assert rows_by_path(output) == after
 
 
+def test_a_job_that_makes_no_progress_stops_after_the_stall_timeout_naming_what_is_stuck(tmp_path, archive):
+    """A model actor that asks for more CPUs than the Ray has is never created: without the watchdog the job would
+    wait for ever (as one whose actor's node is lost); with it, it stops with exit 1 and says why."""
+    output = tmp_path / "out"
+    started = time.monotonic()
+    stalled = run_ecgfm(
+        "batch", "--finetuned", str(FINETUNED_CKPT), "--only", "clinical", "--num-cpus", "1", "--cpus-per-actor", "2",
+        "--stall-timeout", "15", "--no-progress", "-o", str(output), str(archive / "folder" / "A0689.json"),
+    )  # fmt: skip
+    assert stalled.returncode == 1, stalled.stderr
+    assert "no record came out of the pipeline for 15 s (--stall-timeout)" in stalled.stderr
+    assert "1 PENDING_CREATION (no node has the CPUs/GPUs it asks for" in stalled.stderr
+    assert "rerun with --resume" in stalled.stderr
+    assert time.monotonic() - started < RUN_TIMEOUT_S / 2 and committed_parts(output) == []
+
+
 def test_an_output_folder_with_parts_needs_resume_and_the_same_options(tmp_path, archive):
     output = tmp_path / "out"
     models = ["finetuned", "pretrained"]

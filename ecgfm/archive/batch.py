@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import logging
 import math
 import os
 import queue
@@ -75,7 +76,6 @@ READ_CPUS = 1.0  # Ray CPUs per read task
 MAX_DEFAULT_ACTOR_CPUS = 0.9
 CHECKPOINT_COLUMN = "_checkpoint_{kind}"  # the stage's public checkpoint (JSON), moved into the schema metadata
 SALIENCY_AXIS_COLUMN = "_saliency_axis_{kind}"  # with --saliency: the stage's time axis (JSON), into the metadata
-NODE_COLUMN = "_node"  # the node of the last model stage (its IP and the start of its Ray node id), for the counts
 
 # What a read task hands to the model stages: the record's fields and its segments as float32 bytes.
 READ_SCHEMA = pa.schema(
@@ -235,7 +235,7 @@ class ModelStage:
     stage ``features`` and ``pretrained_sha256``; with ``per_segment`` also ``segment_probabilities`` /
     ``segment_features``; with ``saliency`` also ``<kind>_saliency`` (``[n_segments][T]``, the values ``ecgfm
     predict --saliency`` gives; the outputs then come from the same saliency forward, as in ``predict``). The last
-    stage drops the segments.
+    stage drops the segments and adds ``node``, the Ray node that ran it (:func:`node_name`).
     """
 
     def __init__(
@@ -314,7 +314,7 @@ class ModelStage:
         batch = batch.set_column(batch.schema.get_field_index("demo"), "demo", pa.array(demo, pa.bool_()))
         if not self.last:
             return batch
-        return batch.drop_columns(["segments", "lengths"]).append_column(NODE_COLUMN, pa.array([self.node] * n))
+        return batch.drop_columns(["segments", "lengths"]).append_column("node", pa.array([self.node] * n))
 
 
 def node_name() -> str:
@@ -491,8 +491,7 @@ def _write_parts(job: BatchJob, dataset: Any, total: int, previous: dict[str, An
         for batch in watched_batches(dataset, job.stall_timeout):
             if batch.num_rows == 0:
                 continue
-            nodes = batch[NODE_COLUMN].to_pylist()
-            batch = batch.drop_columns([NODE_COLUMN])
+            nodes = batch["node"].to_pylist()
             summary.per_node.update(nodes)
             rates.update(nodes)
             checkpoints = {}
@@ -537,6 +536,8 @@ def watched_batches(dataset: Any, stall_timeout: float) -> Iterator[pa.Table]:
         except BaseException as exc:  # handed to the caller, who raises it
             batches.put(("error", exc))
 
+    # Ray warns that a ray.init outside the main thread cannot set its SIGTERM handler; ours is set (ecgfm.cli.batch)
+    logging.getLogger("ray._private.worker").addFilter(lambda record: "SIGTERM handler" not in record.getMessage())
     threading.Thread(target=pump, name="ecgfm-batch-rows", daemon=True).start()
     while True:
         try:
@@ -550,6 +551,13 @@ def watched_batches(dataset: Any, stall_timeout: float) -> Iterator[pa.Table]:
         yield value
 
 
+STATE_HINTS = {  # what an actor state means for the user (Ray's actor table)
+    "PENDING_CREATION": " (no node has the CPUs/GPUs it asks for, or its node is starting)",
+    "RESTARTING": " (its node was lost; waiting for a node with room for it)",
+    "DEPENDENCIES_UNREADY": " (its arguments are not available)",
+}
+
+
 def stall_message(stall_timeout: float) -> str:
     """What is stuck: the job's model actors that are not alive (restarting, waiting for resources or for their
     arguments) and the nodes that died, as Ray's control store (GCS) knows them."""
@@ -559,14 +567,15 @@ def stall_message(stall_timeout: float) -> str:
     try:
         from ray._private import state  # the actor table without the dashboard (DeveloperAPI)
 
-        actors = state.actors(job_id=ray.get_runtime_context().job_id).values()
+        job_id = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
         stuck = collections.Counter(
-            f"{actor['ActorClassName'].removeprefix('MapWorker(').removesuffix(')')} {actor['State']}"
-            for actor in actors
+            actor["State"]
+            for actor in state.actors(job_id=job_id).values()
             if actor["State"] != "ALIVE" and "ModelStage" in actor["ActorClassName"]
         )
         if stuck:
-            found.append("model actors " + ", ".join(f"{n} {what}" for what, n in sorted(stuck.items())))
+            states = ", ".join(f"{n} {what}" + STATE_HINTS.get(what, "") for what, n in sorted(stuck.items()))
+            found.append(f"model actors (MapBatches(ModelStage)) not alive: {states}")
         dead = [f"{node['NodeManagerAddress']}/{node['NodeID'][:8]}" for node in ray.nodes() if not node["Alive"]]
         if dead:
             found.append(f"lost nodes {', '.join(dead)}")

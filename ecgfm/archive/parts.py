@@ -76,6 +76,7 @@ def output_schema(
     fields += RECORD_FIELDS
     fields += [pa.field(f"{kind}_sha256", pa.string()) for kind in MODEL_KINDS if kind in models]
     fields.append(pa.field("demo", pa.bool_()))
+    fields.append(pa.field("node", pa.string()))  # the Ray node that scored the record (IP/node id)
     schema = pa.schema(fields)
     if metadata is not None:
         schema = schema.with_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})

@@ -14,6 +14,7 @@ of ``ecgfm predict`` (:func:`fetch_record`): a WFDB record's header and signal f
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 URI_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+BUCKET_SCHEMES = ("s3", "gs", "gcs")  # one file system per bucket, resolved once (:func:`_bucket`)
 
 
 class StorageError(ValueError):
@@ -57,10 +59,15 @@ class Location:
     def _resolved(self) -> tuple[pafs.FileSystem, str]:
         if not is_uri(self.uri):
             return pafs.LocalFileSystem(), str(Path(self.uri).absolute())
+        scheme, rest = self.uri.split("://", 1)
+        bucket, _, key = rest.partition("/")
         try:
-            return pafs.FileSystem.from_uri(self.uri)
+            if scheme.lower() not in BUCKET_SCHEMES:
+                return pafs.FileSystem.from_uri(self.uri)
+            filesystem, root = _bucket(f"{scheme}://{bucket}")
         except (OSError, ValueError) as exc:  # ArrowInvalid is a ValueError
-            raise StorageError(f"{self.uri}: {exc}") from exc
+            raise StorageError(f"{scheme}://{bucket}: {exc}") from exc
+        return filesystem, f"{root.rstrip('/')}/{key}" if key else root
 
     @property
     def filesystem(self) -> pafs.FileSystem:
@@ -84,7 +91,8 @@ class Location:
     def parent(self) -> Location:
         if not is_uri(self.uri):
             return Location(str(Path(self.uri).parent))
-        return Location(self.uri.rstrip("/").rsplit("/", 1)[0])
+        scheme, rest = self.uri.rstrip("/").split("://", 1)
+        return Location(f"{scheme}://{rest.rsplit('/', 1)[0]}") if "/" in rest else self
 
     def info(self) -> pafs.FileInfo:
         try:
@@ -134,6 +142,13 @@ class Location:
 
     def __str__(self) -> str:
         return self.uri
+
+
+@functools.lru_cache(maxsize=16)
+def _bucket(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The file system of a bucket (or host), resolved once per process: ``from_uri`` asks S3 for the bucket's
+    region, one request that a read task would otherwise make for every record."""
+    return pafs.FileSystem.from_uri(uri)
 
 
 def fetch_record(location: Location, folder: Path) -> Path:
