@@ -86,7 +86,7 @@ def node_processes(node: RayNode) -> list[psutil.Process]:
     """Every live process of the node: its process group (raylet, agents) and their children (the workers)."""
     found: dict[int, psutil.Process] = {}
     for process in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):  # a process that ended while we looked
             if os.getpgid(process.pid) == node.process_group and process.status() != psutil.STATUS_ZOMBIE:
                 found[process.pid] = process
                 found.update((child.pid, child) for child in process.children(recursive=True))
