@@ -5,12 +5,13 @@ free, a temporary folder per node, token authentication with one token for all (
 ``RAY_AUTH_TOKEN``). Ray's CLI gives a node the machine's own address even when asked for 127.0.0.1
 (``services.resolve_ip_for_localhost``): the nodes listen there, behind the token. Sizes suit CI's 2 cores: the
 head has no CPU for tasks (the driver runs there), each worker node 3 logical CPUs and one model actor of 1.6 CPUs
-(so the two actors land on different nodes and each node keeps a CPU for read tasks). When both worker nodes have
-scored records, one of them is killed (its raylet, workers and agents: the process group its ``ray start`` made,
-and their children). The job must then end, either finished or stopped with a message (the lost actor's restart
-has nowhere to go: ``--stall-timeout``), and with ``--resume`` if it stopped, every record is in the output exactly
-once. Nodes are always killed and their folders removed at the end (by process group and folder, never ``ray
-stop``, which stops every Ray of the machine).
+(so the two actors land on different nodes and each node keeps a CPU for read tasks). When a sixth of the records
+are committed, the worker node that scored most of them is killed (its raylet, workers and agents: the process
+group its ``ray start`` made, and their children), so that its work must move to the other one. The job must then
+end, either finished or stopped with a message (the lost actor's restart has nowhere to go: ``--stall-timeout``),
+and with ``--resume`` if it stopped, every record is in the output exactly once, scored by the two nodes.
+Nodes are always killed and their folders removed at the end (by process group and folder, never ``ray stop``,
+which stops every Ray of the machine).
 """
 
 from __future__ import annotations
@@ -143,9 +144,19 @@ def rows_by_path(output: Path) -> dict[str, dict]:
     return {row["path"]: row for row in rows}
 
 
-def scoring_nodes(output: Path) -> set[str]:
-    """The nodes in the ``node`` column of the committed parts."""
-    return {row["node"] for row in read_rows(output)}
+def scoring_nodes(output: Path) -> dict[str, int]:
+    """How many rows of the committed parts each node (``node`` column) scored."""
+    return dict(collections.Counter(row["node"] for row in read_rows(output)))
+
+
+def node_id(node: RayNode) -> str:
+    """The Ray node id of a node started by :func:`ray_start` (its raylet's ``--node_id``)."""
+    for process in node_processes(node):
+        with contextlib.suppress(psutil.Error):
+            for argument in process.cmdline():
+                if argument.startswith("--node_id="):
+                    return argument.removeprefix("--node_id=")
+    return ""
 
 
 def nodes_of(stderr: str) -> dict[str, int]:
@@ -179,16 +190,17 @@ def test_a_cluster_job_that_loses_a_worker_node_ends_and_resume_completes_it(arc
             job = subprocess.Popen(args, cwd=REPO_DIR, env=first_env, stderr=stderr, text=True)
         try:
             deadline = time.monotonic() + RUN_TIMEOUT_S
-            while len(scoring_nodes(output)) < 2 and job.poll() is None:  # both worker nodes have scored
+            while len(committed_parts(output)) < N_RECORDS // 6 and job.poll() is None:
                 assert time.monotonic() < deadline, log.read_text()[-3000:]
                 time.sleep(0.2)
             assert job.poll() is None, f"the job ended before the node was killed:\n{log.read_text()[-3000:]}"
-            victim = cluster.nodes[1]
+            # the node that scored most so far: its work must move to the other one
+            busiest = collections.Counter(row["node"] for row in read_rows(output)).most_common(1)[0][0]
+            victim = next(node for node in cluster.nodes if node_id(node).startswith(busiest.split("/")[1]))
             assert any("ray::" in " ".join(p.cmdline()) for p in node_processes(victim))  # it runs Ray workers
             kill_node(victim)  # a worker node: its raylet, its workers (a model actor), its agents
             assert node_processes(victim) == []
             committed_at_kill = len(committed_parts(output))
-            order = [row["node"] for row in read_rows(output)]  # for a failure's message
             first = job.wait(timeout=RUN_TIMEOUT_S)
         finally:
             job.kill()
@@ -199,9 +211,8 @@ def test_a_cluster_job_that_loses_a_worker_node_ends_and_resume_completes_it(arc
         assert cluster.token not in first_log
         first_nodes = nodes_of(first_log)
         print(f"first run: exit {first}, {committed_at_kill} parts at the kill; {first_log.splitlines()[-1][:300]}")
-        assert len(first_nodes) == 2, first_log[-3000:]  # both worker nodes scored records before the kill
-        assert committed_at_kill <= N_RECORDS * 2 // 3, order  # the kill came with records left to score
-        assert set(first_nodes) == scoring_nodes(output)  # the summary's nodes are those of the rows
+        assert committed_at_kill < N_RECORDS  # the kill came with records left to score
+        assert busiest in first_nodes and first_nodes == scoring_nodes(output)  # the summary counts the rows
         if first == 1:  # stopped with a message that names what is stuck; the committed parts stay
             assert "no record came out of the pipeline" in first_log or "batch failed" in first_log, first_log
             assert "rerun with --resume" in first_log
@@ -214,7 +225,8 @@ def test_a_cluster_job_that_loses_a_worker_node_ends_and_resume_completes_it(arc
                 timeout=RUN_TIMEOUT_S,
             )
             assert resumed.returncode == 0, resumed.stderr[-3000:]
-            assert set(nodes_of(resumed.stderr)) < set(first_nodes)  # the surviving worker node only
+            assert busiest not in nodes_of(resumed.stderr)  # the surviving worker node only
     rows = rows_by_path(output)
     assert set(rows) == {str(path) for path in archive.iterdir()}
+    assert len({row["node"] for row in rows.values()}) == 2  # the job spread over both worker nodes
     assert all(row["error"] is None and len(row["probabilities"]) == 17 for row in rows.values())

@@ -519,6 +519,9 @@ def _write_parts(job: BatchJob, dataset: Any, total: int, previous: dict[str, An
             if pending_rows and time.monotonic() - last_commit >= job.part_seconds:
                 commit(pending_rows)
         commit(pending_rows)
+    except StalledError:  # the rows that did come are whole: keep them
+        commit(pending_rows)
+        raise
     finally:
         progress.close()
 
