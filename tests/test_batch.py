@@ -165,7 +165,7 @@ def test_every_input_has_exactly_one_row_scored_or_with_its_error(archive, score
 def test_the_summary_counts_records_and_errors(scored):
     done, output = scored
     assert re.search(r"12 records written \(7 scored, 5 errors\) in \d+ parts, [\d.]+ s, [\d.]+ records/s", done.stderr)
-    sizes = [pq.read_metadata(part).num_rows for part in committed_parts(output)]
+    sizes = [pq.read_metadata(str(part)).num_rows for part in committed_parts(output)]
     assert sorted(sizes) == [2, 5, 5]  # --part-size 5: parts of 5 rows, but the last
 
 
@@ -199,7 +199,7 @@ def test_saliency_columns_equal_ecgfm_predict_saliency_on_the_same_records(archi
     predicted = run_ecgfm("predict", *CHECKPOINT_ARGS, "--saliency", "--fs", "500", *files)
     assert predicted.returncode == 0, predicted.stderr
     lines = [json.loads(line) for line in predicted.stdout.splitlines()]
-    schema = pq.read_schema(committed_parts(scored_saliency)[0])
+    schema = pq.read_schema(str(committed_parts(scored_saliency)[0]))
     axis = json.loads(schema.metadata[b"ecgfm"])["saliency"]
     assert axis == {"step_s": 0.032, "segment_s": 5.0, "steps_per_segment": 156}
     for path, line in zip(files, lines, strict=True):
@@ -223,7 +223,7 @@ def test_saliency_columns_equal_ecgfm_predict_saliency_on_the_same_records(archi
 
 def test_without_the_flag_there_are_no_saliency_columns(scored):
     _, output = scored
-    schema = pq.read_schema(committed_parts(output)[0])
+    schema = pq.read_schema(str(committed_parts(output)[0]))
     assert not [name for name in schema.names if "saliency" in name]
     assert json.loads(schema.metadata[b"ecgfm"])["saliency"] is None
 
@@ -250,7 +250,7 @@ def test_the_output_is_plain_parquet_that_pandas_reads_with_labels_and_checkpoin
     assert set(frame["finetuned_sha256"]) == {file_sha256(FINETUNED_CKPT)}
     assert set(frame["pretrained_sha256"]) == {file_sha256(PRETRAINED_CKPT)}
     assert not frame["demo"].any()
-    schema = pq.read_schema(committed_parts(output)[0])
+    schema = pq.read_schema(str(committed_parts(output)[0]))
     assert schema.field("probabilities").type == pa.list_(pa.float32())
     assert schema.field("segment_features").type == pa.list_(pa.list_(pa.float32()))
     metadata = json.loads(schema.metadata[b"ecgfm"])
@@ -295,6 +295,22 @@ def test_a_job_killed_after_its_first_part_and_resumed_has_exactly_one_row_per_i
     again = run_ecgfm(*args, "--resume")  # nothing left: no Ray started, still one row each
     assert again.returncode == 0 and "0 records written" in again.stderr and "21 of 21" in again.stderr
     assert rows_by_path(output) == after
+
+
+def test_a_job_that_makes_no_progress_stops_after_the_stall_timeout_naming_what_is_stuck(tmp_path, archive):
+    """A model actor that asks for more CPUs than the Ray has is never created: without the watchdog the job would
+    wait for ever (as one whose actor's node is lost); with it, it stops with exit 1 and says why."""
+    output = tmp_path / "out"
+    started = time.monotonic()
+    stalled = run_ecgfm(
+        "batch", "--finetuned", str(FINETUNED_CKPT), "--only", "clinical", "--num-cpus", "1", "--cpus-per-actor", "2",
+        "--stall-timeout", "15", "--no-progress", "-o", str(output), str(archive / "folder" / "A0689.json"),
+    )  # fmt: skip
+    assert stalled.returncode == 1, stalled.stderr
+    assert "no record came out of the pipeline for 15 s (--stall-timeout)" in stalled.stderr
+    assert "1 PENDING_CREATION (no node has the CPUs/GPUs it asks for" in stalled.stderr
+    assert "rerun with --resume" in stalled.stderr
+    assert time.monotonic() - started < RUN_TIMEOUT_S / 2 and committed_parts(output) == []
 
 
 def test_an_output_folder_with_parts_needs_resume_and_the_same_options(tmp_path, archive):

@@ -4,9 +4,10 @@ The job, from inputs to part files (``docs/batch.md``):
 
 1. the driver expands the inputs (:mod:`ecgfm.archive.inputs`) and, with ``--resume``, drops those already in the
    output (:func:`ecgfm.archive.parts.done_paths`);
-2. **read** (Ray tasks, CPU): :func:`read_batch` reads each record (:func:`ecgfm.records.read_record`) and
-   preprocesses it (:func:`ecgfm.records.preprocess.preprocess`), with the options of ``ecgfm predict``; a record that
-   fails is an error row carrying the message, never a failed task;
+2. **read** (Ray tasks, CPU): :func:`read_batch` reads each record (:func:`ecgfm.records.read_record`; a record
+   in an object store is first copied into the task's temporary folder, :func:`ecgfm.archive.storage.fetch_record`)
+   and preprocesses it (:func:`ecgfm.records.preprocess.preprocess`), with the options of ``ecgfm predict``; a
+   record that fails is an error row carrying the message, never a failed task;
 3. **models** (one Ray actor pool per model, ``map_batches`` with :class:`ModelStage`, which loads its checkpoint
    once with :func:`ecgfm.inference.load_model` and the service's runtime settings): the segments of the batch's
    records are concatenated with their lengths and run through :meth:`ecgfm.inference.ModelHandle.run`, then
@@ -16,7 +17,9 @@ The job, from inputs to part files (``docs/batch.md``):
    ``--probe``, the pretrained stage applies each probe to the record's embedding (:mod:`ecgfm.probes`): a
    ``probe_<name>_<target>`` column per target, the values ``ecgfm probe predict`` gives;
 4. **write** (the driver): rows stream back (``iter_batches``) and are committed as part files by
-   :class:`ecgfm.archive.parts.PartWriter` (tmp file, fsync, rename): a part is complete or absent.
+   :class:`ecgfm.archive.parts.PartWriter` (tmp file, fsync, rename; one whole object in an object store): a part
+   is complete or absent. A watchdog ends the job (:class:`StalledError`) when no row comes out for
+   ``--stall-timeout`` seconds (a lost node whose actors cannot come back, a pool that cannot be scheduled).
 
 Ray runs locally by default (an instance started for the job on 127.0.0.1, no dashboard, its temporary files in a
 temporary folder, stopped at the end), or on an existing cluster with ``--address``.
@@ -24,13 +27,17 @@ temporary folder, stopped at the end), or on an existing cluster with ``--addres
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
+import logging
 import math
 import os
+import queue
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +60,7 @@ from ecgfm.archive.parts import (
     read_metadata,
     remove_unfinished,
 )
+from ecgfm.archive.storage import Location, StorageError, fetch_record, is_uri
 from ecgfm.records.preprocess import LEAD_ORDER, SEGMENT_SAMPLES
 
 if TYPE_CHECKING:
@@ -61,6 +69,10 @@ if TYPE_CHECKING:
 DEFAULT_RECORDS_PER_BATCH = 16  # records per model call (~32 segments of 10 s records)
 DEFAULT_PART_SIZE = 1000  # rows per part file
 DEFAULT_PART_SECONDS = 300.0  # a part is committed at least this often while rows are pending
+# No row out of the pipeline for this long ends the job (exit 1, --resume): longer than a model actor's start
+# (checkpoint load, or a download from the Hub) and than one batch on a slow CPU, short enough not to hang a night.
+DEFAULT_STALL_TIMEOUT_S = 900.0
+PROGRESS_LOG_S = 60.0  # how often a run without a progress bar logs its rates
 READ_CPUS = 1.0  # Ray CPUs per read task
 # Default Ray CPUs of a model actor: below READ_CPUS, so that Ray Data does not fuse the read tasks into the actor
 # (it fuses maps with equal resource requests; the reads would then run one at a time inside the model's actor).
@@ -85,6 +97,10 @@ class BatchError(RuntimeError):
     """A job that cannot start or go on (bad options, an output folder of another job); the message says why."""
 
 
+class StalledError(RuntimeError):
+    """No row came out of the pipeline for ``--stall-timeout`` seconds; the message names what is stuck."""
+
+
 @dataclass(frozen=True)
 class PreprocessOptions:
     """The record options of ``ecgfm predict``: sampling rate for ``.npy``/``.csv``, longest record, extra leads."""
@@ -99,7 +115,7 @@ class BatchJob:
     """Everything one ``ecgfm batch`` run needs (from the command line: :func:`ecgfm.cli.batch.job_from_args`)."""
 
     inputs: tuple[BatchInput, ...]
-    output: Path
+    output: str  # a local folder or an object store URI (s3://bucket/prefix)
     models: tuple[str, ...] = ("finetuned", "pretrained")
     checkpoints: dict[str, str | None] = field(default_factory=dict)  # kind -> path (None: settings, demo, Hub)
     preprocess: PreprocessOptions = PreprocessOptions()
@@ -118,6 +134,7 @@ class BatchJob:
     segment_batch_size: int = 32  # ecgfm.inference.DEFAULT_BATCH_SIZE (not imported here: it imports torch)
     part_size: int = DEFAULT_PART_SIZE
     part_seconds: float = DEFAULT_PART_SECONDS
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT_S
     progress: bool = True
 
     def options(self) -> dict[str, Any]:
@@ -157,6 +174,7 @@ class BatchSummary:
     errors: int = 0
     parts: int = 0
     seconds: float = 0.0
+    per_node: collections.Counter[str] = field(default_factory=collections.Counter)  # scored rows per node
 
     @property
     def records_per_s(self) -> float:
@@ -168,6 +186,10 @@ class BatchSummary:
             f"{self.parts} parts, {self.seconds:.1f} s, {self.records_per_s:.2f} records/s; "
             f"{self.skipped} of {self.inputs} inputs were already in the output"
         )
+
+    def nodes_line(self) -> str:
+        """Which nodes scored how many records (``127.0.0.1/3f2a9c1b: 180``, by count)."""
+        return ", ".join(f"{node}: {count}" for node, count in self.per_node.most_common()) or "none"
 
 
 # --- read stage (Ray tasks) ------------------------------------------------------------------------------------
@@ -190,6 +212,16 @@ def read_one(path: str, file: str, options: PreprocessOptions) -> dict[str, Any]
     from ecgfm.records.record import RecordError
 
     row: dict[str, Any] = {"path": path, "demo": False}
+    if is_uri(file):
+        with tempfile.TemporaryDirectory(prefix="ecgfm-record-") as folder:
+            try:
+                local = fetch_record(Location(file), Path(folder))
+            except (OSError, StorageError) as exc:
+                return {**row, "error": f"{file}: cannot fetch the record ({exc})"}
+            found = read_one(path, str(local), options)
+            if found.get("error"):  # the message names the object, not the task's temporary copy
+                found["error"] = found["error"].replace(str(local), file).replace(folder, file.rsplit("/", 1)[0])
+            return found
     try:
         record = read_record(file, fs=options.fs)
         row["record"] = record.name
@@ -229,7 +261,7 @@ class ModelStage:
     stage ``features`` and ``pretrained_sha256``; with ``per_segment`` also ``segment_probabilities`` /
     ``segment_features``; with ``saliency`` also ``<kind>_saliency`` (``[n_segments][T]``, the values ``ecgfm
     predict --saliency`` gives; the outputs then come from the same saliency forward, as in ``predict``). The last
-    stage drops the segments.
+    stage drops the segments and adds ``node``, the Ray node that ran it (:func:`node_name`).
     """
 
     def __init__(
@@ -260,6 +292,7 @@ class ModelStage:
         self.last = last
         self.saliency = saliency
         self.saliency_axis_json = json.dumps(saliency_axis(self.handle.loaded.config)) if saliency else ""
+        self.node = node_name()
         self.probes = sorted((load_probe(path) for path in probes), key=lambda probe: probe.name)
         for probe in self.probes:  # checked by the driver on a local Ray; on a cluster, here
             probe.check_checkpoint(self.handle.sha256, f"the pretrained checkpoint of this job ({self.handle.sha256})")
@@ -318,7 +351,18 @@ class ModelStage:
         batch = batch.append_column(CHECKPOINT_COLUMN.format(kind=self.kind), pa.array([self.checkpoint_json] * n))
         demo = [bool(d) or self.handle.demo for d in batch["demo"].to_pylist()]
         batch = batch.set_column(batch.schema.get_field_index("demo"), "demo", pa.array(demo, pa.bool_()))
-        return batch.drop_columns(["segments", "lengths"]) if self.last else batch
+        if not self.last:
+            return batch
+        return batch.drop_columns(["segments", "lengths"]).append_column("node", pa.array([self.node] * n))
+
+
+def node_name() -> str:
+    """This Ray node as the summary names it: its IP and the first 8 hex digits of its node id (one machine may
+    hold several nodes, as in the tests)."""
+    import ray
+
+    context = ray.get_runtime_context()
+    return f"{ray.util.get_node_ip_address()}/{context.get_node_id()[:8]}"
 
 
 def saliency_axis(config: ECGFMConfig) -> dict[str, Any]:
@@ -359,7 +403,10 @@ def check_output(job: BatchJob) -> tuple[set[str], dict[str, Any]]:
     """The paths already scored (``--resume``) and the metadata of the existing parts; refuses an output of
     another job (other models, options, per-segment or saliency columns) and a non-empty output without
     ``--resume``."""
-    parts = committed_parts(job.output)
+    try:
+        parts = committed_parts(job.output)
+    except StorageError as exc:
+        raise BatchError(f"--output {exc}") from exc
     if not parts:
         return set(), {}
     if not job.resume:
@@ -392,7 +439,7 @@ def check_output(job: BatchJob) -> tuple[set[str], dict[str, Any]]:
 def run_job(job: BatchJob) -> BatchSummary:
     """Score ``job.inputs`` into ``job.output``; returns what was done. Raises :class:`BatchError` if it cannot."""
     _check_probes(job)
-    job.output.mkdir(parents=True, exist_ok=True)
+    Location(str(job.output)).makedirs()
     done, previous = check_output(job)
     removed = remove_unfinished(job.output)
     if removed:
@@ -410,8 +457,12 @@ def run_job(job: BatchJob) -> BatchSummary:
             f"{plan['gpus_per_actor']} GPU, {plan['threads']} torch thread(s) each"
         )
         dataset = build_dataset(job, todo, plan)
-        _write_parts(job, dataset, len(todo), previous, summary)
-    summary.seconds = time.monotonic() - started
+        try:
+            _write_parts(job, dataset, len(todo), previous, summary)
+        finally:
+            summary.seconds = time.monotonic() - started
+            if summary.per_node:
+                log(f"records per node: {summary.nodes_line()}")
     return summary
 
 
@@ -490,6 +541,7 @@ def _write_parts(job: BatchJob, dataset: Any, total: int, previous: dict[str, An
     pending_rows = 0
     last_commit = time.monotonic()
     progress = tqdm(total=total, desc="records", unit="rec", file=sys.stderr, disable=not job.progress, mininterval=1)
+    rates = Rates(total, log_every=None if job.progress else PROGRESS_LOG_S)
 
     def commit(rows: int) -> None:
         """Write the first ``rows`` pending rows as one part; the rest stay pending."""
@@ -502,13 +554,15 @@ def _write_parts(job: BatchJob, dataset: Any, total: int, previous: dict[str, An
         summary.parts += 1
         summary.records += part.num_rows
         summary.errors += part.num_rows - part["error"].null_count
-        progress.set_postfix(errors=summary.errors, parts=summary.parts)
         pending, pending_rows, last_commit = ([rest] if rest.num_rows else []), rest.num_rows, time.monotonic()
 
     try:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+        for batch in watched_batches(dataset, job.stall_timeout):
             if batch.num_rows == 0:
                 continue
+            nodes = batch["node"].to_pylist()
+            summary.per_node.update(nodes)
+            rates.update(nodes)
             checkpoints = {}
             for kind in job.models:
                 column = CHECKPOINT_COLUMN.format(kind=kind)
@@ -532,14 +586,110 @@ def _write_parts(job: BatchJob, dataset: Any, total: int, previous: dict[str, An
                 writer = PartWriter(job.output, schema)
             pending.append(batch)
             pending_rows += batch.num_rows
+            progress.set_postfix_str(f"errors={summary.errors}, parts={summary.parts}; {rates.line()}", refresh=False)
             progress.update(batch.num_rows)
             while pending_rows >= job.part_size:  # parts of exactly part_size rows, but the last
                 commit(job.part_size)
             if pending_rows and time.monotonic() - last_commit >= job.part_seconds:
                 commit(pending_rows)
         commit(pending_rows)
+    except StalledError:  # the rows that did come are whole: keep them
+        commit(pending_rows)
+        raise
     finally:
         progress.close()
+
+
+def watched_batches(dataset: Any, stall_timeout: float) -> Iterator[pa.Table]:
+    """The dataset's batches as they come (``iter_batches``, read in a thread); :class:`StalledError` when none
+    comes for ``stall_timeout`` seconds. The time the caller spends on a batch (writing a part) does not count."""
+    batches: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2)
+
+    def pump() -> None:
+        try:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+                batches.put(("batch", batch))
+            batches.put(("end", None))
+        except BaseException as exc:  # handed to the caller, who raises it
+            batches.put(("error", exc))
+
+    # Ray warns that a ray.init outside the main thread cannot set its SIGTERM handler; ours is set (ecgfm.cli.batch)
+    logging.getLogger("ray._private.worker").addFilter(lambda record: "SIGTERM handler" not in record.getMessage())
+    threading.Thread(target=pump, name="ecgfm-batch-rows", daemon=True).start()
+    while True:
+        try:
+            kind, value = batches.get(timeout=stall_timeout)
+        except queue.Empty:
+            raise StalledError(stall_message(stall_timeout)) from None
+        if kind == "end":
+            return
+        if kind == "error":
+            raise value
+        yield value
+
+
+STATE_HINTS = {  # what an actor state means for the user (Ray's actor table)
+    "PENDING_CREATION": " (no node has the CPUs/GPUs it asks for, or its node is starting)",
+    "RESTARTING": " (its node was lost; waiting for a node with room for it)",
+    "DEPENDENCIES_UNREADY": " (its arguments are not available)",
+}
+
+
+def stall_message(stall_timeout: float) -> str:
+    """What is stuck: the job's model actors that are not alive (restarting, waiting for resources or for their
+    arguments) and the nodes that died, as Ray's control store (GCS) knows them."""
+    import ray
+
+    found = []
+    try:
+        from ray._private import state  # the actor table without the dashboard (DeveloperAPI)
+
+        job_id = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
+        stuck = collections.Counter(
+            actor["State"]
+            for actor in state.actors(job_id=job_id).values()
+            if actor["State"] != "ALIVE" and "ModelStage" in actor["ActorClassName"]
+        )
+        if stuck:
+            states = ", ".join(f"{n} {what}" + STATE_HINTS.get(what, "") for what, n in sorted(stuck.items()))
+            found.append(f"model actors (MapBatches(ModelStage)) not alive: {states}")
+        dead = [f"{node['NodeManagerAddress']}/{node['NodeID'][:8]}" for node in ray.nodes() if not node["Alive"]]
+        if dead:
+            found.append(f"lost nodes {', '.join(dead)}")
+    except Exception as exc:  # Ray Client, or a GCS that does not answer: say so, the stall stands
+        found.append(f"Ray's state could not be read ({type(exc).__name__})")
+    where = "; ".join(found) or "every model actor is alive (a read task or a transfer is stuck)"
+    return f"no record came out of the pipeline for {stall_timeout:g} s (--stall-timeout): {where}"
+
+
+class Rates:
+    """Records/s overall and per node (over the last minute) for the progress bar, or as a log line every
+    ``log_every`` seconds when there is no bar (a cluster job's log)."""
+
+    WINDOW_S = 60.0
+
+    def __init__(self, total: int, log_every: float | None) -> None:
+        self.total, self.done, self.log_every = total, 0, log_every
+        self.started = self.last_log = time.monotonic()
+        self.recent: collections.deque[tuple[float, str]] = collections.deque()
+
+    def update(self, nodes: list[str]) -> None:
+        now = time.monotonic()
+        self.done += len(nodes)
+        self.recent.extend((now, node) for node in nodes)
+        while self.recent and self.recent[0][0] < now - self.WINDOW_S:
+            self.recent.popleft()
+        if self.log_every is not None and now - self.last_log >= self.log_every:
+            self.last_log = now
+            log(f"{self.done} of {self.total} records; {self.line()}")
+
+    def line(self) -> str:
+        now = time.monotonic()
+        overall = self.done / max(now - self.started, 1e-9)
+        window = min(self.WINDOW_S, max(now - self.started, 1e-9))
+        per_node = collections.Counter(node for _, node in self.recent)
+        nodes = ", ".join(f"{node} {count / window:.2f}" for node, count in sorted(per_node.items()))
+        return f"{overall:.2f} records/s; per node (records/s, last minute): {nodes or '-'}"
 
 
 def _one_saliency_axis(job: BatchJob, axes: list[dict[str, Any]]) -> dict[str, Any]:
@@ -590,6 +740,8 @@ class ray_session:  # noqa: N801 (a context manager used as a function)
             )
         else:  # workers of a cluster import ecgfm from their own environment (docs/batch.md)
             ray.init(address=self.job.address, logging_level="warning")
+        if self.job.address is not None:
+            log(auth_line())
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # ours (records written) is enough
         context.print_on_execution_start = False
@@ -604,13 +756,25 @@ class ray_session:  # noqa: N801 (a context manager used as a function)
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
+def auth_line() -> str:
+    """The cluster's authentication mode, and what a worker node needs to join it (Ray 2.60 token auth)."""
+    try:
+        from ray._private.authentication.authentication_utils import get_authentication_mode_name
+        from ray._raylet import get_authentication_mode
+
+        mode = get_authentication_mode_name(get_authentication_mode())
+    except ImportError:  # another Ray than requirements.txt's
+        return "Ray authentication: unknown (this Ray has no token authentication)"
+    if mode == "token":
+        return (
+            "Ray authentication: token. A worker node joins with RAY_AUTH_MODE=token and the cluster's token in "
+            "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (docs/batch.md, 'On a Ray cluster')"
+        )
+    return (
+        f"Ray authentication: {mode}. Anyone who reaches the cluster's ports can run code on it; a worker node "
+        "joins without a token (started without RAY_AUTH_MODE=token). Token authentication: docs/batch.md"
+    )
+
+
 def log(message: str) -> None:
     print(f"ecgfm batch: {message}", file=sys.stderr, flush=True)
-
-
-def iter_rows(output: Path) -> Iterator[dict[str, Any]]:
-    """Every row of an output folder as a dict (for tests and small outputs; use a Parquet reader for large)."""
-    import pyarrow.parquet as pq
-
-    for part in committed_parts(output):
-        yield from pq.read_table(part).to_pylist()

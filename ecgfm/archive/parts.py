@@ -1,11 +1,17 @@
 """The output of ``ecgfm batch``: one Parquet schema, part files committed atomically, and what a resume skips.
 
 The output folder holds ``part-<run>-<seq>.parquet`` files, each a complete Parquet file of whole rows (one row
-per input record). A part is written to a hidden ``.part-....parquet.tmp`` beside it, flushed to disk (fsync),
-then renamed onto its final name (``os.replace``, atomic on a POSIX file system), and the folder is synced: a part
-is either complete or absent, whenever the job is killed. Readers skip the hidden temporary files (pyarrow,
-pandas and Ray ignore names starting with ``.``; a ``*.parquet`` glob in DuckDB or polars does not match them);
-:func:`remove_unfinished` deletes them when a job resumes.
+per input record). In a local folder, a part is written to a hidden ``.part-....parquet.tmp`` beside it, flushed
+to disk (fsync), then renamed onto its final name (``os.replace``, atomic on a POSIX file system), and the folder
+is synced: a part is either complete or absent, whenever the job is killed. Readers skip the hidden temporary
+files (pyarrow, pandas and Ray ignore names starting with ``.``; a ``*.parquet`` glob in DuckDB or polars does not
+match them); :func:`remove_unfinished` deletes them when a job resumes.
+
+In an object store (``s3://``, ``gs://``: :mod:`ecgfm.archive.storage`) there is no rename; there, the part is
+serialized whole in memory and written once under its final name: an object becomes visible only complete (a
+single PUT, or a multipart upload that is completed only when the stream is closed), and its size is checked
+after the write. Committed parts are what a listing shows (*write then list*: S3 and GCS listings are strongly
+consistent), so no separate manifest of parts can disagree with the bucket.
 
 ``--resume`` reads the ``path`` column of the committed parts (:func:`done_paths`) and scores only the other
 inputs; since no input is ever in two parts of one run and a resumed run skips every committed path, every input
@@ -31,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ecgfm.archive.storage import Location
 from ecgfm.labels import AGGREGATION, LABELS
 
 FORMAT = "ecgfm-batch/1"
@@ -80,6 +87,7 @@ def output_schema(
     fields += RECORD_FIELDS
     fields += [pa.field(f"{kind}_sha256", pa.string()) for kind in MODEL_KINDS if kind in models]
     fields.append(pa.field("demo", pa.bool_()))
+    fields.append(pa.field("node", pa.string()))  # the Ray node that scored the record (IP/node id)
     schema = pa.schema(fields)
     if metadata is not None:
         schema = schema.with_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
@@ -112,66 +120,95 @@ def job_metadata(
     }
 
 
-def read_metadata(path: Path) -> dict[str, Any]:
+def as_location(directory: Path | str | Location) -> Location:
+    return directory if isinstance(directory, Location) else Location(str(directory))
+
+
+def read_metadata(part: Path | str | Location) -> dict[str, Any]:
     """The ``ecgfm`` metadata of one part (``{}`` if it has none)."""
-    raw = (pq.read_schema(path).metadata or {}).get(METADATA_KEY)
+    location = as_location(part)
+    raw = (pq.read_schema(location.path, filesystem=location.filesystem).metadata or {}).get(METADATA_KEY)
     return json.loads(raw) if raw else {}
 
 
-def committed_parts(directory: Path) -> list[Path]:
-    """The complete part files of an output folder, sorted by name."""
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.iterdir() if PART_PATTERN.match(p.name))
+def committed_parts(directory: Path | str | Location) -> list[Location]:
+    """The complete part files of an output folder (local or in an object store), sorted by name."""
+    return [part for part in as_location(directory).files(recursive=False) if PART_PATTERN.match(part.name)]
 
 
-def unfinished_parts(directory: Path) -> list[Path]:
-    """Temporary files of parts a killed job was writing (never visible as parts)."""
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.iterdir() if p.name.startswith(TMP_PREFIX) and p.name.endswith(TMP_SUFFIX))
+def unfinished_parts(directory: Path | str | Location) -> list[Location]:
+    """Temporary files of parts a killed job was writing (never visible as parts; none in an object store)."""
+    files = as_location(directory).files(recursive=False)
+    return [p for p in files if p.name.startswith(TMP_PREFIX) and p.name.endswith(TMP_SUFFIX)]
 
 
-def remove_unfinished(directory: Path) -> int:
+def remove_unfinished(directory: Path | str | Location) -> int:
     """Delete the temporary files left by a killed job; returns how many."""
     leftovers = unfinished_parts(directory)
-    for path in leftovers:
-        path.unlink(missing_ok=True)
+    for part in leftovers:
+        part.delete()
     return len(leftovers)
 
 
-def done_paths(directory: Path) -> set[str]:
+def done_paths(directory: Path | str | Location) -> set[str]:
     """The ``path`` of every row in the committed parts (what ``--resume`` skips)."""
     done: set[str] = set()
     for part in committed_parts(directory):
-        done.update(pq.read_table(part, columns=["path"]).column("path").to_pylist())
+        table = pq.read_table(part.path, columns=["path"], filesystem=part.filesystem)
+        done.update(table.column("path").to_pylist())
     return done
+
+
+def read_rows(directory: Path | str | Location) -> list[dict[str, Any]]:
+    """Every row of an output folder as a dict (for tests and small outputs; use a Parquet reader for large)."""
+    rows: list[dict[str, Any]] = []
+    for part in committed_parts(directory):
+        rows += pq.read_table(part.path, filesystem=part.filesystem).to_pylist()
+    return rows
 
 
 class PartWriter:
     """Writes tables as atomically committed part files ``part-<run>-<seq>.parquet`` of one schema."""
 
-    def __init__(self, directory: Path, schema: pa.Schema, run_id: str | None = None) -> None:
-        self.directory = directory
+    def __init__(self, directory: Path | str | Location, schema: pa.Schema, run_id: str | None = None) -> None:
+        self.directory = as_location(directory)
         self.schema = schema
         self.run_id = run_id or uuid.uuid4().hex[:12]
-        self.parts: list[Path] = []
-        directory.mkdir(parents=True, exist_ok=True)
+        self.parts: list[Location] = []
+        self.directory.makedirs()
 
-    def write(self, table: pa.Table) -> Path:
-        """Commit ``table`` (cast to the schema) as the next part: tmp file, fsync, rename, fsync the folder."""
+    def write(self, table: pa.Table) -> Location:
+        """Commit ``table`` (cast to the schema) as the next part: locally tmp file, fsync, rename, fsync the
+        folder; in an object store one whole write under the final name, its size checked."""
         table = table.select(self.schema.names).cast(self.schema)
         name = f"part-{self.run_id}-{len(self.parts):06d}.parquet"
-        final = self.directory / name
-        tmp = self.directory / f"{TMP_PREFIX}{name.removeprefix('part-').removesuffix('.parquet')}{TMP_SUFFIX}"
-        with open(tmp, "wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-        _fsync_directory(self.directory)
+        final = self.directory.child(name)
+        if self.directory.remote:
+            _write_object(final, table)
+        else:
+            tmp = (
+                Path(self.directory.path)
+                / f"{TMP_PREFIX}{name.removeprefix('part-').removesuffix('.parquet')}{TMP_SUFFIX}"
+            )
+            with open(tmp, "wb") as handle:
+                pq.write_table(table, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, final.path)
+            _fsync_directory(Path(self.directory.path))
         self.parts.append(final)
         return final
+
+
+def _write_object(final: Location, table: pa.Table) -> None:
+    """One object, visible only complete: the Parquet file built in memory, then written in one go."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    data = buffer.getvalue().to_pybytes()
+    final.write_bytes(data)
+    if final.info().size != len(data):  # never expected; a part that is not whole must not stay
+        final.delete()
+        raise OSError(f"{final}: the store kept {final.info().size} of {len(data)} bytes of the part")
 
 
 def _fsync_directory(directory: Path) -> None:

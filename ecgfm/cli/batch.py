@@ -11,13 +11,16 @@ from ecgfm.archive.batch import (
     DEFAULT_PART_SECONDS,
     DEFAULT_PART_SIZE,
     DEFAULT_RECORDS_PER_BATCH,
+    DEFAULT_STALL_TIMEOUT_S,
     BatchError,
     BatchJob,
     PreprocessOptions,
+    StalledError,
     log,
     run_job,
 )
 from ecgfm.archive.inputs import DEFAULT_PATH_COLUMN, InputsError, discover_inputs
+from ecgfm.archive.storage import Location, StorageError
 
 
 def add_batch_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -28,9 +31,13 @@ def add_batch_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
         description="Score ECG records (files, folders, globs, manifests) into a Parquet dataset, one row per input.",
     )
     parser.add_argument(
-        "inputs", nargs="*", help="record files, folders (recursive), globs, manifests (.txt, .csv, .parquet)"
+        "inputs",
+        nargs="*",
+        help="record files, folders (recursive), globs, manifests (.txt, .csv, .parquet); local or s3://, gs:// URIs",
     )
-    parser.add_argument("--output", "-o", required=True, help="output folder of part files (a Parquet dataset)")
+    parser.add_argument(
+        "--output", "-o", required=True, help="output folder of part files (a Parquet dataset), local or a URI"
+    )
     parser.add_argument("--manifest", action="append", default=[], help="a manifest of paths (repeatable)")
     parser.add_argument("--path-column", default=DEFAULT_PATH_COLUMN, help="path column of CSV/Parquet manifests")
     parser.add_argument("--root", help="folder of relative manifest paths (default: the manifest's folder)")
@@ -72,7 +79,14 @@ def add_batch_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     ray_group.add_argument(
         "--part-seconds", type=float, default=DEFAULT_PART_SECONDS, help="commit a part at least this often (s)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ray_group.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=DEFAULT_STALL_TIMEOUT_S,
+        help=f"end the job (exit 1, --resume) when no record comes out for this long (s, default "
+        f"{DEFAULT_STALL_TIMEOUT_S:g})",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (rates logged every minute)")
     parser.set_defaults(run=run_batch)
     return parser
 
@@ -84,13 +98,16 @@ def job_from_args(args: argparse.Namespace) -> BatchJob:
     for name in ("records_per_batch", "batch_size", "part_size"):
         if getattr(args, name) < 1:
             raise InputsError(f"--{name.replace('_', '-')} must be at least 1")
+    if not args.stall_timeout > 0:
+        raise InputsError("--stall-timeout must be more than 0 seconds")
+    Location(args.output)  # a URI with credentials in it is refused before anything runs
     inputs, warnings = discover_inputs(args.inputs, args.manifest, args.path_column, args.root)
     for warning in warnings:
         log(f"warning: {warning}")
     models = {"clinical": ("finetuned",), "features": ("pretrained",)}.get(args.only, ("finetuned", "pretrained"))
     return BatchJob(
         inputs=tuple(inputs),
-        output=Path(args.output),
+        output=args.output,
         models=models,
         checkpoints={"pretrained": args.pretrained, "finetuned": args.finetuned},
         preprocess=PreprocessOptions(args.fs, args.max_duration, args.ignore_extra_leads),
@@ -109,17 +126,19 @@ def job_from_args(args: argparse.Namespace) -> BatchJob:
         segment_batch_size=args.batch_size,
         part_size=args.part_size,
         part_seconds=args.part_seconds,
+        stall_timeout=args.stall_timeout,
         progress=not args.no_progress,
     )
 
 
 def run_batch(args: argparse.Namespace) -> int:
     """``ecgfm batch``: 0 when every input has its row (scored or with its error), 2 for a job that cannot start,
-    1 for one that stopped part-way (rerun it with ``--resume``)."""
+    1 for one that stopped part-way (interrupted, failed, or stalled past ``--stall-timeout``; rerun it with
+    ``--resume``)."""
     try:
         job = job_from_args(args)
         _check_local_checkpoints(job)
-    except (InputsError, BatchError) as exc:
+    except (InputsError, BatchError, StorageError) as exc:
         print(f"ecgfm: {exc}", file=sys.stderr)
         return 2
     previous = signal.signal(signal.SIGTERM, _raise_system_exit)
@@ -128,6 +147,10 @@ def run_batch(args: argparse.Namespace) -> int:
     except BatchError as exc:
         print(f"ecgfm: {exc}", file=sys.stderr)
         return 2
+    except StalledError as exc:
+        print(f"ecgfm: batch stopped: {exc}", file=sys.stderr)
+        print("ecgfm: committed parts are kept; rerun with --resume (on a cluster whose nodes are up)", file=sys.stderr)
+        return 1
     except (KeyboardInterrupt, SystemExit):
         print("ecgfm: batch interrupted; committed parts are kept, rerun with --resume", file=sys.stderr)
         return 1
