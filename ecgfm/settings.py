@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from ecgfm.records.preprocess import DEFAULT_MAX_DURATION_S, LEAD_ORDER
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: bf16 on CUDA, else fp32
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "auto")  # auto: bf16 on CUDA, else fp32; int8: CPU only
 POS_CONVS = ("conv", "fft")
 DEMO_SIZES = ("full", "small")
 DEFAULT_HF_REVISION = "main"  # pin a commit hash for a reproducible deployment (docs/deployment.md)

@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ecgfm.records",),
     ("ecgfm.settings",),
     ("ecgfm.network", "ecgfm.results"),
-    ("ecgfm.inference",),
+    ("ecgfm.inference", "ecgfm.precision"),
     ("interpreter",),
     ("ecgfm.archive", "ecgfm.cli", "ecgfm.__main__"),
     ("serving",),
