@@ -38,8 +38,8 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
 import ecgfm
-from ecgfm.inference import decode_batch, load_model
-from ecgfm.network.checkpoint import ModelKind
+from ecgfm.inference import check_line, decode_batch, load_model
+from ecgfm.network.checkpoint import CheckpointError, ModelKind
 from ecgfm.network.hub import WeightsNotFoundError, resolve_all
 from ecgfm.results.outputs import BothOutput, CheckpointInfo, ClinicalOutput, FeaturesOutput, RecordOutput
 from ecgfm.settings import Settings
@@ -253,12 +253,19 @@ class ECGFMService:
 
     @bentoml.on_deployment
     def resolve_weights() -> None:
-        """Before any worker starts: find, download or write both checkpoints, or end ``bentoml serve`` at once with
-        one message and exit status 2 (the traceback only at DEBUG), instead of workers failing and restarting."""
+        """Before any worker starts: find, download or write both checkpoints and, for a variant other than the fp32
+        reference (``ECGFM_PRECISION=int8`` ...), pass its self-check on both models (:mod:`ecgfm.precision`), or end
+        ``bentoml serve`` at once with one message and exit status 2 (the traceback only at DEBUG), instead of
+        workers failing and restarting. Each model worker measures again on the weights it loads, and reports that."""
         try:
             resolve_all(SETTINGS.weights)
-        except WeightsNotFoundError as exc:
-            logging.getLogger(__name__).debug("weights not found", exc_info=True)
+            if not SETTINGS.runtime.is_reference():
+                for kind in ("finetuned", "pretrained"):
+                    check = load_model(kind, weights=SETTINGS.weights, runtime=SETTINGS.runtime)  # type: ignore[arg-type]
+                    print(f"ecgfm-serve: {check_line(check)}", file=sys.stderr, flush=True)
+                    del check
+        except (WeightsNotFoundError, CheckpointError, ValueError) as exc:
+            logging.getLogger(__name__).debug("cannot start", exc_info=True)
             print(f"ecgfm-serve: cannot start: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
 

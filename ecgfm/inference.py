@@ -255,6 +255,22 @@ def load_model(
     return handle
 
 
+def check_line(handle: ModelHandle) -> str:
+    """One line for a log: the handle's variant and its self-check (no signal values)."""
+    check = handle.self_check
+    if check is None:
+        return f"the {handle.kind} model runs as the {handle.variant} reference (no self-check)"
+    deviation = (
+        f"largest probability difference {check.max_probability_difference:.5f}"
+        if check.max_probability_difference is not None
+        else f"smallest embedding cosine {check.min_embedding_cosine:.6f}"
+    )
+    return (
+        f"the {handle.kind} model in {handle.variant} passed the self-check against fp32: {deviation} "
+        f"(bound {check.bound}) on {check.segments} segments of {len(check.records)} records"
+    )
+
+
 def _load_weights(
     kind: ModelKind, source: CheckpointSource, sha256: str, device: torch.device, runtime: RuntimeSettings
 ) -> LoadedModel:
@@ -353,11 +369,14 @@ class Predictor:
         load_pretrained: bool = True,
         load_finetuned: bool = True,
         device: str | None = None,
+        precision: str | None = None,
+        pos_conv: str | None = None,
     ) -> Predictor:
-        """Load the models; a path of None means "resolve it" (environment, demo mode, hub)."""
+        """Load the models; a path of None means "resolve it" (environment, demo mode, hub). A ``precision`` or
+        ``pos_conv`` other than the reference's is self-checked (:func:`load_model`)."""
         return cls(
-            load_model("pretrained", pretrained, device) if load_pretrained else None,
-            load_model("finetuned", finetuned, device) if load_finetuned else None,
+            load_model("pretrained", pretrained, device, precision, pos_conv) if load_pretrained else None,
+            load_model("finetuned", finetuned, device, precision, pos_conv) if load_finetuned else None,
         )
 
     def preprocess(self, record: ECGRecord, **options: Any) -> PreprocessedECG:

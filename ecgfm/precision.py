@@ -22,8 +22,9 @@ import numpy as np
 
 from ecgfm.labels import LABELS
 from ecgfm.network.checkpoint import CheckpointError, ModelKind
-from ecgfm.records.preprocess import preprocess
+from ecgfm.records.preprocess import ECGInputError, preprocess
 from ecgfm.records.readers import read_record
+from ecgfm.records.record import RecordError
 from ecgfm.results.outputs import SelfCheck
 
 PROBABILITY_BOUND = 0.01  # finetuned: most absolute probability difference to fp32, any label, any segment
@@ -61,17 +62,28 @@ def bundled_records() -> list[Path]:
     return [SAMPLE_DIR / name for name in SELF_CHECK_RECORDS]
 
 
-def read_segments(paths: Sequence[str | Path]) -> CheckSegments:
-    """Every record's segments, preprocessed as for inference (the official preprocessing)."""
+def read_segments(
+    paths: Sequence[str | Path], fs: float | None = None, skip: Callable[[str | Path, Exception], None] | None = None
+) -> CheckSegments:
+    """Every record's segments, preprocessed as for inference (the official preprocessing); ``fs`` for ``.npy`` and
+    ``.csv`` files. A record that cannot be read raises, or with ``skip`` is passed to it and left out."""
     segments, lengths, names = [], [], []
     for path in paths:
-        record = read_record(path)
-        signal, lead_names = record.model_input()
-        prep = preprocess(signal, record.fs, lead_names)
+        try:
+            record = read_record(path, fs=fs)
+            signal, lead_names = record.model_input()
+            prep = preprocess(signal, record.fs, lead_names)
+        except (RecordError, ECGInputError) as exc:
+            if skip is None:
+                raise
+            skip(path, exc)
+            continue
         segments.append(prep.segments)
         valid = prep.segments.shape[-1] - (prep.padding_mask.sum(axis=1) if prep.padding_mask is not None else 0)
         lengths.append(np.broadcast_to(valid, len(prep.segments)))
         names.append(Path(path).name)
+    if not segments:
+        raise ECGInputError("no record could be read")
     all_lengths = np.concatenate(lengths).astype(np.int64)
     stacked = np.concatenate(segments).astype(np.float32)
     return CheckSegments(names, stacked, None if (all_lengths == stacked.shape[-1]).all() else all_lengths)

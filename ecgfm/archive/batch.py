@@ -104,6 +104,7 @@ class BatchJob:
     saliency: bool = False
     resume: bool = False
     device: str | None = None
+    precision: str | None = None  # None: ECGFM_PRECISION (a variant is self-checked in each actor, ecgfm.precision)
     address: str | None = None  # None: a local Ray for the job
     num_cpus: int | None = None  # of the local Ray (default: every core)
     actors: int | None = None  # per model (default: 1, or one per GPU)
@@ -379,6 +380,8 @@ def build_dataset(job: BatchJob, todo: Sequence[BatchInput], plan: dict[str, Any
     weights, runtime = WeightsSettings.from_env(), RuntimeSettings.from_env()  # the driver's, sent to the actors
     if job.device is not None:
         runtime = dataclasses.replace(runtime, device=job.device)
+    if job.precision is not None:
+        runtime = dataclasses.replace(runtime, precision=job.precision)
     items = [{"path": item.path, "file": item.file} for item in todo]
     blocks = max(1, math.ceil(len(items) / job.records_per_batch))
     dataset = ray.data.from_items(items, override_num_blocks=blocks)

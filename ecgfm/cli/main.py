@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, TextIO
 
 from tqdm import tqdm
 
+from ecgfm.cli.precision import add_variant_arguments
+
 if TYPE_CHECKING:
     from ecgfm.inference import Predictor
 
@@ -39,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     predict.add_argument("--max-duration", type=float, default=None, help="refuse records longer than this (s)")
     predict.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    add_variant_arguments(predict)
     predict.add_argument(
         "--format",
         choices=("json", "fhir"),
@@ -62,12 +65,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ecgfm.cli.batch import add_batch_parser
     from ecgfm.cli.convert import add_convert_parser
+    from ecgfm.cli.precision import add_check_precision_parser, add_export_parser
 
     add_batch_parser(commands)  # ecgfm batch: ecgfm/cli/batch.py
     add_convert_parser(commands)  # ecgfm convert: ecgfm/cli/convert.py
+    add_check_precision_parser(commands)  # ecgfm check-precision: ecgfm/cli/precision.py
+    add_export_parser(commands)  # ecgfm export: ecgfm/cli/precision.py
 
     args = parser.parse_args(argv)
-    if args.command in ("batch", "convert"):
+    if args.command in ("batch", "convert", "check-precision", "export"):
         return args.run(args)
     if args.command == "predict":
         return _predict(args)
@@ -90,13 +96,19 @@ def _predict(args: argparse.Namespace) -> int:
             load_pretrained=args.only != "clinical",
             load_finetuned=args.only != "features",
             device=args.device,
+            precision=args.precision,
+            pos_conv=args.pos_conv,
         )
-    except (CheckpointError, WeightsNotFoundError) as exc:
+    except (CheckpointError, WeightsNotFoundError, ValueError) as exc:
         print(f"ecgfm: {exc}", file=sys.stderr)
         return 2
     for handle in (predictor.pretrained, predictor.finetuned):
         if handle is not None and handle.demo:
             print(f"ecgfm: WARNING: the {handle.kind} model has DEMO (random) weights", file=sys.stderr)
+        if handle is not None and handle.self_check is not None:
+            from ecgfm.inference import check_line
+
+            print(f"ecgfm: {check_line(handle)}", file=sys.stderr)
 
     with open(args.output, "w") if args.output else contextlib.nullcontext(sys.stdout) as output:
         failures = _predict_records(predictor, args, output)
