@@ -489,6 +489,14 @@ def _check_same_checkpoints(job: BatchJob, previous: dict[str, Any], checkpoints
                 f"{job.output} was scored with another {kind} checkpoint (sha256 {before.get('sha256')}, now "
                 f"{info.get('sha256')}); resume with the same weights, or choose another --output folder"
             )
+        variant, variant_before = (
+            (entry.get("precision") or {}).get("variant", "fp32") for entry in (info, before or {})
+        )
+        if before is not None and variant_before != variant:
+            raise BatchError(
+                f"{job.output} was scored with the {kind} model in {variant_before}, now {variant}; resume with the "
+                "same --precision, or choose another --output folder"
+            )
 
 
 class ray_session:  # noqa: N801 (a context manager used as a function)
