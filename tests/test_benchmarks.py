@@ -60,8 +60,9 @@ def test_cpu_fastpath_benchmark_times_every_variant_in_the_same_rounds() -> None
     assert set(rows) == {(variant, size) for variant in variants for size in (1, 2)}
     for (_, size), row in rows.items():
         fp32 = rows["fp32", size]
-        assert row["segments_per_s"] == pytest.approx(size / (row["ms_per_batch_median"] / 1000), rel=1e-2)
-        assert row["vs_fp32"] == pytest.approx(fp32["ms_per_batch_median"] / row["ms_per_batch_median"], rel=2e-2)
+        # the file rounds ms to 0.1 and ratios to 0.01: a few ms per small-model batch leaves a few % of rounding
+        assert row["segments_per_s"] == pytest.approx(size / (row["ms_per_batch_median"] / 1000), rel=0.05)
+        assert row["vs_fp32"] == pytest.approx(fp32["ms_per_batch_median"] / row["ms_per_batch_median"], rel=0.05)
     deviation = data["max_probability_difference_vs_fp32"]
     assert deviation["fp32"] == 0 and deviation["fp32+fft"] < 1e-5 and 0 < deviation["int8+fft"] < 1e-2
     assert set(data["rss_added_by_loading_mb"]) == set(variants) and data["peak_rss_mb"] > 0
