@@ -39,8 +39,8 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
 import ecgfm
-from ecgfm.inference import decode_batch, load_model
-from ecgfm.network.checkpoint import ModelKind, file_sha256
+from ecgfm.inference import check_line, decode_batch, load_model
+from ecgfm.network.checkpoint import CheckpointError, ModelKind, file_sha256
 from ecgfm.network.hub import WeightsNotFoundError, resolve_all
 from ecgfm.probes.probe import Probe, ProbeFileError, load_probe_dir
 from ecgfm.results.outputs import BothOutput, CheckpointInfo, ClinicalOutput, FeaturesOutput, ProbeOutput, RecordOutput
@@ -284,9 +284,11 @@ class ECGFMService:
     @bentoml.on_deployment
     def resolve_weights() -> None:
         """Before any worker starts: check the API keys file and the audit log, find, download or write both
-        checkpoints, check every probe against the pretrained one and read the interpreter's thresholds file
-        (``ECGFM_THRESHOLDS``), or end ``bentoml serve`` at once with one message and exit status 2 (the traceback only
-        at DEBUG), instead of workers failing and restarting or a probe answering for other weights."""
+        checkpoints, check every probe against the pretrained one, read the interpreter's thresholds file
+        (``ECGFM_THRESHOLDS``) and, for a variant other than the fp32 reference (``ECGFM_PRECISION=int8`` ...), pass
+        its self-check on both models (:mod:`ecgfm.precision`); or end ``bentoml serve`` at once with one message and
+        exit status 2 (the traceback only at DEBUG), instead of workers failing and restarting or a probe answering
+        for other weights. Each model worker measures its self-check again on the weights it loads, and reports that."""
         try:
             KEYS.check()
             if AUDIT_LOG is not None:
@@ -298,7 +300,20 @@ class ECGFMService:
             served = pretrained.sha256 or file_sha256(pretrained.path) if PROBES else ""
             for probe in PROBES.values():
                 probe.check_checkpoint(served, f"the served pretrained checkpoint ({Path(pretrained.path).name})")
-        except (KeyFileError, audit.AuditLogError, WeightsNotFoundError, ProbeFileError, ConfigError) as exc:
+            if not SETTINGS.runtime.is_reference():
+                for kind in ("finetuned", "pretrained"):
+                    check = load_model(kind, weights=SETTINGS.weights, runtime=SETTINGS.runtime)  # type: ignore[arg-type]
+                    print(f"ecgfm-serve: {check_line(check)}", file=sys.stderr, flush=True)
+                    del check
+        except (
+            KeyFileError,
+            audit.AuditLogError,
+            WeightsNotFoundError,
+            ProbeFileError,
+            ConfigError,
+            CheckpointError,
+            ValueError,
+        ) as exc:
             logging.getLogger(__name__).debug("cannot start", exc_info=True)
             print(f"ecgfm-serve: cannot start: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None

@@ -80,7 +80,9 @@ def server(target: str, port: int, pretrained: Path, finetuned: Path) -> ServerP
     log_path = Path(tempfile.gettempdir()) / f"bench_served_{target}.log"
     # the plain baseline has no /readyz; its /health answers once the model is loaded
     environ = server_env(env, inherit_settings=True)
-    return ServerProcess(command, environ, log_path, port, "/health", start_timeout_s=300, stop_timeout_s=30)
+    # 900 s: a variant other than fp32 (ECGFM_PRECISION=int8 ...) is self-checked at start, by the start-up hook and
+    # again by each model worker, which at full size on a busy 2-core machine took more than 300 s
+    return ServerProcess(command, environ, log_path, port, "/health", start_timeout_s=900, stop_timeout_s=30)
 
 
 def finetuned_stats(base_url: str) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 # Every benchmark, one after the other, with bounded time. Results: benchmarks/results/*.json and *.md. Servers
 # listen on 127.0.0.1 only and are stopped at the end.
 #   benchmarks/run_all.sh                  # all steps: about 30 min on a 2-core CPU (QUICK=1: a 4-minute smoke run)
-#   STEPS=model,served benchmarks/run_all.sh   # some steps: request, model, served, latency, saturation, pos_conv
+#   STEPS=model,served benchmarks/run_all.sh   # some steps: request, model, served, latency, saturation, pos_conv,
+#                                              # cpu_fastpath (CPU only: int8 and ONNX Runtime, issue #27)
 #   SOAK=1 benchmarks/run_all.sh           # adds the 10-minute memory soak
 # On a machine with CUDA the GPU is used: larger batch sizes, the fast-path variants, and the served steps run the
 # services with the fast path (ECGFM_PRECISION=bf16, ECGFM_POS_CONV=fft) and the binary .npy body at higher
@@ -62,6 +63,14 @@ if step saturation; then  # served vs raw throughput in alternating windows
       $PY -m benchmarks.bench_saturation --size full --concurrency 128 --raw-batch-size 256 --pairs 3 --window-s 20
   else
     $PY -m benchmarks.bench_saturation --size full --concurrency 4 --pairs 3 --window-s 30
+  fi
+fi
+
+if step cpu_fastpath; then  # int8 / ONNX Runtime against fp32 side by side, then the served int8 against its raw speed
+  if [ "$CUDA" = 0 ]; then
+    $PY -m benchmarks.bench_cpu_fastpath --checkpoint "$FULL_DIR/finetuned.pt" --batch-sizes 1,4,8
+    ECGFM_BENCH_FULL_DIR="$FULL_DIR" ECGFM_PRECISION=int8 ECGFM_POS_CONV=fft $PY -m benchmarks.bench_saturation \
+      --size full --concurrency 4 --bodies npy --pairs 2 --window-s 60 --name saturation_full_int8_fft_c4
   fi
 fi
 

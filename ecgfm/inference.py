@@ -2,7 +2,8 @@
 
 * :func:`load_model` resolves one checkpoint (:mod:`ecgfm.network.hub`), loads it strictly
   (:mod:`ecgfm.network.checkpoint`) and applies the runtime settings (:class:`ecgfm.settings.RuntimeSettings`:
-  device, precision, fast path);
+  device, precision, fast path); a variant other than the fp32 reference is self-checked against it first
+  (:mod:`ecgfm.precision`);
 * :meth:`ModelHandle.run` is *the* way to run a model: ``[N, 12, 2500]`` segments and their valid lengths in,
   ``[N, 17]`` probabilities (finetuned) or ``[N, D]`` embeddings (pretrained) out, in chunks;
 * :func:`encode_batch` / :func:`decode_batch` carry segments and lengths in one float32 array between processes
@@ -32,9 +33,25 @@ from ecgfm.network.fast import (
 )
 from ecgfm.network.hub import CheckpointSource, resolve_checkpoint
 from ecgfm.network.model import ECGFMClassifier, attention_max, time_mean
+from ecgfm.precision import (
+    CheckSegments,
+    Comparison,
+    PrecisionCheckError,
+    bundled_records,
+    measure,
+    read_segments,
+    refusal,
+)
 from ecgfm.records.preprocess import SEGMENT_SAMPLES, PreprocessedECG, preprocess
 from ecgfm.records.record import ECGRecord
-from ecgfm.results.outputs import CheckpointInfo, ClinicalOutput, FeaturesOutput, LoadedCheckpoint
+from ecgfm.results.outputs import (
+    CheckpointInfo,
+    ClinicalOutput,
+    FeaturesOutput,
+    LoadedCheckpoint,
+    PrecisionInfo,
+    SelfCheck,
+)
 from ecgfm.settings import RuntimeSettings, WeightsSettings
 
 DEFAULT_BATCH_SIZE = 32
@@ -62,10 +79,21 @@ class ModelHandle:
     precision: Precision = "fp32"  # of the transformer layers; see ecgfm.network.fast
     pos_conv: PosConv = "conv"
     compiled: bool = False
+    self_check: SelfCheck | None = None  # the variant against fp32 at load (None for the reference itself)
 
     @property
     def kind(self) -> ModelKind:
         return self.loaded.kind
+
+    @property
+    def variant(self) -> str:
+        """``fp32`` for the reference, else e.g. ``int8+fft``: precision, then ``+fft`` and ``+compile``."""
+        return variant_name(self.precision, self.pos_conv, self.compiled)
+
+    @property
+    def reference(self) -> bool:
+        """True for the fp32 reference (fp32, grouped positional conv, no compile)."""
+        return self.variant == REFERENCE_VARIANT
 
     @property
     def demo(self) -> bool:
@@ -78,8 +106,9 @@ class ModelHandle:
 
     def runtime(self) -> dict[str, Any]:
         """Where and how the model runs (what ``/health`` and ``/status`` report)."""
+        self_check = None if self.self_check is None else self.self_check.model_dump(mode="json")
         return {"device": str(self.device), "precision": self.precision, "pos_conv": self.pos_conv,
-                "compiled": self.compiled}  # fmt: skip
+                "compiled": self.compiled, "variant": self.variant, "self_check": self_check}  # fmt: skip
 
     def checkpoint(self) -> LoadedCheckpoint:
         """The weights, as ``/info`` reports them; ``.public()`` is what responses carry (no path)."""
@@ -98,6 +127,7 @@ class ModelHandle:
             embed_dim=config.embed_dim,
             layers=config.num_layers,
             num_labels=config.num_labels or None,
+            precision=PrecisionInfo(variant=self.variant, reference=self.reference, self_check=self.self_check),
         )
 
     def run(
@@ -174,6 +204,14 @@ class ModelHandle:
         self.run(np.zeros((1, 12, SEGMENT_SAMPLES), dtype=np.float32))
 
 
+REFERENCE_VARIANT = "fp32"
+
+
+def variant_name(precision: str, pos_conv: str, compiled: bool) -> str:
+    """``fp32`` (the reference), else the precision with ``+fft`` and ``+compile`` as they apply."""
+    return precision + ("+fft" if pos_conv == "fft" else "") + ("+compile" if compiled else "")
+
+
 def load_model(
     kind: ModelKind,
     path: str | None = None,
@@ -184,32 +222,71 @@ def load_model(
     *,
     weights: WeightsSettings | None = None,
     runtime: RuntimeSettings | None = None,
+    self_check: bool = True,
 ) -> ModelHandle:
     """Resolve (explicit path, else ``weights``: local path, demo, Hub), load strictly, move to the device.
 
     ``device``, ``precision``, ``pos_conv`` and ``compile`` override ``runtime`` (default: read from the
     environment, :class:`~ecgfm.settings.RuntimeSettings`). fp32 with the plain conv and no compile is the
-    reference; anything else goes through :func:`ecgfm.network.fast.optimize_for_inference` (see there and
-    ``docs/performance.md`` for its tolerance). With a weights cache folder, weights are read through a stripped
-    safetensors copy kept there (:func:`ecgfm.network.checkpoint.read_checkpoint_cached`).
+    reference; anything else goes through :func:`ecgfm.network.fast.optimize_for_inference` and, unless
+    ``self_check`` is False, must pass the self-check against the reference on the bundled records
+    (:mod:`ecgfm.precision`; :class:`~ecgfm.precision.PrecisionCheckError` otherwise), whose result the handle keeps.
+    With a weights cache folder, weights are read through a stripped safetensors copy kept there
+    (:func:`ecgfm.network.checkpoint.read_checkpoint_cached`).
     """
     runtime = runtime or RuntimeSettings.from_env()
     source = resolve_checkpoint(kind, path, weights)
     sha256 = source.sha256 or file_sha256(source.path)
-    loaded = load_checkpoint(source.path, expected_kind=kind, cache_dir=runtime.weights_cache_dir, sha256=sha256)
     device = device if device is not None else runtime.device
     target = default_device() if device == "auto" else torch.device(device)
-    loaded.model.to(target)
+    resolved = resolve_precision(precision or runtime.precision, target)
+    positional = resolve_pos_conv(pos_conv or runtime.pos_conv)
+    compiled = resolve_compile(runtime.compile if compile is None else compile)
+    handle = ModelHandle(_load_weights(kind, source, sha256, target, runtime), source, sha256, target)
+    if variant_name(resolved, positional, compiled) == REFERENCE_VARIANT:
+        return handle
+    optimize_for_inference(handle.loaded.model, resolved, pos_conv=positional, compile=compiled)
+    handle.precision, handle.pos_conv, handle.compiled = resolved, positional, compiled
+    if self_check:
+        reference = ModelHandle(_load_weights(kind, source, sha256, target, runtime), source, sha256, target)
+        handle.self_check = check_against(handle, reference, read_segments(bundled_records())).summary
+        if not handle.self_check.passed:
+            raise PrecisionCheckError(refusal(kind, handle.variant, handle.self_check))
+    return handle
+
+
+def check_line(handle: ModelHandle) -> str:
+    """One line for a log: the handle's variant and its self-check (no signal values)."""
+    check = handle.self_check
+    if check is None:
+        return f"the {handle.kind} model runs as the {handle.variant} reference (no self-check)"
+    deviation = (
+        f"largest probability difference {check.max_probability_difference:.5f}"
+        if check.max_probability_difference is not None
+        else f"smallest embedding cosine {check.min_embedding_cosine:.6f}"
+    )
+    return (
+        f"the {handle.kind} model in {handle.variant} passed the self-check against fp32: {deviation} "
+        f"(bound {check.bound}) on {check.segments} segments of {len(check.records)} records"
+    )
+
+
+def _load_weights(
+    kind: ModelKind, source: CheckpointSource, sha256: str, device: torch.device, runtime: RuntimeSettings
+) -> LoadedModel:
+    """The checkpoint's model, loaded strictly, on ``device`` (fp32, the reference)."""
+    loaded = load_checkpoint(source.path, expected_kind=kind, cache_dir=runtime.weights_cache_dir, sha256=sha256)
+    loaded.model.to(device)
     if kind == "finetuned" and loaded.config.num_labels != len(LABELS):
         raise CheckpointError(
             f"{source.path}: the classifier has {loaded.config.num_labels} outputs, but ECG-FM has {len(LABELS)} labels"
         )
-    resolved = resolve_precision(precision or runtime.precision, target)
-    positional = resolve_pos_conv(pos_conv or runtime.pos_conv)
-    compiled = resolve_compile(runtime.compile if compile is None else compile)
-    if resolved != "fp32" or positional != "conv" or compiled:
-        optimize_for_inference(loaded.model, resolved, pos_conv=positional, compile=compiled)
-    return ModelHandle(loaded, source, sha256, target, resolved, positional, compiled)
+    return loaded
+
+
+def check_against(variant: ModelHandle, reference: ModelHandle, checked: CheckSegments) -> Comparison:
+    """``variant``'s deviation from ``reference`` (the fp32 reference of the same weights) on ``checked``."""
+    return measure(variant.kind, variant.run, reference.run, checked)
 
 
 def classify_segments(
@@ -292,11 +369,14 @@ class Predictor:
         load_pretrained: bool = True,
         load_finetuned: bool = True,
         device: str | None = None,
+        precision: str | None = None,
+        pos_conv: str | None = None,
     ) -> Predictor:
-        """Load the models; a path of None means "resolve it" (environment, demo mode, hub)."""
+        """Load the models; a path of None means "resolve it" (environment, demo mode, hub). A ``precision`` or
+        ``pos_conv`` other than the reference's is self-checked (:func:`load_model`)."""
         return cls(
-            load_model("pretrained", pretrained, device) if load_pretrained else None,
-            load_model("finetuned", finetuned, device) if load_finetuned else None,
+            load_model("pretrained", pretrained, device, precision, pos_conv) if load_pretrained else None,
+            load_model("finetuned", finetuned, device, precision, pos_conv) if load_finetuned else None,
         )
 
     def preprocess(self, record: ECGRecord, **options: Any) -> PreprocessedECG:

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from ecgfm.records.preprocess import DEFAULT_MAX_DURATION_S, LEAD_ORDER
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: bf16 on CUDA, else fp32
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "auto")  # auto: bf16 on CUDA, else fp32; int8: CPU only
 POS_CONVS = ("conv", "fft")
 DEMO_SIZES = ("full", "small")
 DEFAULT_HF_REVISION = "main"  # pin a commit hash for a reproducible deployment (docs/deployment.md)
@@ -282,7 +282,10 @@ class RuntimeSettings:
         choice(*PRECISIONS),
         "fp32",
         "`bf16`/`fp16`/`auto` run the transformer in half precision (faster on GPU, not bit-equal to the "
-        "reference); `auto` is bf16 on CUDA, else fp32; `/health` and `/status` report it",
+        "reference); `auto` is bf16 on CUDA, else fp32; `int8` (CPU only): the transformer's linear layers in int8 "
+        "(docs/performance.md). Any variant but fp32 (with `ECGFM_POS_CONV=conv`, no compile) must pass the "
+        "self-check against fp32 at start (else exit 2); `/info`, `/status` and every response's `checkpoint."
+        "precision` report it",
     )
     pos_conv: str = setting(
         "ECGFM_POS_CONV",
@@ -307,6 +310,10 @@ class RuntimeSettings:
 
     from_env = classmethod(_from_env)
     to_dict = _to_dict
+
+    def is_reference(self) -> bool:
+        """True when the models run as the fp32 reference, which needs no self-check."""
+        return self.precision == "fp32" and self.pos_conv == "conv" and not self.compile
 
 
 def _default_max_batch_size() -> int:

@@ -66,6 +66,7 @@ from ecgfm.results.outputs import (
     FeaturesOutput,
     LoadedCheckpoint,
     ProbeOutput,
+    SelfCheck,
 )
 
 SERVICE_NAME = "ecgfm-serve"
@@ -393,7 +394,9 @@ class ModelState(BaseModel):
     loaded: bool
     demo: bool | None = None
     device: str | None = None
-    precision: str | None = Field(default=None, description="fp32 (the reference), bf16 or fp16 (ECGFM_PRECISION).")
+    precision: str | None = Field(
+        default=None, description="fp32 (the reference), bf16, fp16 or int8 (ECGFM_PRECISION)."
+    )
     error: str | None = None
 
 
@@ -402,6 +405,10 @@ class ModelServiceStats(BaseModel):
     precision: str
     pos_conv: str = Field(description="conv (the reference) or fft (ECGFM_POS_CONV).")
     compiled: bool = Field(description="Whether the model runs through torch.compile (ECGFM_COMPILE).")
+    variant: str = Field(description="fp32 (the reference) or the variant served, e.g. int8+fft.")
+    self_check: SelfCheck | None = Field(
+        default=None, description="The variant's deviation from fp32, measured at load on the weights served."
+    )
     calls: int = Field(description="Model calls (batches) so far.")
     segments: int = Field(description="Segments run so far.")
     max_batch_size_observed: int = Field(description="Most segments in one model call so far.")

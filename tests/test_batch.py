@@ -419,3 +419,17 @@ def test_a_part_is_complete_or_absent_and_readers_skip_an_unfinished_one(tmp_pat
     assert pads.dataset(tmp_path, format="parquet").to_table().num_rows == 2  # the hidden tmp file is skipped
     assert done_paths(tmp_path) == {"a", "b"}
     assert remove_unfinished(tmp_path) == 1 and os.listdir(tmp_path) == [part.name]
+
+
+def test_resume_refuses_another_precision_variant(tmp_path: Path) -> None:
+    """Rows of an int8 run and of an fp32 run never share one output (the variant is in the job's metadata)."""
+    from ecgfm.archive.batch import _check_same_checkpoints
+
+    job = BatchJob(inputs=(), output=tmp_path / "out")
+    int8 = {"sha256": "abc", "precision": {"variant": "int8+fft", "reference": False}}
+    fp32 = {"sha256": "abc", "precision": {"variant": "fp32", "reference": True}}
+    _check_same_checkpoints(job, {"checkpoints": {"finetuned": int8}}, {"finetuned": dict(int8)})
+    with pytest.raises(BatchError, match="scored with the finetuned model in int8\\+fft, now fp32"):
+        _check_same_checkpoints(job, {"checkpoints": {"finetuned": int8}}, {"finetuned": fp32})
+    with pytest.raises(BatchError, match="in fp32, now int8\\+fft"):  # an output written before variants were recorded
+        _check_same_checkpoints(job, {"checkpoints": {"finetuned": {"sha256": "abc"}}}, {"finetuned": int8})

@@ -48,3 +48,21 @@ def test_saturation_benchmark_alternates_raw_and_served_windows() -> None:
     assert row["mean_batch_size"] >= SEGMENTS_PER_RECORD  # a model call holds whole requests
     assert row["served_over_raw"] == pytest.approx(row["segments_per_s"] / row["raw_segments_per_s"], rel=1e-2)
     assert data["summary"]["npy"]["served_over_raw"] == row["served_over_raw"]
+
+
+def test_cpu_fastpath_benchmark_times_every_variant_in_the_same_rounds() -> None:
+    from benchmarks import bench_cpu_fastpath
+    from benchmarks.common import PARITY_CKPT_DIR
+
+    variants = ["fp32", "fp32+fft", "int8+fft"]
+    data = bench_cpu_fastpath.run(PARITY_CKPT_DIR / "ecgfm_small_finetuned.pt", variants, [1, 2], rounds=2)
+    rows = {(row["variant"], row["batch_size"]): row for row in data["rows"]}
+    assert set(rows) == {(variant, size) for variant in variants for size in (1, 2)}
+    for (_, size), row in rows.items():
+        fp32 = rows["fp32", size]
+        # the file rounds ms to 0.1 and ratios to 0.01: a few ms per small-model batch leaves a few % of rounding
+        assert row["segments_per_s"] == pytest.approx(size / (row["ms_per_batch_median"] / 1000), rel=0.05)
+        assert row["vs_fp32"] == pytest.approx(fp32["ms_per_batch_median"] / row["ms_per_batch_median"], rel=0.05)
+    deviation = data["max_probability_difference_vs_fp32"]
+    assert deviation["fp32"] == 0 and deviation["fp32+fft"] < 1e-5 and 0 < deviation["int8+fft"] < 1e-2
+    assert set(data["rss_added_by_loading_mb"]) == set(variants) and data["peak_rss_mb"] > 0

@@ -127,7 +127,8 @@ def test_load_model_defaults_to_the_unchanged_fp32_model(monkeypatch):
     for name in ("ECGFM_PRECISION", "ECGFM_POS_CONV", "ECGFM_COMPILE"):
         monkeypatch.delenv(name, raising=False)
     handle = load_model("finetuned", str(FINETUNED_CKPT), device="cpu")
-    assert handle.runtime() == {"device": "cpu", "precision": "fp32", "pos_conv": "conv", "compiled": False}
+    assert handle.runtime() == {"device": "cpu", "precision": "fp32", "pos_conv": "conv", "compiled": False,
+                                "variant": "fp32", "self_check": None}  # fmt: skip
     assert parametrize.is_parametrized(handle.loaded.model.encoder.pos_conv.conv, "weight")
 
 
@@ -136,6 +137,8 @@ def test_load_model_reads_the_fft_positional_conv_from_the_environment(monkeypat
     monkeypatch.setenv("ECGFM_POS_CONV", "fft")
     handle = load_model("finetuned", str(FINETUNED_CKPT), device="cpu")
     assert handle.runtime()["pos_conv"] == "fft" and handle.precision == "fp32"
+    assert handle.runtime()["variant"] == "fp32+fft" and handle.self_check.passed  # a variant: self-checked
+    assert handle.self_check.max_probability_difference < 1e-5  # the same linear map
     assert isinstance(handle.loaded.model.encoder.pos_conv, FFTPositionalEmbedding)
     np.testing.assert_allclose(classify_segments(handle, reference["x"]), reference["ft_sigmoid"], **OUTPUT_TOL)
 
@@ -180,7 +183,7 @@ def test_auto_precision_is_bf16_on_cuda_and_fp32_elsewhere(device, expected):
 
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of"):
-        resolve_precision("int8", torch.device("cpu"))
+        resolve_precision("int4", torch.device("cpu"))
 
 
 def test_host_to_device_keeps_values_on_cpu():

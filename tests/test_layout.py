@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ecgfm.records",),
     ("ecgfm.settings",),
     ("ecgfm.network", "ecgfm.results"),
-    ("ecgfm.inference",),
+    ("ecgfm.inference", "ecgfm.precision"),
     ("interpreter", "ecgfm.probes"),
     ("ecgfm.archive", "ecgfm.evaluation", "ecgfm.cli", "ecgfm.__main__"),
     ("serving",),

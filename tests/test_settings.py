@@ -79,7 +79,7 @@ def test_each_variable_sets_its_field() -> None:
         ("ECGFM_MAX_BATCH_SIZE", "1", "ECGFM_MAX_BATCH_SIZE='1': expected an integer ≥ 2"),
         ("ECGFM_MAX_CONCURRENCY", "2.5", "ECGFM_MAX_CONCURRENCY='2.5': expected an integer ≥ 1"),
         ("ECGFM_MAX_DURATION_S", "nan", "ECGFM_MAX_DURATION_S='nan': expected a number ≥ 1"),
-        ("ECGFM_PRECISION", "int8", "ECGFM_PRECISION='int8': expected one of fp32, bf16, fp16, auto"),
+        ("ECGFM_PRECISION", "int4", "ECGFM_PRECISION='int4': expected one of fp32, bf16, fp16, int8, auto"),
         ("ECGFM_POS_CONV", "fftw", "ECGFM_POS_CONV='fftw': expected one of conv, fft"),
         ("ECGFM_COMPILE", "2", "ECGFM_COMPILE='2': expected 1 or 0"),
         ("ECGFM_DEMO", "maybe", "ECGFM_DEMO='maybe': expected 1 or 0"),

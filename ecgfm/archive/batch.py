@@ -124,6 +124,7 @@ class BatchJob:
     probes: tuple[str, ...] = ()  # probe files (--probe) applied to the features
     resume: bool = False
     device: str | None = None
+    precision: str | None = None  # None: ECGFM_PRECISION (a variant is self-checked in each actor, ecgfm.precision)
     address: str | None = None  # None: a local Ray for the job
     num_cpus: int | None = None  # of the local Ray (default: every core)
     actors: int | None = None  # per model (default: 1, or one per GPU)
@@ -498,6 +499,8 @@ def build_dataset(job: BatchJob, todo: Sequence[BatchInput], plan: dict[str, Any
     weights, runtime = WeightsSettings.from_env(), RuntimeSettings.from_env()  # the driver's, sent to the actors
     if job.device is not None:
         runtime = dataclasses.replace(runtime, device=job.device)
+    if job.precision is not None:
+        runtime = dataclasses.replace(runtime, precision=job.precision)
     items = [{"path": item.path, "file": item.file} for item in todo]
     blocks = max(1, math.ceil(len(items) / job.records_per_batch))
     dataset = ray.data.from_items(items, override_num_blocks=blocks)
@@ -709,6 +712,14 @@ def _check_same_checkpoints(job: BatchJob, previous: dict[str, Any], checkpoints
             raise BatchError(
                 f"{job.output} was scored with another {kind} checkpoint (sha256 {before.get('sha256')}, now "
                 f"{info.get('sha256')}); resume with the same weights, or choose another --output folder"
+            )
+        variant, variant_before = (
+            (entry.get("precision") or {}).get("variant", "fp32") for entry in (info, before or {})
+        )
+        if before is not None and variant_before != variant:
+            raise BatchError(
+                f"{job.output} was scored with the {kind} model in {variant_before}, now {variant}; resume with the "
+                "same --precision, or choose another --output folder"
             )
 
 

@@ -64,6 +64,11 @@ def add_batch_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     parser.add_argument("--ignore-extra-leads", action="store_true", help="drop leads that are not one of the 12")
     parser.add_argument("--max-duration", type=float, default=None, help="refuse records longer than this (s)")
     parser.add_argument("--device", help="torch device of the actors (default: $ECGFM_DEVICE, auto)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16", "int8", "auto"),
+        help="fp32 (the reference), or a variant self-checked against it in each actor (default: $ECGFM_PRECISION)",
+    )
     ray_group = parser.add_argument_group("Ray")
     ray_group.add_argument("--address", help="an existing cluster: auto or ray://HOST:10001 (default: a local Ray)")
     ray_group.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: every core)")
@@ -116,6 +121,7 @@ def job_from_args(args: argparse.Namespace) -> BatchJob:
         probes=tuple(args.probe),
         resume=args.resume,
         device=args.device,
+        precision=args.precision,
         address=args.address,
         num_cpus=args.num_cpus,
         actors=args.actors,

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, TextIO
 
 from tqdm import tqdm
 
+from ecgfm.cli.precision import add_variant_arguments
+
 if TYPE_CHECKING:
     from ecgfm.inference import Predictor
 
@@ -40,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     predict.add_argument("--max-duration", type=float, default=None, help="refuse records longer than this (s)")
     predict.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    add_variant_arguments(predict)
     predict.add_argument(
         "--format",
         choices=("json", "fhir", "hl7v2"),
@@ -72,19 +75,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ecgfm.cli.batch import add_batch_parser
     from ecgfm.cli.convert import add_convert_parser
     from ecgfm.cli.evaluate import add_evaluate_parser
+    from ecgfm.cli.precision import add_check_precision_parser, add_export_parser
     from ecgfm.cli.probe import add_probe_parser
 
     add_batch_parser(commands)  # ecgfm batch: ecgfm/cli/batch.py
     add_convert_parser(commands)  # ecgfm convert: ecgfm/cli/convert.py
     add_evaluate_parser(commands)  # ecgfm evaluate: ecgfm/cli/evaluate.py
     add_probe_parser(commands)  # ecgfm probe fit|predict: ecgfm/cli/probe.py
+    add_check_precision_parser(commands)  # ecgfm check-precision: ecgfm/cli/precision.py
+    add_export_parser(commands)  # ecgfm export: ecgfm/cli/precision.py
 
     args = parser.parse_args(argv)
     if args.command == "predict" and args.fhir_bundle and args.format != "fhir":
         parser.error("--fhir-bundle is for --format fhir")
     if args.command == "predict" and args.format == "hl7v2" and args.only == "features":
         parser.error("--format hl7v2 carries the labels' probabilities: leave out --only features")
-    if args.command in ("batch", "convert", "evaluate", "probe"):
+    if args.command in ("batch", "convert", "evaluate", "probe", "check-precision", "export"):
         return args.run(args)
     if args.command == "predict":
         return _predict(args)
@@ -107,13 +113,19 @@ def _predict(args: argparse.Namespace) -> int:
             load_pretrained=args.only != "clinical" and args.format != "hl7v2",  # HL7 v2 has no place for an embedding
             load_finetuned=args.only != "features",
             device=args.device,
+            precision=args.precision,
+            pos_conv=args.pos_conv,
         )
-    except (CheckpointError, WeightsNotFoundError) as exc:
+    except (CheckpointError, WeightsNotFoundError, ValueError) as exc:
         print(f"ecgfm: {exc}", file=sys.stderr)
         return 2
     for handle in (predictor.pretrained, predictor.finetuned):
         if handle is not None and handle.demo:
             print(f"ecgfm: WARNING: the {handle.kind} model has DEMO (random) weights", file=sys.stderr)
+        if handle is not None and handle.self_check is not None:
+            from ecgfm.inference import check_line
+
+            print(f"ecgfm: {check_line(handle)}", file=sys.stderr)
 
     with open(args.output, "w") if args.output else contextlib.nullcontext(sys.stdout) as output:
         failures = _predict_records(predictor, args, output)

@@ -8,6 +8,8 @@
 * ``precision="bf16"`` / ``"fp16"`` runs the transformer layers (and their LayerNorms) in half precision while the
   conv feature extractor, its fp32 GroupNorm, the feature projection, the positional conv and the classifier head
   stay fp32; the transformer takes and returns fp32, so callers see fp32 tensors;
+* ``precision="int8"`` (CPU only) quantizes the transformer's linear layers to int8 (:mod:`ecgfm.network.quantize`),
+  everything else fp32; it is served only after the self-check of :mod:`ecgfm.precision`;
 * ``compile=True`` wraps the forward with ``torch.compile`` (``mode="reduce-overhead"`` uses CUDA graphs on a GPU).
 
 fp32 without these options is the reference (``tests/test_parity.py``). The tolerance of the fast path against
@@ -26,9 +28,10 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ecgfm.network.model import ConvolutionalPositionalEmbedding, ECGFMClassifier, ECGFMEncoder, TransformerEncoder
+from ecgfm.network.quantize import INT8_DEVICE, quantize_transformer
 from ecgfm.settings import RuntimeSettings
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["fp32", "bf16", "fp16", "int8"]
 PosConv = Literal["conv", "fft"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -41,6 +44,8 @@ def resolve_precision(precision: str | None, device: torch.device) -> Precision:
         value = "bf16" if device.type == "cuda" else "fp32"
     if value not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} or auto, not {value!r}")
+    if value == "int8" and device.type != INT8_DEVICE:
+        raise ValueError(f"precision int8 runs on the CPU only (PyTorch's quantized kernels), not on {device}")
     return value  # type: ignore[return-value]
 
 
@@ -175,7 +180,8 @@ def optimize_for_inference(
 
     Args:
         model: a model from :func:`ecgfm.network.checkpoint.load_checkpoint`, in eval mode.
-        precision: ``"fp32"`` (the reference), or ``"bf16"`` / ``"fp16"`` for the transformer layers.
+        precision: ``"fp32"`` (the reference), ``"bf16"`` / ``"fp16"`` for the transformer layers, or ``"int8"`` for
+            the transformer's linear layers (CPU).
         pos_conv: ``"conv"`` (the grouped conv) or ``"fft"`` (the equivalent FFT formulation).
         compile: wrap the forward with ``torch.compile`` (first calls per input shape are slow).
         compile_mode: ``torch.compile`` mode; default ``"reduce-overhead"`` (CUDA graphs) on CUDA, else default.
@@ -191,6 +197,10 @@ def optimize_for_inference(
         raise ValueError(f"pos_conv must be 'conv' or 'fft', not {pos_conv!r}")
     if precision in HALF_DTYPES and not isinstance(encoder.encoder, HalfPrecisionTransformer):
         encoder.encoder = HalfPrecisionTransformer(encoder.encoder, HALF_DTYPES[precision])
+    if precision == "int8":
+        if next(model.parameters()).device.type != INT8_DEVICE:
+            raise ValueError("precision int8 runs on the CPU only (PyTorch's quantized kernels)")
+        encoder.encoder = quantize_transformer(encoder.encoder)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     if compile:

@@ -9,6 +9,8 @@ per-segment model outputs and the preprocessed record:
 * :class:`ProbeOutput` (``/probes/<name>``, ``ecgfm probe predict``): a probe's target probabilities
   (:mod:`ecgfm.probes`), computed from the record's :class:`FeaturesOutput`;
 * :class:`Saliency` (``saliency``, only when asked): where in the tracing the model attended;
+* :class:`PrecisionInfo` (in :class:`CheckpointInfo`): how the model computed it, and the self-check that proved a
+  variant other than the fp32 reference on these weights (:class:`SelfCheck`, :mod:`ecgfm.precision`);
 * :class:`CheckpointInfo`: which weights produced it (never the server's file path: that is in
   :class:`LoadedCheckpoint`, which only ``/info`` reports).
 
@@ -26,6 +28,36 @@ from ecgfm.labels import LABELS, aggregate_probabilities
 from ecgfm.records.preprocess import SEGMENT_SAMPLES, TARGET_FS, PreprocessedECG
 
 
+class SelfCheck(BaseModel):
+    """A variant's outputs against the fp32 reference's on the same weights and records (:mod:`ecgfm.precision`).
+
+    It proves agreement with fp32 on the records checked, not clinical accuracy."""
+
+    compared_with: Literal["fp32"] = Field(default="fp32", description="The reference: fp32, grouped positional conv.")
+    records: list[str] = Field(description="The records run through both (file names).")
+    segments: int = Field(description="5 s segments compared.")
+    max_probability_difference: float | None = Field(
+        default=None, description="Finetuned: the largest absolute difference of any label's probability, any segment."
+    )
+    min_embedding_cosine: float | None = Field(
+        default=None, description="Pretrained: the smallest cosine similarity of a segment's embedding to fp32's."
+    )
+    bound: float = Field(description="Most probability difference (0.01) or least cosine (0.999) allowed.")
+    passed: bool
+
+
+class PrecisionInfo(BaseModel):
+    """How the model computes: the variant, and its self-check (none for the fp32 reference itself)."""
+
+    variant: str = Field(
+        description="fp32 (the reference), or the variant: fp32+fft, bf16, fp16, int8, with +fft / +compile."
+    )
+    reference: bool = Field(description="True for the fp32 reference: the numbers of the parity tests.")
+    self_check: SelfCheck | None = Field(
+        default=None, description="The variant's measured deviation from fp32 at start-up, on the weights served."
+    )
+
+
 class CheckpointInfo(BaseModel):
     """Which weights produced a response (no path: a response never tells where the server keeps its files)."""
 
@@ -41,6 +73,7 @@ class CheckpointInfo(BaseModel):
     embed_dim: int
     layers: int
     num_labels: int | None = None
+    precision: PrecisionInfo = Field(description="How the model computes; a variant's deviation from fp32 as measured.")
 
 
 class LoadedCheckpoint(CheckpointInfo):
