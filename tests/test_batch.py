@@ -2,8 +2,9 @@
 
 The Ray runs are few and shared (CI has 2 cores): one scores a nested archive of every input kind and is compared
 with ``ecgfm predict`` on the same files; one adds the saliency columns to a few of them, compared with ``ecgfm
-predict --saliency``; one is killed as soon as its first part is committed and resumed. The input rules, the part
-files and what ``--resume`` accepts are also tested without Ray. Every subprocess has a timeout.
+predict --saliency``; one is killed as soon as its first part is committed and resumed; one resumes a copy of the
+first whose lost part was left as a complete temporary file (killed between fsync and rename). The input rules, the
+part files and what ``--resume`` accepts are also tested without Ray. Every subprocess has a timeout.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import collections
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +36,7 @@ from ecgfm.batch_parts import (
     job_metadata,
     output_schema,
     remove_unfinished,
+    unfinished_parts,
 )
 from ecgfm.checkpoint import file_sha256
 from ecgfm.labels import AGGREGATION, LABELS
@@ -103,11 +106,9 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def scored(archive: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
-    """One ``ecgfm batch`` over the folder, a glob and the manifest, with per-segment columns."""
-    output = tmp_path_factory.mktemp("scored") / "out"
-    done = run_ecgfm(
+def scored_args(archive: Path, output: Path) -> list[str]:
+    """``ecgfm batch`` over the folder, a glob and the manifest, with per-segment columns, into ``output``."""
+    return [
         "batch",
         *CHECKPOINT_ARGS,
         "--per-segment",
@@ -126,7 +127,14 @@ def scored(archive: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[sub
         str(archive / "elsewhere" / "db.csv"),
         "--path-column",
         "filename_hr",
-    )
+    ]
+
+
+@pytest.fixture(scope="module")
+def scored(archive: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """One ``ecgfm batch`` over the folder, a glob and the manifest, with per-segment columns."""
+    output = tmp_path_factory.mktemp("scored") / "out"
+    done = run_ecgfm(*scored_args(archive, output))
     assert done.returncode == 0, done.stderr
     return done, output
 
@@ -295,6 +303,51 @@ def test_a_job_killed_after_its_first_part_and_resumed_has_exactly_one_row_per_i
     again = run_ecgfm(*args, "--resume")  # nothing left: no Ray started, still one row each
     assert again.returncode == 0 and "0 records written" in again.stderr and "21 of 21" in again.stderr
     assert rows_by_path(output) == after
+
+
+def test_a_complete_temporary_part_of_a_killed_job_is_not_taken_as_committed_and_its_inputs_are_scored_again(
+    archive, scored, tmp_path
+):
+    """A job killed between a part's fsync and its rename leaves a valid Parquet file under the temporary name: its
+    rows were never committed. A copy of the scored output loses one committed part, which comes back as such a
+    temporary (its ``record`` column marked); --resume must score those inputs again, once, and delete it."""
+    _, scored_output = scored
+    output = tmp_path / "out"
+    shutil.copytree(scored_output, output)
+    parts = committed_parts(output)
+    lost = next(part for part in parts if pq.read_metadata(part).num_rows == 5)
+    lost_rows = pq.read_table(lost)
+    lost_paths = set(lost_rows.column("path").to_pylist())
+    marked = lost_rows.set_column(
+        lost_rows.schema.get_field_index("record"), "record", pa.array(["from the temporary"] * 5, pa.string())
+    )
+    # named as PartWriter names a part's temporary: .part-<run>-<seq>.parquet.tmp
+    temporary = output / f".{lost.name.removesuffix('.parquet')}.parquet.tmp"
+    with open(temporary, "wb") as handle:
+        pq.write_table(marked, handle)
+    lost.unlink()
+    assert pq.read_table(temporary).num_rows == 5  # a complete, readable Parquet file
+    assert unfinished_parts(output) == [temporary]
+    before = rows_by_path(output)
+    assert done_paths(output) == set(before) and not lost_paths & set(before)
+
+    resumed = run_ecgfm(*scored_args(archive, output), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "removed 1 unfinished part files of a killed run" in resumed.stderr
+    assert "7 of 12 inputs were already in the output" in resumed.stderr
+    assert re.search(r"5 records written \(\d+ scored, \d+ errors\) in 1 parts", resumed.stderr), resumed.stderr
+    assert unfinished_parts(output) == [] and not list(output.glob(".*"))
+    after = rows_by_path(output)  # exactly one row per input
+    assert set(after) == set(before) | lost_paths and len(after) == 12
+    assert {path: after[path] for path in before} == before  # committed rows are kept as they were
+    (new_part,) = set(committed_parts(output)) - set(parts)
+    assert set(pq.read_table(new_part).column("path").to_pylist()) == lost_paths  # scored again, in a new part
+    original = {row["path"]: row for row in lost_rows.to_pylist()}
+    for path in lost_paths:
+        assert after[path]["record"] != "from the temporary"
+        assert after[path]["record"] == original[path]["record"] and after[path]["error"] == original[path]["error"]
+        if original[path]["error"] is None:
+            np.testing.assert_allclose(after[path]["probabilities"], original[path]["probabilities"], atol=FLOAT32_ATOL)
 
 
 def test_an_output_folder_with_parts_needs_resume_and_the_same_options(tmp_path, archive):
