@@ -177,6 +177,52 @@ def test_the_summary_counts_records_and_errors(scored):
     assert sorted(sizes) == [2, 5, 5]  # --part-size 5: parts of 5 rows, but the last
 
 
+RAY_NOISE_LINES = [  # what Ray printed on every clean local run before ecgfm batch filtered it
+    "Token authentication is enabled for this Ray cluster",
+    "has constructor arguments in the object store and max_restarts > 0",
+    "Progress bars disabled",
+    "execution finished in",
+]
+
+
+def test_a_run_prints_its_own_lines_not_rays_noise(scored):
+    done, _ = scored
+    assert [line for line in done.stderr.splitlines() if any(noise in line for noise in RAY_NOISE_LINES)] == []
+    ours = [line for line in done.stderr.splitlines() if line.startswith("ecgfm batch: ")]
+    assert ours[0].startswith("ecgfm batch: scoring 12 records") and ours[-1].startswith("ecgfm batch: done: ")
+
+
+def test_the_stderr_filter_drops_only_the_known_noise_and_keeps_the_order(tmp_path):
+    """What reaches file descriptor 2 while Ray runs (Python's writes and a C++ library's alike) is copied line by
+    line, but for the known noise; the progress bar's stream goes straight to the real stderr."""
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(REPO_DIR)!r})
+from ecgfm.batch import quiet_ray_noise
+with quiet_ray_noise() as terminal:
+    os.write(2, b"[2026-12-02 14:47:36,821 E 1770 1770] core_worker.cc:2465: Actor with class name: "
+                b"'MapWorker(MapBatches(ModelStage))' and ID: '724c02017db2131eee03163301000000' has constructor "
+                b"arguments in the object store and max_restarts > 0. If the arguments ...\\n")
+    print("2026-12-02 14:47:09,870\\tWARNING authentication_token_setup.py:85 -- Token authentication is enabled "
+          "for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.", file=sys.stderr)
+    os.write(2, b"[2026-12-02 14:47:37,000 E 1770 1770] core_worker.cc:99: a real C++ error\\n")
+    print("ecgfm batch: our line", file=sys.stderr)
+    os.write(2, b"half a line, ")
+    os.write(2, b"then its end\\n")
+    terminal.write("records: 50%\\r")
+    os.write(2, b"no newline at the end")
+print("after", file=sys.stderr)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)  # bytes: "\r" kept
+    stderr = done.stderr.decode()
+    assert done.returncode == 0, stderr
+    assert stderr.replace("records: 50%\r", "") == (
+        "[2026-12-02 14:47:37,000 E 1770 1770] core_worker.cc:99: a real C++ error\n"
+        "ecgfm batch: our line\nhalf a line, then its end\nno newline at the endafter\n"
+    )
+    assert stderr.count("records: 50%\r") == 1
+
+
 def test_scores_equal_ecgfm_predict_on_the_same_records(archive, scored):
     _, output = scored
     rows = rows_by_path(output)
