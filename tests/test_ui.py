@@ -447,6 +447,22 @@ def test_at_phone_width_nothing_but_the_tracing_scrolls_sideways(browser: Any, s
         assert seen.errors == []
 
 
+def test_the_landing_page_loads_without_an_error_its_icon_included(browser: Any, server_url: str) -> None:
+    """A browser asks for /favicon.ico unless the page names its icon; the service has none there (a 404, logged
+    as an error in the console of every visitor)."""
+    context = browser.new_context(service_workers="block")
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(server_url + "/", wait_until="networkidle")
+        page.wait_for_timeout(1500)  # the icon is fetched after the page has loaded
+        assert page.title().startswith("ecgfm-serve") and errors == []
+    finally:
+        context.close()
+
+
 # ---- over the tracing: saliency, the whole record, R peaks -------------------------------------------------------
 
 
