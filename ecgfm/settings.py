@@ -361,7 +361,7 @@ class ServingSettings:
         text,
         "",
         "when set, `Authorization: Bearer <key>` is required on every path but `/health`, `/livez`, `/healthz`, "
-        "`/readyz` (docs/security.md)",
+        "`/readyz` and the page at `/ui` with its files (docs/security.md)",
         secret=True,
     )
     api_keys_file: str | None = setting(

@@ -27,7 +27,15 @@ from ecgfm.settings import InterpreterSettings, ServingSettings
 from interpreter import DISCLAIMER
 from interpreter.findings import ConfigError, interpret, load_config
 from interpreter.heart_rate import detect_heart_rate
-from interpreter.report import summary_row, write_fhir_bundle, write_hl7v2_message, write_reports, write_summary_csv
+from interpreter.report import (
+    DEMO_BANNER,
+    is_demo,
+    summary_row,
+    write_fhir_bundle,
+    write_hl7v2_message,
+    write_reports,
+    write_summary_csv,
+)
 
 
 class InputError(ValueError):
@@ -206,14 +214,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
             heart_rate = detect_heart_rate(record.signal, record.fs, record.lead_names).to_dict()
         interp = interpret(probs, heart_rate, config, record=key)
         if args.format == "fhir":
-            write_fhir_bundle(interp, out, demo=bool(meta.get("demo")))
+            write_fhir_bundle(interp, out, demo=is_demo(meta))
         elif args.format == "hl7v2":
-            write_hl7v2_message(interp, out, demo=bool(meta.get("demo")))
+            write_hl7v2_message(interp, out, demo=is_demo(meta))
         else:
             write_reports(interp, out, record, meta, saliency=saliency)
-        rows.append(summary_row(interp))
+        rows.append(summary_row(interp, demo=is_demo(meta)))
     csv_path = write_summary_csv(rows, out / "summary.csv")
     print(f"{len(rows)} report(s) in {out}; summary {csv_path}", file=sys.stderr)
+    demos = sum(bool(row["demo"]) for row in rows)
+    if demos:
+        print(f"{demos} of {len(rows)} report(s): {DEMO_BANNER}", file=sys.stderr)
     print(DISCLAIMER, file=sys.stderr)
     return 0
 

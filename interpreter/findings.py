@@ -41,13 +41,57 @@ def default_config_path() -> Path:
     return Path(str(resources.files("interpreter") / "thresholds.yaml"))
 
 
+CONFIG_VERSION = 1
+# Every key a thresholds file may hold, and what each mapping's keys may be: a key outside these is refused by
+# name (a misspelt or unused setting would otherwise be ignored without a word).
+TOP_KEYS = ("version", "groups", "group_notes", "labels", "heart_rate", "provenance")  # provenance: ecgfm evaluate
+LABEL_KEYS = ("threshold", "borderline", "severity")
+HEART_RATE_KEYS = ("bradycardia_below_bpm", "tachycardia_above_bpm", "low", "high")
+BAND_KEYS = {"low": ("below", "severity"), "high": ("above", "severity")}
+
+
+def _refuse_unknown(where: str, mapping: Any, known: tuple[str, ...], what: str) -> None:
+    """ConfigError naming the first key of ``mapping`` (at dotted path ``where``) that is not in ``known``."""
+    if not isinstance(mapping, dict):
+        return  # not a mapping: validate_config says what is wrong with the value
+    for key in mapping:
+        if key not in known:
+            name = f"{where}.{key}" if where else str(key)
+            raise ConfigError(f"unknown key {name!r} (it would do nothing); {what}: {', '.join(known)}")
+
+
+def check_keys(data: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` for a key that the interpreter does not read, anywhere in a thresholds file."""
+    _refuse_unknown("", data, TOP_KEYS, "the known top-level keys are")
+    if "version" in data and data["version"] != CONFIG_VERSION:
+        raise ConfigError(f"version: this interpreter reads version {CONFIG_VERSION}, got {data['version']!r}")
+    _refuse_unknown("groups", data.get("groups"), GROUP_ORDER, "the groups are")
+    _refuse_unknown("group_notes", data.get("group_notes"), GROUP_ORDER, "the groups are")
+    labels = data.get("labels")
+    _refuse_unknown("labels", labels, LABELS, "the labels are ECG-FM's 17 (ecgfm.labels.LABELS)")
+    if isinstance(labels, dict):
+        for label, entry in labels.items():
+            _refuse_unknown(f"labels.{label}", entry, LABEL_KEYS, "a label's keys are")
+    heart_rate = data.get("heart_rate")
+    _refuse_unknown("heart_rate", heart_rate, HEART_RATE_KEYS, "its keys are")
+    for side, keys in BAND_KEYS.items():
+        bands = heart_rate.get(side) if isinstance(heart_rate, dict) else None
+        for i, band in enumerate(bands if isinstance(bands, list) else []):
+            _refuse_unknown(f"heart_rate.{side}[{i}]", band, keys, "a band's keys are")
+
+
 def load_config(path: str | Path | None = None) -> dict[str, Any]:
     """Load the default thresholds, merged key by key with the user file ``path`` if given, and validate.
 
     ``config["source"]`` is ``path`` (or ``"default"``); ``config["provenance"]`` is the user file's
-    ``provenance:`` block (where its thresholds came from: ``ecgfm evaluate`` writes one), else ``None``.
+    ``provenance:`` block (where its thresholds came from: ``ecgfm evaluate`` writes one), else ``None``. A key that
+    the interpreter does not read, in either file, is refused with a :class:`ConfigError` naming it.
     """
     config = yaml.safe_load(default_config_path().read_text())
+    try:
+        check_keys(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{default_config_path()}: {exc}") from None
     config["provenance"] = None
     if path is not None:
         try:
@@ -58,6 +102,10 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
             raise ConfigError(f"thresholds file {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(user, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
+        try:
+            check_keys(user)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         if "provenance" in user and not isinstance(user["provenance"], dict):
             raise ConfigError(f"{path}: provenance must be a mapping (where the thresholds came from)")
         config = _merge(config, user)

@@ -26,6 +26,28 @@ SEVERITY_COLOURS = {
 }
 
 
+DEMO_BANNER = (
+    'DEMO WEIGHTS: the result says "demo": true, these probabilities are not a trained ECG-FM\'s (random demo '
+    "weights). Every finding and the severity below are meaningless: the report shows how the interpreter works, "
+    "nothing about this ECG."
+)
+
+
+def is_demo(meta: dict[str, Any] | None) -> bool:
+    """Whether the probabilities came from demo weights: the result's ``demo``, or its checkpoint's (``meta``'s
+    ``checkpoint`` is the object of a results file, or the JSON text the report command keeps of a model's
+    answer). A results CSV gives them as text (``True``, ``true``, ``1``)."""
+    meta = meta or {}
+    checkpoint = meta.get("checkpoint")
+    if isinstance(checkpoint, str):
+        try:
+            checkpoint = json.loads(checkpoint)
+        except ValueError:
+            checkpoint = None
+    flags = [meta.get("demo"), checkpoint.get("demo") if isinstance(checkpoint, dict) else None]
+    return any(flag is True or str(flag).strip().lower() in ("true", "1") for flag in flags if flag is not None)
+
+
 SALIENCY_NOTE = (
     "Saliency (the shading of each lead and the band under the lead II rhythm strip): where ECG-FM attended (its "
     "last attention layer; for each 32 ms step the largest weight it puts on any step), darker = more, one scale "
@@ -66,8 +88,9 @@ def _fmt(value: Any, digits: int = 1, unit: str = "") -> str:
 
 
 def report_dict(interp: Interpretation, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON report: disclaimer first, then the interpretation and where the probabilities came from."""
-    data = {"disclaimer": DISCLAIMER, **interp.to_dict()}
+    """The JSON report: disclaimer first, ``demo`` (true when the probabilities came from demo weights), then the
+    interpretation and where the probabilities came from."""
+    data = {"disclaimer": DISCLAIMER, "demo": is_demo(meta), **interp.to_dict()}
     if data.get("heart_rate"):
         data["heart_rate"] = {k: v for k, v in data["heart_rate"].items() if k != "rr_intervals_s"} | {
             "rr_intervals_s": [round(v, 4) for v in data["heart_rate"].get("rr_intervals_s", [])]
@@ -101,12 +124,15 @@ def _hr_lines(interp: Interpretation) -> list[str]:
 
 
 def render_text(interp: Interpretation, meta: dict[str, Any] | None = None) -> str:
-    """Plain-text report, one screen for one record."""
+    """Plain-text report, one screen for one record; from demo weights, :data:`DEMO_BANNER` is its first line."""
     meta = meta or {}
-    out = [f"ECG interpretation — record {interp.record}", "=" * 60, f"*** {DISCLAIMER} ***", ""]
+    demo = is_demo(meta)
+    out = [f"!!! {DEMO_BANNER} !!!", ""] if demo else []
+    out += [f"ECG interpretation — record {interp.record}", "=" * 60, f"*** {DISCLAIMER} ***", ""]
     if meta:
         out.append("Source: " + ", ".join(f"{k}={v}" for k, v in meta.items()))
-    out += [f"OVERALL SEVERITY: {interp.severity.upper()}", *_hr_lines(interp), ""]
+    severity = f"OVERALL SEVERITY: {interp.severity.upper()}" + (" (DEMO WEIGHTS: meaningless)" if demo else "")
+    out += [severity, *_hr_lines(interp), ""]
     for group in GROUP_ORDER:
         out.append(f"[{group}]")
         reported = [f for f in interp.findings if f.group == group and f.reported]
@@ -265,9 +291,11 @@ def plot_ecg_png(
 def render_html(
     interp: Interpretation, png: bytes | None = None, meta: dict[str, Any] | None = None, saliency: bool = False
 ) -> str:
-    """Self-contained HTML report; the ECG plot is embedded as a base64 PNG."""
+    """Self-contained HTML report; the ECG plot is embedded as a base64 PNG. From demo weights, :data:`DEMO_BANNER`
+    opens the page (``id="demo-banner"``) and the severity says so."""
     e = html.escape
     colour = SEVERITY_COLOURS[interp.severity]
+    demo = is_demo(meta)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -276,13 +304,15 @@ def render_html(
             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
             ".disclaimer{background:#fff3cd;border:2px solid #b58900;padding:.7em;font-weight:bold}"
-            ".sev{color:#fff;padding:2px 8px;border-radius:4px}</style></head><body>"
+            ".sev{color:#fff;padding:2px 8px;border-radius:4px}"
+            ".demo{background:#b71c1c;color:#fff;padding:.8em;font-size:1.2em;font-weight:bold}</style></head><body>"
         ),
+        *([f'<p class="demo" id="demo-banner" role="alert">{e(DEMO_BANNER)}</p>'] if demo else []),
         f'<p class="disclaimer" id="disclaimer">{e(DISCLAIMER)}</p>',
         f"<h1>ECG interpretation — record {e(interp.record)}</h1>",
         (
             f'<p>Overall severity: <span class="sev" style="background:{colour}" id="severity">'
-            f"{e(interp.severity)}</span></p>"
+            f"{e(interp.severity)}</span>{' <strong>(demo weights: meaningless)</strong>' if demo else ''}</p>"
         ),
     ]
     if meta:
@@ -339,6 +369,7 @@ def render_html(
 
 CSV_FIXED = [
     "record",
+    "demo",
     "severity",
     "heart_rate_bpm",
     "hr_quality",
@@ -353,11 +384,13 @@ CSV_FIXED = [
 ]
 
 
-def summary_row(interp: Interpretation) -> dict[str, Any]:
-    """One CSV row: severity, heart rate, reported findings per group and every probability."""
+def summary_row(interp: Interpretation, demo: bool = False) -> dict[str, Any]:
+    """One CSV row: whether the probabilities came from demo weights, severity, heart rate, reported findings per
+    group and every probability."""
     hr = interp.heart_rate or {}
     row: dict[str, Any] = {
         "record": interp.record,
+        "demo": demo,
         "severity": interp.severity,
         "heart_rate_bpm": None if hr.get("heart_rate_bpm") is None else round(hr["heart_rate_bpm"], 1),
         "hr_quality": hr.get("quality", "not measured"),

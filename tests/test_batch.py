@@ -2,8 +2,9 @@
 
 The Ray runs are few and shared (CI has 2 cores): one scores a nested archive of every input kind and is compared
 with ``ecgfm predict`` on the same files; one adds the saliency columns to a few of them, compared with ``ecgfm
-predict --saliency``; one is killed as soon as its first part is committed and resumed. The input rules, the part
-files and what ``--resume`` accepts are also tested without Ray. Every subprocess has a timeout.
+predict --saliency``; one is killed as soon as its first part is committed and resumed; one resumes a copy of the
+first whose lost part was left as a complete temporary file (killed between fsync and rename). The input rules, the
+part files and what ``--resume`` accepts are also tested without Ray. Every subprocess has a timeout.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import collections
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +36,7 @@ from ecgfm.archive.parts import (
     job_metadata,
     output_schema,
     remove_unfinished,
+    unfinished_parts,
 )
 from ecgfm.labels import AGGREGATION, LABELS
 from ecgfm.network.checkpoint import file_sha256
@@ -103,11 +106,9 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def scored(archive: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
-    """One ``ecgfm batch`` over the folder, a glob and the manifest, with per-segment columns."""
-    output = tmp_path_factory.mktemp("scored") / "out"
-    done = run_ecgfm(
+def scored_args(archive: Path, output: Path) -> list[str]:
+    """``ecgfm batch`` over the folder, a glob and the manifest, with per-segment columns, into ``output``."""
+    return [
         "batch",
         *CHECKPOINT_ARGS,
         "--per-segment",
@@ -126,7 +127,14 @@ def scored(archive: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[sub
         str(archive / "elsewhere" / "db.csv"),
         "--path-column",
         "filename_hr",
-    )
+    ]
+
+
+@pytest.fixture(scope="module")
+def scored(archive: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """One ``ecgfm batch`` over the folder, a glob and the manifest, with per-segment columns."""
+    output = tmp_path_factory.mktemp("scored") / "out"
+    done = run_ecgfm(*scored_args(archive, output))
     assert done.returncode == 0, done.stderr
     return done, output
 
@@ -167,6 +175,52 @@ def test_the_summary_counts_records_and_errors(scored):
     assert re.search(r"12 records written \(7 scored, 5 errors\) in \d+ parts, [\d.]+ s, [\d.]+ records/s", done.stderr)
     sizes = [pq.read_metadata(str(part)).num_rows for part in committed_parts(output)]
     assert sorted(sizes) == [2, 5, 5]  # --part-size 5: parts of 5 rows, but the last
+
+
+RAY_NOISE_LINES = [  # what Ray printed on every clean local run before ecgfm batch filtered it
+    "Token authentication is enabled for this Ray cluster",
+    "has constructor arguments in the object store and max_restarts > 0",
+    "Progress bars disabled",
+    "execution finished in",
+]
+
+
+def test_a_run_prints_its_own_lines_not_rays_noise(scored):
+    done, _ = scored
+    assert [line for line in done.stderr.splitlines() if any(noise in line for noise in RAY_NOISE_LINES)] == []
+    ours = [line for line in done.stderr.splitlines() if line.startswith("ecgfm batch: ")]
+    assert ours[0].startswith("ecgfm batch: scoring 12 records") and ours[-1].startswith("ecgfm batch: done: ")
+
+
+def test_the_stderr_filter_drops_only_the_known_noise_and_keeps_the_order(tmp_path):
+    """What reaches file descriptor 2 while Ray runs (Python's writes and a C++ library's alike) is copied line by
+    line, but for the known noise; the progress bar's stream goes straight to the real stderr."""
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(REPO_DIR)!r})
+from ecgfm.batch import quiet_ray_noise
+with quiet_ray_noise() as terminal:
+    os.write(2, b"[2026-12-02 14:47:36,821 E 1770 1770] core_worker.cc:2465: Actor with class name: "
+                b"'MapWorker(MapBatches(ModelStage))' and ID: '724c02017db2131eee03163301000000' has constructor "
+                b"arguments in the object store and max_restarts > 0. If the arguments ...\\n")
+    print("2026-12-02 14:47:09,870\\tWARNING authentication_token_setup.py:85 -- Token authentication is enabled "
+          "for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.", file=sys.stderr)
+    os.write(2, b"[2026-12-02 14:47:37,000 E 1770 1770] core_worker.cc:99: a real C++ error\\n")
+    print("ecgfm batch: our line", file=sys.stderr)
+    os.write(2, b"half a line, ")
+    os.write(2, b"then its end\\n")
+    terminal.write("records: 50%\\r")
+    os.write(2, b"no newline at the end")
+print("after", file=sys.stderr)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)  # bytes: "\r" kept
+    stderr = done.stderr.decode()
+    assert done.returncode == 0, stderr
+    assert stderr.replace("records: 50%\r", "") == (
+        "[2026-12-02 14:47:37,000 E 1770 1770] core_worker.cc:99: a real C++ error\n"
+        "ecgfm batch: our line\nhalf a line, then its end\nno newline at the endafter\n"
+    )
+    assert stderr.count("records: 50%\r") == 1
 
 
 def test_scores_equal_ecgfm_predict_on_the_same_records(archive, scored):
@@ -311,6 +365,51 @@ def test_a_job_that_makes_no_progress_stops_after_the_stall_timeout_naming_what_
     assert "1 PENDING_CREATION (no node has the CPUs/GPUs it asks for" in stalled.stderr
     assert "rerun with --resume" in stalled.stderr
     assert time.monotonic() - started < RUN_TIMEOUT_S / 2 and committed_parts(output) == []
+
+
+def test_a_complete_temporary_part_of_a_killed_job_is_not_taken_as_committed_and_its_inputs_are_scored_again(
+    archive, scored, tmp_path
+):
+    """A job killed between a part's fsync and its rename leaves a valid Parquet file under the temporary name: its
+    rows were never committed. A copy of the scored output loses one committed part, which comes back as such a
+    temporary (its ``record`` column marked); --resume must score those inputs again, once, and delete it."""
+    _, scored_output = scored
+    output = tmp_path / "out"
+    shutil.copytree(scored_output, output)
+    parts = committed_parts(output)
+    lost = next(part for part in parts if pq.read_metadata(part).num_rows == 5)
+    lost_rows = pq.read_table(lost)
+    lost_paths = set(lost_rows.column("path").to_pylist())
+    marked = lost_rows.set_column(
+        lost_rows.schema.get_field_index("record"), "record", pa.array(["from the temporary"] * 5, pa.string())
+    )
+    # named as PartWriter names a part's temporary: .part-<run>-<seq>.parquet.tmp
+    temporary = output / f".{lost.name.removesuffix('.parquet')}.parquet.tmp"
+    with open(temporary, "wb") as handle:
+        pq.write_table(marked, handle)
+    lost.unlink()
+    assert pq.read_table(temporary).num_rows == 5  # a complete, readable Parquet file
+    assert unfinished_parts(output) == [temporary]
+    before = rows_by_path(output)
+    assert done_paths(output) == set(before) and not lost_paths & set(before)
+
+    resumed = run_ecgfm(*scored_args(archive, output), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "removed 1 unfinished part files of a killed run" in resumed.stderr
+    assert "7 of 12 inputs were already in the output" in resumed.stderr
+    assert re.search(r"5 records written \(\d+ scored, \d+ errors\) in 1 parts", resumed.stderr), resumed.stderr
+    assert unfinished_parts(output) == [] and not list(output.glob(".*"))
+    after = rows_by_path(output)  # exactly one row per input
+    assert set(after) == set(before) | lost_paths and len(after) == 12
+    assert {path: after[path] for path in before} == before  # committed rows are kept as they were
+    (new_part,) = set(committed_parts(output)) - set(parts)
+    assert set(pq.read_table(new_part).column("path").to_pylist()) == lost_paths  # scored again, in a new part
+    original = {row["path"]: row for row in lost_rows.to_pylist()}
+    for path in lost_paths:
+        assert after[path]["record"] != "from the temporary"
+        assert after[path]["record"] == original[path]["record"] and after[path]["error"] == original[path]["error"]
+        if original[path]["error"] is None:
+            np.testing.assert_allclose(after[path]["probabilities"], original[path]["probabilities"], atol=FLOAT32_ATOL)
 
 
 def test_an_output_folder_with_parts_needs_resume_and_the_same_options(tmp_path, archive):

@@ -1,10 +1,12 @@
 """Every shell and Python block of README.md and docs/*.md runs as written, against a demo server on loopback.
 
 Blocks run in document order, each doc in its own scratch checkout (links to this one's files, ``../shared``
-beside it), with ``.venv/bin`` first on ``PATH`` (an activated venv) and demo weights (``ECGFM_DEMO=1``, small);
-``localhost:3000`` / ``127.0.0.1:3000`` point at the test's demo server. A block that starts the server
-(``./run.sh serve``) is started, must become ready, and is stopped. A block that cannot run here says so in the
-line just above it, visibly: ``*Not run by the docs test: <why>.*``.
+beside it), with ``.venv/bin`` first on ``PATH`` (an activated venv) and no ``ECGFM_*`` setting but the demo
+weights' size and folder (small, for speed: they matter only where a block turns demo weights on itself, with
+``ECGFM_DEMO=1``, as a reader in a fresh shell must); ``localhost:3000`` / ``127.0.0.1:3000`` point at the test's
+demo server. A block that starts the server (``./run.sh serve``) is started with ``ECGFM_DEMO=1`` (the test has
+no Hugging Face Hub to take the published weights from), must become ready, and is stopped. A block that cannot
+run here says so in the line just above it, visibly: ``*Not run by the docs test: <why>.*``.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     with ServerProcess(bentoml_command(port), environ, root / "server.log", port) as server:
         env = environ | {"PATH": f"{REPO_DIR / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
         env.pop("VIRTUAL_ENV", None)
+        env.pop("ECGFM_DEMO")  # a block that needs demo weights says so, as a reader's fresh shell needs it
         yield {"url": server.url, "port": port, "env": env, "root": root}
 
 
@@ -117,7 +120,7 @@ def serve_block(block: Block, cwd: Path, demo: dict) -> None:
     """Start a block that serves; it must answer /readyz, then it is stopped with its process group."""
     port = free_port()
     log = cwd / f"serve_{block.line}.log"
-    env = demo["env"] | {"PORT": str(port)}
+    env = demo["env"] | {"PORT": str(port), "ECGFM_DEMO": "1"}  # in place of the Hub's weights
     code = block.code.replace("--port 3000", f"--port {port}")
     with open(log, "wb") as out:
         process = subprocess.Popen(

@@ -218,3 +218,81 @@ def test_missing_or_out_of_range_probabilities_are_rejected() -> None:
         interpret(p)
     with pytest.raises(ValueError, match="Infarction"):
         interpret(probs(Infarction=1.5))
+
+
+# A setting the interpreter does not read would do nothing without a word: every key outside the layout is refused,
+# by its dotted name, in a user file and in the default file alike.
+UNKNOWN_KEYS = [
+    ("severity_levels: [normal, borderline, abnormal, critical, fatal]\n", "severity_levels"),
+    ("labels:\n  Infraction: {threshold: 0.4}\n", "labels.Infraction"),
+    ("labels:\n  Infarction: {treshold: 0.4}\n", "labels.Infarction.treshold"),
+    ("groups:\n  Structual: []\n", "groups.Structual"),
+    ("group_notes:\n  Ischaemia: a note\n", "group_notes.Ischaemia"),
+    ("heart_rate:\n  tachycardia_bpm: 110\n", "heart_rate.tachycardia_bpm"),
+    (
+        "heart_rate:\n  low:\n    - {below: 40, severity: critical}\n    - {bellow: 50, severity: abnormal}\n",
+        "heart_rate.low[1].bellow",
+    ),
+    ("heart_rate:\n  high:\n    - {below: 150, severity: critical}\n", "heart_rate.high[0].below"),
+    ("source: site.yaml\n", "source"),
+]
+
+
+@pytest.mark.parametrize(("text", "key"), UNKNOWN_KEYS, ids=[key for _, key in UNKNOWN_KEYS])
+def test_a_key_the_interpreter_does_not_read_is_refused_by_name(tmp_path: Path, text: str, key: str) -> None:
+    user = tmp_path / "site.yaml"
+    user.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        load_config(user)
+    assert str(refused.value).startswith(f"{user}: unknown key {key!r} (it would do nothing); ")
+
+
+def test_the_refusal_lists_the_keys_that_are_read(tmp_path: Path) -> None:
+    user = tmp_path / "site.yaml"
+    user.write_text("labels:\n  Infarction: {treshold: 0.4}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(user)
+    assert str(refused.value) == (
+        f"{user}: unknown key 'labels.Infarction.treshold' (it would do nothing); "
+        "a label's keys are: threshold, borderline, severity"
+    )
+
+
+def test_every_key_of_the_documented_layout_is_accepted_in_a_user_file(tmp_path: Path) -> None:
+    user = tmp_path / "site.yaml"
+    user.write_text(
+        "version: 1\ngroups: {Structural: []}\ngroup_notes: {Ischemia: a site note}\n"
+        "labels:\n  Infarction: {threshold: 0.6, borderline: 0.4, severity: critical}\n"
+        "heart_rate:\n  bradycardia_below_bpm: 55\n  tachycardia_above_bpm: 105\n"
+        "  low: [{below: 35, severity: critical}]\n  high: [{above: 160, severity: critical}]\n"
+    )
+    config = load_config(user)
+    assert config["labels"]["Infarction"] == {"threshold": 0.6, "borderline": 0.4, "severity": "critical"}
+    assert config["heart_rate"]["low"] == [{"below": 35, "severity": "critical"}]
+    assert interpret(probs(Sinus_rhythm=0.9), config=config).group_notes["Ischemia"] == "a site note"
+
+
+def test_a_thresholds_file_of_another_version_is_refused(tmp_path: Path) -> None:
+    user = tmp_path / "site.yaml"
+    user.write_text("version: 2\n")
+    with pytest.raises(ConfigError, match=r"site\.yaml: version: this interpreter reads version 1, got 2$"):
+        load_config(user)
+
+
+def test_the_default_file_has_no_severity_levels_and_would_be_refused_with_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The severity order is the rules' (normal < borderline < abnormal < critical), not a setting: the shipped
+    file does not pretend otherwise, and the loader checks the default file's keys as it checks a user file's."""
+    assert "severity_levels" not in CONFIG and set(CONFIG) == {
+        "version",
+        "groups",
+        "group_notes",
+        "labels",
+        "heart_rate",
+    }
+    edited = tmp_path / "thresholds.yaml"
+    edited.write_text(default_config_path().read_text() + "severity_levels: [critical, abnormal, borderline, normal]\n")
+    monkeypatch.setattr("interpreter.findings.default_config_path", lambda: edited)
+    with pytest.raises(ConfigError, match=rf"^{edited}: unknown key 'severity_levels' \(it would do nothing\)"):
+        load_config()

@@ -18,7 +18,7 @@ import pytest
 from ecgfm.labels import LABELS
 from interpreter import DISCLAIMER, cli
 from interpreter.cli import load_results, main
-from interpreter.report import SALIENCY_NOTE, ecg_figure
+from interpreter.report import DEMO_BANNER, SALIENCY_NOTE, ecg_figure, is_demo
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -360,3 +360,118 @@ def test_report_from_a_local_finetuned_checkpoint_alone(tmp_path: Path, monkeypa
     )["clinical"]["probabilities"]
     assert report["probabilities"] == pytest.approx(expected)
     assert report["heart_rate"]["heart_rate_bpm"] > 100  # sinus tachycardia, measured from the signal
+
+
+# ---- demo weights: said at the top of every report ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_finetuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The finetuned checkpoint ``ecgfm demo-checkpoints`` writes (random weights that say they are demo weights)."""
+    from ecgfm.cli import main as ecgfm_main
+
+    out = tmp_path_factory.mktemp("demo-weights")
+    assert ecgfm_main(["demo-checkpoints", "--out", str(out), "--size", "small"]) == 0
+    return out / "finetuned.pt"
+
+
+def _body_paragraphs(page: str) -> list[tuple[dict, str]]:
+    """The ``<p>`` elements of a page in order, as (attributes, text)."""
+
+    class Paragraphs(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.found: list[tuple[dict, str]] = []
+            self.open: dict | None = None
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            if tag == "p":
+                self.open = dict(attrs)
+                self.found.append((self.open, ""))
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "p":
+                self.open = None
+
+        def handle_data(self, data: str) -> None:
+            if self.open is not None:
+                attrs, text = self.found[-1]
+                self.found[-1] = (attrs, text + data)
+
+    parser = Paragraphs()
+    parser.feed(page)
+    return parser.found
+
+
+def _run_report(args: list[str], monkeypatch) -> None:
+    for name in ("ECGFM_PRETRAINED_CHECKPOINT", "ECGFM_DEMO"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main([*args, "--quiet"]) == 0
+
+
+def test_a_report_from_demo_weights_says_so_at_the_top_of_text_and_html_and_in_json_and_csv(
+    tmp_path: Path, demo_finetuned: Path, monkeypatch, capsys
+) -> None:
+    out = tmp_path / "out"
+    _run_report(["report", str(DATA / "JS06908.json"), "--finetuned", str(demo_finetuned), "--out", str(out)],
+                monkeypatch)  # fmt: skip
+    report = json.loads((out / "JS06908.json").read_text())
+    assert report["demo"] is True and list(report)[:2] == ["disclaimer", "demo"]
+    assert json.loads(report["source"]["checkpoint"])["demo"] is True  # what the model's answer said
+    text = (out / "JS06908.txt").read_text().splitlines()
+    assert text[0] == f"!!! {DEMO_BANNER} !!!"
+    assert f"OVERALL SEVERITY: {report['severity'].upper()} (DEMO WEIGHTS: meaningless)" in text
+    paragraphs = _body_paragraphs((out / "JS06908.html").read_text())
+    assert paragraphs[0] == ({"class": "demo", "id": "demo-banner", "role": "alert"}, DEMO_BANNER)  # first of all
+    assert paragraphs[1][0]["id"] == "disclaimer"
+    assert paragraphs[2][1] == f"Overall severity: {report['severity']} (demo weights: meaningless)"
+    (row,) = csv.DictReader((out / "summary.csv").open())
+    assert row["demo"] == "True"
+    assert f"1 of 1 report(s): {DEMO_BANNER}" in capsys.readouterr().err
+
+
+def test_a_report_from_real_weights_has_no_demo_banner(tmp_path: Path, monkeypatch, capsys) -> None:
+    out = tmp_path / "out"
+    _run_report(["report", str(DATA / "JS06908.json"), "--finetuned", str(FINETUNED_CKPT), "--out", str(out)],
+                monkeypatch)  # fmt: skip
+    assert json.loads((out / "JS06908.json").read_text())["demo"] is False
+    text = (out / "JS06908.txt").read_text()
+    assert text.startswith("ECG interpretation — record JS06908") and "DEMO" not in text
+    page = (out / "JS06908.html").read_text()
+    assert "demo-banner" not in page and "meaningless" not in page
+    assert next(csv.DictReader((out / "summary.csv").open()))["demo"] == "False"
+    assert "DEMO" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("meta", "demo"),
+    [
+        ({"demo": True}, True),
+        ({"demo": False}, False),
+        ({"demo": "True"}, True),  # a results CSV's column
+        ({"demo": "False"}, False),
+        ({"demo": "1"}, True),
+        ({"checkpoint": {"demo": True}}, True),  # a results file whose answer has only the checkpoint's flag
+        ({"checkpoint": json.dumps({"demo": True, "kind": "finetuned"})}, True),
+        ({"checkpoint": json.dumps({"demo": False})}, False),
+        ({"checkpoint": "not json"}, False),
+        ({}, False),
+        (None, False),
+    ],
+)
+def test_demo_results_are_told_by_their_own_flag_or_their_checkpoints(meta, demo: bool) -> None:
+    assert is_demo(meta) is demo
+
+
+def test_a_results_csv_saying_demo_false_gives_no_demo_fhir_bundle(tmp_path: Path) -> None:
+    with (tmp_path / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["record", "demo", *LABELS])
+        writer.writeheader()
+        writer.writerow({"record": "JS36330", "demo": "False", **probabilities(Sinus_rhythm=0.9)})
+        writer.writerow({"record": "JS06908", "demo": "True", **probabilities(Sinus_rhythm=0.9)})
+    args = ["report", "--results", str(tmp_path / "results.csv"), "--out", str(tmp_path), "--format", "fhir"]
+    assert main([*args, "--quiet"]) == 0
+    conclusions = {name: json.loads((tmp_path / f"{name}.fhir.json").read_text()) for name in ("JS36330", "JS06908")}
+    texts = {name: json.dumps(bundle) for name, bundle in conclusions.items()}
+    assert "DEMO" not in texts["JS36330"] and "DEMO weights (random)" in texts["JS06908"]

@@ -401,6 +401,17 @@ def test_the_landing_page_says_what_this_is_and_loads_nothing_from_elsewhere(cli
     assert "default-src 'none'" in policy and "http" not in policy and "'unsafe-inline'" not in policy
 
 
+def test_the_landing_pages_icon_is_served_so_a_browser_does_not_ask_for_favicon_ico(client: httpx.Client) -> None:
+    """Without an icon link a browser asks for /favicon.ico, which the service does not have (a 404 and a console
+    error on every visit); the link names the page at /ui's icon, which the landing page's policy allows."""
+    page = client.get("/")
+    (href,) = re.findall(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', page.text)
+    icon = client.get(href)
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+    assert icon.content == (REPO_DIR / "web" / "favicon.svg").read_bytes()
+    assert href.startswith("/") and "img-src 'self'" in page.headers["content-security-policy"]
+
+
 def test_the_openapi_document_describes_this_service(client: httpx.Client) -> None:
     import ecgfm
 

@@ -1,4 +1,5 @@
-"""The HTTP plumbing (``serving.py``) on its own: each middleware, the OpenAPI error responses, the log filter.
+"""The HTTP plumbing (``serving/``: middleware, logs, keys, openapi) on its own: each middleware, the OpenAPI error
+responses, the log filter.
 
 The same behaviour through the real server is tested in ``tests/test_hardening.py``.
 """
@@ -8,11 +9,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 
 import pytest
 from pydantic import ValidationError
 
-from serving.contract import ERRORS, JSON_MEDIA_TYPE, POST_MEDIA_TYPES, PUBLIC_PATHS, ECGRequest
+from serving.contract import (
+    DOCS_PAGES,
+    ERRORS,
+    GET_ROUTES,
+    JSON_MEDIA_TYPE,
+    POST_MEDIA_TYPES,
+    PUBLIC_PATHS,
+    REQUEST_ID,
+    ECGRequest,
+)
 from serving.keys import KeyRing
 from serving.logs import ValidationTracebackFilter, install_log_filter
 from serving.middleware import (
@@ -20,6 +31,7 @@ from serving.middleware import (
     BodySizeLimitMiddleware,
     ConcurrencyLimitMiddleware,
     MediaTypeMiddleware,
+    RequestIdMiddleware,
     RetryAfterMiddleware,
     UnknownProbeMiddleware,
 )
@@ -460,3 +472,176 @@ def test_the_request_schema_is_as_strict_as_validation() -> None:
             preprocess([lead * 60 for lead in wave], bad_fs, None, max_duration_s=600)
     names = properties["lead_names"]["anyOf"][0]
     assert (names["minItems"], names["maxItems"]) == (12, 12)
+
+
+# ---- request IDs (RequestIdMiddleware) --------------------------------------------------------------------------
+
+
+def answering(
+    status: int, body: bytes, content_type: str = JSON_MEDIA_TYPE, extra: tuple = (), seen: list | None = None
+):
+    """An app that answers ``status`` with ``body`` (its length declared) and records the request ID it was given."""
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        if seen is not None:
+            seen.append(REQUEST_ID.get())
+        headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()), *extra]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def with_id(app: object, given: bytes | None, path: str = "/clinical") -> tuple[int, list[tuple], bytes]:
+    """(status, headers, body) of one request through RequestIdMiddleware(app), sending ``given`` as X-Request-ID."""
+    sent: list[dict] = []
+    headers = [(b"content-type", JSON_MEDIA_TYPE.encode())] + ([(b"x-request-id", given)] if given is not None else [])
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(RequestIdMiddleware(app)(scope, receive, send))
+    assert [m["type"] for m in sent] == ["http.response.start"] + ["http.response.body"] * (len(sent) - 1)
+    return sent[0]["status"], sent[0]["headers"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def ids_in(headers: list[tuple]) -> list[bytes]:
+    return [value for key, value in headers if key.lower() == b"x-request-id"]
+
+
+@pytest.mark.parametrize(
+    "given", ["3f2a9c1e-77b4-4c1a-9d0e-5b6a8c7d9e01", "gw:1/a+b=c._-", "a", "x" * 128], ids=["uuid", "gw", "1", "128"]
+)
+def test_a_valid_x_request_id_is_kept_given_to_the_app_and_returned(given: str) -> None:
+    seen: list = []
+    status, headers, body = with_id(answering(200, b'{"ok": 1}', seen=seen), given.encode())
+    assert (status, ids_in(headers), seen, body) == (200, [given.encode()], [given], b'{"ok": 1}')
+
+
+def test_the_id_is_unset_once_the_request_is_answered() -> None:
+    """Log lines written after a request (in the same task) must not carry its ID."""
+    scope = {"type": "http", "method": "GET", "path": "/info", "headers": [(b"x-request-id", b"caller-0")]}
+
+    async def send(message: dict) -> None:
+        pass
+
+    async def answer_then_look() -> list:
+        seen: list = []
+        await RequestIdMiddleware(answering(200, b"{}", seen=seen))(scope, None, send)
+        return [*seen, REQUEST_ID.get()]
+
+    assert asyncio.run(answer_then_look()) == ["caller-0", None]
+
+
+@pytest.mark.parametrize(
+    "given",
+    [None, b"", b"x" * 129, b"two words", b"id\r\nSet-Cookie: a=b", b"<script>", "caf\u00e9".encode(), b"a;b"],
+    ids=["absent", "empty", "129", "space", "crlf", "markup", "non-ascii", "semicolon"],
+)
+def test_a_missing_or_malformed_x_request_id_is_replaced_by_a_new_one(given: bytes | None) -> None:
+    seen: list = []
+    app = answering(200, b"{}", seen=seen)
+    _, headers, _ = with_id(app, given)
+    _, again, _ = with_id(app, given)
+    (generated,) = ids_in(headers)
+    assert re.fullmatch(rb"[0-9a-f]{32}", generated) and generated != given  # a new UUID, in hex
+    assert seen[0] == generated.decode() and ids_in(again) != [generated]  # one per request
+
+
+def test_the_apps_own_x_request_id_header_is_replaced_by_the_requests() -> None:
+    _, headers, _ = with_id(answering(200, b"{}", extra=((b"X-Request-ID", b"from-the-app"),)), b"caller-1")
+    assert ids_in(headers) == [b"caller-1"]
+
+
+@pytest.mark.parametrize("status", [400, 422, 503])  # BentoML's own 400 (schema) and 503 (full queue) among them
+def test_a_json_error_body_gets_the_request_id_and_its_new_length(status: int) -> None:
+    got, headers, body = with_id(answering(status, b'{"error": "no signal"}'), b"caller-2")
+    assert (got, json.loads(body)) == (status, {"error": "no signal", "request_id": "caller-2"})
+    assert [v for k, v in headers if k == b"content-length"] == [str(len(body)).encode()]
+    assert ids_in(headers) == [b"caller-2"]
+
+
+def test_the_contracts_errors_from_a_guard_inside_carry_the_id_once() -> None:
+    guarded = ApiKeyMiddleware(echo, keys=KeyRing("s3cret"), public_paths=PUBLIC_PATHS)
+    status, headers, body = with_id(guarded, b"caller-3")
+    error = "missing or wrong API key: send the header 'Authorization: Bearer <key>'"
+    assert (status, json.loads(body)) == (401, {"error": error, "request_id": "caller-3"})
+    assert [v for k, v in headers if k == b"content-length"] == [str(len(body)).encode()]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type"),
+    [
+        (200, b'{"error": "not an error"}', JSON_MEDIA_TYPE),  # a success is never touched
+        (500, b"Internal Server Error", "text/plain"),  # not JSON
+        (400, b'{"error": "bad", "request_id": "set-by-the-app"}', JSON_MEDIA_TYPE),  # has one already
+        (400, b'["a", "list"]', JSON_MEDIA_TYPE),  # not an object
+        (400, b"{not json", JSON_MEDIA_TYPE),
+    ],
+    ids=["200", "text", "has-id", "list", "broken"],
+)
+def test_other_bodies_are_passed_on_unchanged_with_the_id_header(status: int, body: bytes, content_type: str) -> None:
+    got, headers, sent = with_id(answering(status, body, content_type), b"caller-4")
+    assert (got, sent, ids_in(headers)) == (status, body, [b"caller-4"])
+    assert [v for k, v in headers if k == b"content-length"] == [str(len(body)).encode()]
+
+
+def test_a_streamed_error_body_is_passed_on_as_it_comes() -> None:
+    async def streams(scope: dict, receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"error": ', "more_body": True})
+        await send({"type": "http.response.body", "body": b'"busy"}', "more_body": False})
+
+    status, headers, body = with_id(streams, b"caller-5")
+    assert (status, body, ids_in(headers)) == (503, b'{"error": "busy"}', [b"caller-5"])
+
+
+def test_a_non_http_scope_passes_through_without_an_id() -> None:
+    seen: list = []
+
+    async def lifespan_app(scope: dict, receive: object, send: object) -> None:
+        seen.append((scope, REQUEST_ID.get()))
+
+    scope = {"type": "lifespan"}
+    asyncio.run(RequestIdMiddleware(lifespan_app)(scope, None, None))
+    assert seen == [(scope, None)]
+
+
+# ---- the middlewares as service.py registers them ----------------------------------------------------------------
+
+# The paths that need no API key, as docs/security.md, docs/api.md and docs/ui.md list them: the probes, and the page
+# at /ui with its files (they hold no data; every request the page makes carries the key).
+DOCUMENTED_PUBLIC_PATHS = {
+    "/health", "/livez", "/healthz", "/readyz", "/ui", "/ui/ui.js", "/ui/ecg.js", "/ui/ui.css", "/ui/favicon.svg"
+}  # fmt: skip
+
+
+def test_the_services_api_key_guard_lets_exactly_the_documented_public_paths_through() -> None:
+    import service
+
+    registered = [cls for cls, _ in service.ECGFMService.middlewares]
+    (options,) = [options for cls, options in service.ECGFMService.middlewares if cls is ApiKeyMiddleware]
+    assert options["keys"] is service.KEYS
+    # outside the key guard, so that a 401 carries the request's ID too
+    assert registered.index(RequestIdMiddleware) < registered.index(ApiKeyMiddleware)
+    guarded = ApiKeyMiddleware(echo, **{**options, "keys": KeyRing("s3cret")})
+    served = {*POST_MEDIA_TYPES, *GET_ROUTES, *service.UI_FILES, *service.SAMPLE_FILES}
+    served |= {api.route for api in service.ECGFMService.apis.values()}
+    served |= {"/", "/metrics", "/docs.json", "/docs", *(f"/docs/{page}" for page in DOCS_PAGES), "/favicon.ico"}
+    near_misses = {"/ui/", "/ui/samples/", "/health/", "/HEALTH", "/ui/ui.js/", "/ui/../metrics", "/readyz/x"}
+    candidates = served | near_misses | DOCUMENTED_PUBLIC_PATHS
+    admitted = set()
+    for path in sorted(candidates):
+        for method in ("GET", "POST"):
+            status = answer_of(run_asgi(guarded, path=path, method=method, headers={}))[0]
+            assert status in (200, 401), (path, status)
+            if status == 200:
+                admitted.add(path)
+    assert admitted == DOCUMENTED_PUBLIC_PATHS
+    assert len(candidates - admitted) > 40  # the data: every route, every sample record, the metrics, the docs
+    for path in sorted(candidates):  # with the key, everything
+        assert answer_of(run_asgi(guarded, path=path, method="GET", headers=KEYED))[0] == 200, path

@@ -4,8 +4,8 @@ Each browser test uploads real files (``../shared/data``, ``sample_data/``) thro
 checks that what the page shows equals what the API answers for the same file, that every request the page makes
 goes to the service (anything else is aborted and fails the test) and that the browser reports no error (a
 Content-Security-Policy violation is one). What the tracing draws over the signal (the saliency band, the R-peak
-marks, the 10 s window) is read from ``ECGTracing.last`` (serving/web/ecg.js) and the canvas's ``data-`` attributes, not
-from pixels. Screenshots go to the test's tmp dir and to ``build/ui-screenshots/``.
+marks, the 10 s window, which lead each panel shows) is read from ``ECGTracing.last`` (serving/web/ecg.js) and the
+canvas's ``data-`` attributes, not from pixels. Screenshots go to the test's tmp dir and to ``build/ui-screenshots/``.
 
 Without Chromium or Playwright the browser tests are skipped, saying why; under CI (``CI=true``) they fail instead
 (``.ci/run`` installs Debian's ``chromium``; Playwright is pinned in requirements-dev.txt).
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from ecgfm.records.readers import read_record
@@ -304,6 +305,45 @@ def test_a_hospital_file_shows_what_the_file_routes_answer(
         assert seen.errors == []
 
 
+# The standard layout (docs/ui.md), written out here rather than read from ECGTracing.LAYOUT: rows of four 2.5 s
+# columns, then the 10 s lead II rhythm strip.
+STANDARD_PANELS = [["I", "aVR", "V1", "V4"], ["II", "aVL", "V2", "V5"], ["III", "aVF", "V3", "V6"]]
+
+
+def test_each_panel_draws_the_lead_it_is_labelled_with(browser: Any, server_url: str, tmp_path: Path) -> None:
+    """A record whose leads are told apart by their height: lead j of the standard order has a 40 ms spike of
+    (j + 1) × 0.1 mV every second on a flat line, and the file lists the leads in another order (reversed, as a
+    file may). Each panel must be labelled as the standard layout places it and draw exactly its lead's spikes."""
+    fs, seconds = 500, 10
+    standard = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    height = {lead: round(0.1 * (j + 1), 1) for j, lead in enumerate(standard)}
+    spike = 1 - abs(np.arange(-10, 11)) / 10  # a triangle, 1 at its centre, 40 ms wide at 500 Hz
+    flat = np.zeros(fs * seconds)
+    for beat in range(seconds):
+        centre = beat * fs + 200
+        flat[centre - 10 : centre + 11] = spike
+    in_file = list(reversed(standard))
+    path = tmp_path / "leads_told_apart.json"
+    path.write_text(json.dumps({"fs": fs, "lead_names": in_file,
+                                "signal": [(flat * height[lead]).round(6).tolist() for lead in in_file]}))  # fmt: skip
+    with visit(browser, server_url) as seen:
+        seen.upload(path)
+        seen.wait_until_done()
+        panels = seen.page.evaluate("ECGTracing.last.panels")
+        assert [(p["row"], p["column"], p["lead"]) for p in panels] == [
+            *[(r, c, lead) for r, row in enumerate(STANDARD_PANELS) for c, lead in enumerate(row)],
+            ("rhythm", 0, "II"),
+        ]
+        for panel in panels:
+            t0, t1 = (0.0, 10.0) if panel["row"] == "rhythm" else (panel["column"] * 2.5, panel["column"] * 2.5 + 2.5)
+            trace = panel["trace"]
+            assert (panel["t0"], panel["t1"], trace["first"], trace["end"]) == (t0, t1, t0 * fs, t1 * fs)
+            # the lead's own spikes above its flat line (the median), no other lead's
+            assert (trace["low"], trace["high"]) == pytest.approx((0.0, height[panel["lead"]]), abs=1e-9), panel
+        seen.screenshot("leads-told-apart", tmp_path)
+        assert seen.errors == []
+
+
 def test_a_wfdb_record_is_chosen_as_its_header_and_signal_file(browser: Any, server_url: str, tmp_path: Path) -> None:
     record = read_record(SAMPLES_DIR / "JS36330.hea")
     expected = clinical(server_url, record.signal.tolist(), record.fs, record.lead_names)
@@ -405,6 +445,22 @@ def test_at_phone_width_nothing_but_the_tracing_scrolls_sideways(browser: Any, s
         assert seen.page.evaluate("document.querySelector('#ecg').clientWidth") > 390  # the grid stays readable
         seen.screenshot("phone-390x844", tmp_path)
         assert seen.errors == []
+
+
+def test_the_landing_page_loads_without_an_error_its_icon_included(browser: Any, server_url: str) -> None:
+    """A browser asks for /favicon.ico unless the page names its icon; the service has none there (a 404, logged
+    as an error in the console of every visitor)."""
+    context = browser.new_context(service_workers="block")
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(server_url + "/", wait_until="networkidle")
+        page.wait_for_timeout(1500)  # the icon is fetched after the page has loaded
+        assert page.title().startswith("ecgfm-serve") and errors == []
+    finally:
+        context.close()
 
 
 # ---- over the tracing: saliency, the whole record, R peaks -------------------------------------------------------

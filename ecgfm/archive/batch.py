@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import json
 import logging
 import math
 import os
 import queue
+import re
 import shutil
 import sys
 import tempfile
@@ -450,7 +452,7 @@ def run_job(job: BatchJob) -> BatchSummary:
     if not todo:
         return summary
     started = time.monotonic()
-    with ray_session(job) as (cluster_cpus, cluster_gpus):
+    with quiet_ray_noise() as terminal, ray_session(job) as (cluster_cpus, cluster_gpus):
         plan = plan_resources(job, cluster_cpus, cluster_gpus)
         log(
             f"scoring {len(todo)} records ({summary.skipped} already in the output) with "
@@ -459,7 +461,7 @@ def run_job(job: BatchJob) -> BatchSummary:
         )
         dataset = build_dataset(job, todo, plan)
         try:
-            _write_parts(job, dataset, len(todo), previous, summary)
+            _write_parts(job, dataset, len(todo), previous, summary, progress_to=terminal)
         finally:
             summary.seconds = time.monotonic() - started
             if summary.per_node:
@@ -536,14 +538,23 @@ def build_dataset(job: BatchJob, todo: Sequence[BatchInput], plan: dict[str, Any
     return dataset
 
 
-def _write_parts(job: BatchJob, dataset: Any, total: int, previous: dict[str, Any], summary: BatchSummary) -> None:
+def _write_parts(
+    job: BatchJob,
+    dataset: Any,
+    total: int,
+    previous: dict[str, Any],
+    summary: BatchSummary,
+    progress_to: io.TextIOBase | None = None,
+) -> None:
     from tqdm import tqdm
 
     writer: PartWriter | None = None
     pending: list[pa.Table] = []
     pending_rows = 0
     last_commit = time.monotonic()
-    progress = tqdm(total=total, desc="records", unit="rec", file=sys.stderr, disable=not job.progress, mininterval=1)
+    progress = tqdm(
+        total=total, desc="records", unit="rec", file=progress_to or sys.stderr, disable=not job.progress, mininterval=1
+    )
     rates = Rates(total, log_every=None if job.progress else PROGRESS_LOG_S)
 
     def commit(rows: int) -> None:
@@ -789,3 +800,73 @@ def auth_line() -> str:
 
 def log(message: str) -> None:
     print(f"ecgfm batch: {message}", file=sys.stderr, flush=True)
+
+
+# Lines Ray writes on every clean run, saying nothing about the job; every other line of Ray's is let through.
+RAY_NOISE = (
+    # a local ray.init() turns token authentication on by default and says so (it stays on)
+    re.compile(r"WARNING authentication_token_setup\.py:\d+ -- Token authentication is enabled for this Ray cluster\."),
+    # the core worker flags every actor whose constructor arguments are in the object store while it may restart:
+    # Ray Data passes its context and transform to each actor of a pool so (ray-project/ray#57733)
+    re.compile(
+        r"core_worker\.cc:\d+: Actor with class name: '[^']*' and ID: '[0-9a-f]+' has constructor arguments in "
+        r"the object store and max_restarts > 0\."
+    ),
+    # Ray Data's progress bars are off on purpose (ours counts records, errors and parts)
+    re.compile(r"WARNING __init__\.py:\d+ -- Progress bars disabled\. To enable, set"),
+    # Ray Data's own line at the end of the dataset; ours follows with the counts
+    re.compile(r"INFO streaming_executor\.py:\d+ -- .*Dataset \S+ execution finished in [\d.]+ seconds"),
+)
+
+
+class quiet_ray_noise:  # noqa: N801 (a context manager used as a function)
+    """While Ray runs, what is written to this process's stderr (file descriptor 2: Python, and Ray's C++ core
+    worker, which no logging setting reaches without hiding its real errors too) goes through a pipe and is
+    copied to the real stderr line by line, but for the lines :data:`RAY_NOISE` matches. Yields a text stream on
+    the real stderr, for the progress bar (which redraws a line in place, so it cannot wait for a line's end)."""
+
+    def __init__(self, noise: Sequence[re.Pattern[str]] = RAY_NOISE) -> None:
+        self.noise = noise
+
+    def __enter__(self) -> io.TextIOBase:
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self.thread = threading.Thread(
+            target=self._copy, args=(read_end, os.dup(self.saved)), name="ecgfm-stderr", daemon=True
+        )
+        self.thread.start()
+        self.terminal = io.TextIOWrapper(io.FileIO(os.dup(self.saved), "w"), write_through=True)
+        return self.terminal
+
+    def __exit__(self, *exc_info: object) -> None:
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.terminal.close()
+        # the pipe ends when no process holds it (Ray's are stopped by now); a straggler's lines still get through
+        self.thread.join(timeout=5)
+
+    def _copy(self, read_end: int, out: int) -> None:
+        """Copy the pipe to ``out`` (its own descriptor) until every writer has closed it, dropping the noise."""
+        pending = b""
+        with open(read_end, "rb", buffering=0) as pipe, open(out, "wb", buffering=0) as sink:
+            while chunk := pipe.read(65536):
+                *lines, pending = (pending + chunk).split(b"\n")
+                self._write(sink, b"".join(line + b"\n" for line in lines if not self._is_noise(line)))
+            if pending and not self._is_noise(pending):
+                self._write(sink, pending)
+
+    def _is_noise(self, line: bytes) -> bool:
+        text = line.decode("utf-8", "replace")
+        return any(pattern.search(text) for pattern in self.noise)
+
+    @staticmethod
+    def _write(sink: io.RawIOBase, data: bytes) -> None:
+        try:
+            while data:
+                data = data[sink.write(data) :]
+        except OSError:  # the real stderr is gone: keep draining the pipe so that no writer blocks on it
+            pass

@@ -8,7 +8,8 @@
  * A 10 s window of a longer record (`start` s onwards) is drawn in the same layout. Over it, when given: the
  * saliency band (`saliencyBand`: ECG-FM's attention per 32 ms step, one colour scale over the whole record, shaded
  * behind every row) and the interpreter's R peaks (a mark above each beat on the rhythm strip and on the panel of
- * the lead they were detected in). `last` keeps what the latest call drew, for the page and its tests. */
+ * the lead they were detected in). `last` keeps what the latest call drew (the window, each panel's label and
+ * the range of its trace, the saliency spans, the R-peak marks), for the page and its tests. */
 "use strict";
 
 window.ECGTracing = (function () {
@@ -101,18 +102,25 @@ window.ECGTracing = (function () {
     ctx.stroke();
   }
 
-  /** Lead `samples` over [t0, t1) of the window that starts at `start` s of the record. */
+  /** Lead `samples` over [t0, t1) of the window that starts at `start` s of the record. Returns what was plotted:
+   * the samples [first, end) and the lowest and highest value drawn (mV above the lead's median), or null. */
   function drawSpan(ctx, k, samples, fs, offset, start, t0, t1, baseline) {
     const first = Math.max(0, Math.floor((start + t0) * fs + EPS));
     const end = Math.min(samples.length, Math.ceil((start + t1) * fs - EPS));
-    if (end - first < 2) return;
+    if (end - first < 2) return null;
+    let low = Infinity;
+    let high = -Infinity;
     ctx.beginPath();
     for (let i = first; i < end; i++) {
+      const mv = samples[i] - offset;
+      low = Math.min(low, mv);
+      high = Math.max(high, mv);
       const x = (LEFT_MM + (i / fs - start) * MM_PER_S) * k;
-      const y = baseline - (samples[i] - offset) * MM_PER_MV * k;
+      const y = baseline - mv * MM_PER_MV * k;
       if (i === first) ctx.moveTo(x, y); else ctx.lineTo(x, y);
     }
     ctx.stroke();
+    return { first, end, low, high };
   }
 
   /** Shade each span of `band` that falls in [t0, t1) of the window starting at `start`, over one row. */
@@ -185,8 +193,10 @@ window.ECGTracing = (function () {
     const peaks = options.peaks && options.peaks.r_peaks ? options.peaks : null;
     const peakLead = peaks && peaks.lead ? peaks.lead.toLowerCase() : null;
     // what was drawn: the window [start, end) s; band: the record's saliency band shaded (null: none); saliency:
-    // its spans in the window; peaks: the R-peak marks ({sample, t, lead, row: "rhythm" | "panel"})
-    const result = { start, end: start + shown, total, pxPerMm: k, band: options.band || null, saliency: [], peaks: [] };
+    // its spans in the window; peaks: the R-peak marks ({sample, t, lead, row: "rhythm" | "panel"}); panels: each
+    // panel's label and trace, row by row ({row: 0-2 or "rhythm", column, lead, t0, t1, trace: drawSpan's answer})
+    const result = { start, end: start + shown, total, pxPerMm: k, band: options.band || null, saliency: [], peaks: [],
+      panels: [] };
     ctx.lineJoin = "round";
     const rows = [...LAYOUT.map((leads) => leads.map((lead, c) => [lead, c * COLUMN_S, (c + 1) * COLUMN_S])),
       [[RHYTHM_LEAD, 0, STRIP_S]]];
@@ -204,8 +214,11 @@ window.ECGTracing = (function () {
       cells.forEach(([lead, t0, t1], c) => {
         const i = index[lead.toLowerCase()];
         ctx.strokeStyle = COLOURS.trace;
-        if (i !== undefined) drawSpan(ctx, k, record.signal[i], fs, offsets[i], start, t0, t1, baseline);
-        label(ctx, k, i === undefined ? `${lead} (missing)` : lead, t0, rowTop);
+        const trace = i === undefined ? null
+          : drawSpan(ctx, k, record.signal[i], fs, offsets[i], start, t0, t1, baseline);
+        const text = i === undefined ? `${lead} (missing)` : lead;
+        label(ctx, k, text, t0, rowTop);
+        result.panels.push({ row: rhythm ? "rhythm" : r, column: c, lead: text, t0, t1, trace });
         if (peaks && i !== undefined && (rhythm || lead.toLowerCase() === peakLead)) {
           const marks = drawPeaks(ctx, k, record.signal[i], peaks.r_peaks, fs, offsets[i], start, t0, t1,
             baseline, rowTop);
