@@ -54,7 +54,7 @@ def test_convert_to_npy_and_wfdb_round_trip(tmp_path: Path) -> None:
 def test_convert_reports_and_skips_a_bad_file(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "scan.dcm"
     bad.write_bytes(DICOM.read_bytes()[:300])
-    assert main(["convert", str(bad), str(tmp_path / "out.json")]) == 1
+    assert main(["convert", str(bad), str(tmp_path / "out.json")]) == 2
     assert "skipped" in capsys.readouterr().err and not (tmp_path / "out.json").exists()
 
 

@@ -50,6 +50,6 @@ def run(args: argparse.Namespace) -> int:
         write_record(record, output)
     except RecordError as exc:
         print(f"ecgfm: skipped {args.input}: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(json.dumps(summary(record, output)), file=sys.stderr)
     return 0

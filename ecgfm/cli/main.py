@@ -129,9 +129,9 @@ def _predict(args: argparse.Namespace) -> int:
 
     with open(args.output, "w") if args.output else contextlib.nullcontext(sys.stdout) as output:
         failures = _predict_records(predictor, args, output)
-    if failures:
+    if failures:  # bad input: every other record is still written
         print(f"ecgfm: {failures} of {len(args.records)} records skipped", file=sys.stderr)
-    return 1 if failures else 0
+    return 2 if failures else 0
 
 
 def _predict_records(predictor: Predictor, args: argparse.Namespace, output: TextIO) -> int:
