@@ -198,7 +198,7 @@ def test_the_stderr_filter_drops_only_the_known_noise_and_keeps_the_order(tmp_pa
     script = f"""
 import os, sys
 sys.path.insert(0, {str(REPO_DIR)!r})
-from ecgfm.batch import quiet_ray_noise
+from ecgfm.archive.batch import quiet_ray_noise
 with quiet_ray_noise() as terminal:
     os.write(2, b"[2026-12-02 14:47:36,821 E 1770 1770] core_worker.cc:2465: Actor with class name: "
                 b"'MapWorker(MapBatches(ModelStage))' and ID: '724c02017db2131eee03163301000000' has constructor "
@@ -376,7 +376,7 @@ def test_a_complete_temporary_part_of_a_killed_job_is_not_taken_as_committed_and
     _, scored_output = scored
     output = tmp_path / "out"
     shutil.copytree(scored_output, output)
-    parts = committed_parts(output)
+    parts = [Path(str(part)) for part in committed_parts(output)]  # local: the Location's path
     lost = next(part for part in parts if pq.read_metadata(part).num_rows == 5)
     lost_rows = pq.read_table(lost)
     lost_paths = set(lost_rows.column("path").to_pylist())
@@ -389,7 +389,7 @@ def test_a_complete_temporary_part_of_a_killed_job_is_not_taken_as_committed_and
         pq.write_table(marked, handle)
     lost.unlink()
     assert pq.read_table(temporary).num_rows == 5  # a complete, readable Parquet file
-    assert unfinished_parts(output) == [temporary]
+    assert [Path(str(part)) for part in unfinished_parts(output)] == [temporary]
     before = rows_by_path(output)
     assert done_paths(output) == set(before) and not lost_paths & set(before)
 
@@ -402,7 +402,7 @@ def test_a_complete_temporary_part_of_a_killed_job_is_not_taken_as_committed_and
     after = rows_by_path(output)  # exactly one row per input
     assert set(after) == set(before) | lost_paths and len(after) == 12
     assert {path: after[path] for path in before} == before  # committed rows are kept as they were
-    (new_part,) = set(committed_parts(output)) - set(parts)
+    (new_part,) = {Path(str(part)) for part in committed_parts(output)} - set(parts)
     assert set(pq.read_table(new_part).column("path").to_pylist()) == lost_paths  # scored again, in a new part
     original = {row["path"]: row for row in lost_rows.to_pylist()}
     for path in lost_paths:
