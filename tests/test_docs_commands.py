@@ -36,7 +36,7 @@ SERVES = re.compile(r"(^|[\s;&|(])\./run\.sh serve\b|(^|\s)bentoml serve\b", re.
 DEFAULT_PORT = re.compile(r"\b(localhost|127\.0\.0\.1):3000\b")
 BLOCK_TIMEOUT_S = 300
 RUN_SH_INPUTS = ("requirements.txt", "requirements-dev.txt", "pyproject.toml")  # what run.sh's venv stamp hashes
-MOST_NOT_RUN = 13  # "visibly and few": the Hub, image builds, BentoCloud, the suite itself, a cluster, a bucket, a FHIR server, a served probe
+MOST_NOT_RUN = 13  # "visibly and few" (the Hub, image builds, BentoCloud, the suite, a bucket, a FHIR server, a probe)
 
 
 @dataclass(frozen=True)
