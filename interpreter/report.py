@@ -435,18 +435,23 @@ def reliable_heart_rate(heart_rate: dict[str, Any] | None) -> float | None:
     return hr.get("heart_rate_bpm") if hr.get("quality") != "unreliable" else None
 
 
+def exchange_content(interp: Interpretation) -> dict[str, Any]:
+    """What the exchange formats (FHIR, HL7 v2) carry of an interpretation: the 17 probabilities, the measured heart
+    rate when reliable and each reported finding."""
+    return {
+        "probabilities": interp.probabilities,
+        "heart_rate_bpm": reliable_heart_rate(interp.heart_rate),
+        "findings": interpreter_findings(interp),
+    }
+
+
 def write_fhir_bundle(interp: Interpretation, out_dir: str | Path, demo: bool = False) -> Path:
     """``<record>.fhir.json``: a FHIR R4 Bundle (:func:`ecgfm.results.fhir.bundle`) of the interpretation: the
     measured heart rate when reliable, each reported finding (SNOMED CT coded) with its probability, and the 17
     probabilities."""
     from ecgfm.results.fhir import bundle
 
-    resource = bundle(
-        probabilities=interp.probabilities,
-        heart_rate_bpm=reliable_heart_rate(interp.heart_rate),
-        findings=interpreter_findings(interp),
-        demo=demo,
-    )
+    resource = bundle(**exchange_content(interp), demo=demo)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{file_stem(interp.record)}.fhir.json"
@@ -459,12 +464,7 @@ def write_hl7v2_message(interp: Interpretation, out_dir: str | Path, demo: bool 
     interpretation: the 17 probabilities, the measured heart rate when reliable and each reported finding."""
     from ecgfm.results.hl7v2 import oru_r01
 
-    message = oru_r01(
-        probabilities=interp.probabilities,
-        heart_rate_bpm=reliable_heart_rate(interp.heart_rate),
-        findings=interpreter_findings(interp),
-        demo=demo,
-    )
+    message = oru_r01(**exchange_content(interp), demo=demo)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{file_stem(interp.record)}.hl7"
