@@ -85,6 +85,8 @@ DOCS_PAGES = (
     "model.md",
     "architecture.md",
     "integration.md",
+    "evaluation.md",
+    "probes.md",
 )
 JSON_MEDIA_TYPE = "application/json"
 NPY_MEDIA_TYPE = "application/octet-stream"
