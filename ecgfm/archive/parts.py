@@ -234,7 +234,9 @@ def read_features(source: Path) -> tuple[pa.Table, dict[str, Any]]:
     metadata = read_metadata(parts[0])
     if "pretrained" not in (metadata.get("models") or []):
         raise ValueError(f"{source}: this ecgfm batch output has no features column (it was run with --only clinical)")
-    tables = [pq.read_table(part, columns=["record", "path", "features", "error"]) for part in parts]
+    columns = ["record", "path", "features", "error"]
+    locations = [as_location(part) for part in parts]
+    tables = [pq.read_table(part.path, columns=columns, filesystem=part.filesystem) for part in locations]
     table = pa.concat_tables(tables)
     mask = pc.and_(pc.is_null(table["error"]), pc.is_valid(table["features"]))
     return table.filter(mask).drop_columns(["error"]), metadata
