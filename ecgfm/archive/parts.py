@@ -131,6 +131,12 @@ def read_metadata(part: Path | str | Location) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+def read_part(part: Path | str | Location, columns: list[str] | None = None) -> pa.Table:
+    """One part file (local or in an object store) as a table, with only ``columns`` when given."""
+    location = as_location(part)
+    return pq.read_table(location.path, columns=columns, filesystem=location.filesystem)
+
+
 def committed_parts(directory: Path | str | Location) -> list[Location]:
     """The complete part files of an output folder (local or in an object store), sorted by name."""
     return [part for part in as_location(directory).files(recursive=False) if PART_PATTERN.match(part.name)]
@@ -234,9 +240,7 @@ def read_features(source: Path) -> tuple[pa.Table, dict[str, Any]]:
     metadata = read_metadata(parts[0])
     if "pretrained" not in (metadata.get("models") or []):
         raise ValueError(f"{source}: this ecgfm batch output has no features column (it was run with --only clinical)")
-    columns = ["record", "path", "features", "error"]
-    locations = [as_location(part) for part in parts]
-    tables = [pq.read_table(part.path, columns=columns, filesystem=part.filesystem) for part in locations]
+    tables = [read_part(part, ["record", "path", "features", "error"]) for part in parts]
     table = pa.concat_tables(tables)
     mask = pc.and_(pc.is_null(table["error"]), pc.is_valid(table["features"]))
     return table.filter(mask).drop_columns(["error"]), metadata

@@ -101,9 +101,8 @@ def _probability(value: Any, where: str, label: str) -> float:
 
 
 def _read_batch(path: Path) -> Predictions:
-    import pyarrow.parquet as pq
 
-    from ecgfm.archive.parts import committed_parts, read_metadata
+    from ecgfm.archive.parts import committed_parts, read_metadata, read_part
 
     parts = [path] if path.is_file() else committed_parts(path)
     if not parts:
@@ -115,7 +114,7 @@ def _read_batch(path: Path) -> Predictions:
     for part in parts:
         labels = read_metadata(part).get("labels") or labels
         try:
-            table = pq.read_table(part, columns=["record", "path", "probabilities", "error"])
+            table = read_part(part, ["record", "path", "probabilities", "error"])
         except (KeyError, ValueError) as exc:  # pyarrow: a column is missing, or not Parquet
             raise EvaluationInputError(f"{part}: not an ecgfm batch part with probabilities ({exc})") from None
         for row in table.to_pylist():
