@@ -408,7 +408,7 @@ def test_the_landing_pages_icon_is_served_so_a_browser_does_not_ask_for_favicon_
     (href,) = re.findall(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', page.text)
     icon = client.get(href)
     assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
-    assert icon.content == (REPO_DIR / "web" / "favicon.svg").read_bytes()
+    assert icon.content == (REPO_DIR / "serving" / "web" / "favicon.svg").read_bytes()
     assert href.startswith("/") and "img-src 'self'" in page.headers["content-security-policy"]
 
 

@@ -215,7 +215,7 @@ def test_the_page_and_its_files_come_from_the_service_under_a_self_only_policy(s
 
 
 def test_every_bundled_sample_the_page_offers_is_served(server_url: str) -> None:
-    script = (REPO_DIR / "web" / "ui.js").read_text()
+    script = (REPO_DIR / "serving" / "web" / "ui.js").read_text()
     offered = {name for files in re.findall(r"files: \[([^\]]+)\]", script) for name in re.findall(r'"([^"]+)"', files)}
     assert "JS36330.hea" in offered and "JS36330.npy" in offered
     for name in sorted(offered):
