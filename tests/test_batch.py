@@ -60,6 +60,22 @@ def run_ecgfm(*args: str, timeout: float = RUN_TIMEOUT_S) -> subprocess.Complete
     )
 
 
+def kill_once_a_part_is_committed(
+    args: list[str], output: Path | str, env: dict[str, str] | None = None, timeout_s: float = RUN_TIMEOUT_S
+) -> None:
+    """Run ``ecgfm *args`` and SIGKILL it as soon as ``output`` holds a committed part (or it ends, or the time is
+    up): a job killed part-way."""
+    process = subprocess.Popen([sys.executable, "-m", "ecgfm", *args], cwd=REPO_DIR, env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not committed_parts(output) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+
+
 def rows_by_path(output: Path) -> dict[str, dict]:
     rows = pads.dataset(output, format="parquet").to_table().to_pylist()
     counts = collections.Counter(row["path"] for row in rows)
@@ -325,15 +341,7 @@ def test_a_job_killed_after_its_first_part_and_resumed_has_exactly_one_row_per_i
     args = ["batch", "--finetuned", str(FINETUNED_CKPT), "--only", "clinical", "--output", str(output)]  # one actor
     args += ["--part-size", "1", "--records-per-batch", "1"]
     args += ["--no-progress", str(inputs)]
-    process = subprocess.Popen([sys.executable, "-m", "ecgfm", *args], cwd=REPO_DIR, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while not committed_parts(output) and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.kill()
-        process.wait(timeout=30)
+    kill_once_a_part_is_committed(args, output)
     before = rows_by_path(output)
     assert 1 <= len(before) < 21, "the job was not killed part-way"
     (output / ".part-killed-000009.parquet.tmp").write_bytes(b"PAR1 half a part")  # a part being written

@@ -13,10 +13,8 @@ import collections
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from ecgfm.archive.parts import committed_parts, read_rows
 from ecgfm.archive.storage import Location
 from tests.conftest import DATA_DIR, FINETUNED_CKPT, PRETRAINED_CKPT, REPO_DIR
 from tests.launcher import HOST, ServerProcess, free_port
+from tests.test_batch import kill_once_a_part_is_committed
 
 CHECKPOINT_ARGS = ["--pretrained", str(PRETRAINED_CKPT), "--finetuned", str(FINETUNED_CKPT)]
 RUN_TIMEOUT_S = 300
@@ -143,17 +142,7 @@ def test_a_bucket_job_killed_after_its_first_part_and_resumed_has_exactly_one_ro
     output = f"s3://{BUCKET}/kill/out"
     args = ["batch", "--finetuned", str(FINETUNED_CKPT), "--only", "clinical", "--output", output]
     args += ["--part-size", "1", "--records-per-batch", "1", "--no-progress", f"s3://{BUCKET}/kill/in"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ecgfm", *args], cwd=REPO_DIR, env=s3_env, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while not committed_parts(output) and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.kill()
-        process.wait(timeout=30)
+    kill_once_a_part_is_committed(args, output, env=s3_env, timeout_s=RUN_TIMEOUT_S)
     before = rows_by_path(output)
     assert 1 <= len(before) < len(records), "the job was not killed part-way"
     for part in committed_parts(output):  # every object under out/ is a whole Parquet file

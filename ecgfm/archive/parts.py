@@ -160,8 +160,7 @@ def done_paths(directory: Path | str | Location) -> set[str]:
     """The ``path`` of every row in the committed parts (what ``--resume`` skips)."""
     done: set[str] = set()
     for part in committed_parts(directory):
-        table = pq.read_table(part.path, columns=["path"], filesystem=part.filesystem)
-        done.update(table.column("path").to_pylist())
+        done.update(read_part(part, ["path"]).column("path").to_pylist())
     return done
 
 
@@ -169,7 +168,7 @@ def read_rows(directory: Path | str | Location) -> list[dict[str, Any]]:
     """Every row of an output folder as a dict (for tests and small outputs; use a Parquet reader for large)."""
     rows: list[dict[str, Any]] = []
     for part in committed_parts(directory):
-        rows += pq.read_table(part.path, filesystem=part.filesystem).to_pylist()
+        rows += read_part(part).to_pylist()
     return rows
 
 
