@@ -45,7 +45,7 @@ class Answer:
                     "or /features for JSON or FHIR"
                 )
             message = message_for_result(output.to_json(), control_id=REQUEST_ID.get(), patient=self.patient)
-            return Response(message.encode("utf-8"), media_type=f"{HL7V2_MEDIA_TYPE}; charset=utf-8")
+            return hl7v2_response(message)
         return JSONResponse(output.to_json())
 
     def interpretation_response(self, report: dict[str, Any]) -> Response:
@@ -61,7 +61,12 @@ class Answer:
         if self.media_type == FHIR_MEDIA_TYPE:
             return JSONResponse(bundle(**content), media_type=FHIR_MEDIA_TYPE)
         message = oru_r01(**content, control_id=REQUEST_ID.get(), patient=self.patient)
-        return Response(message.encode("utf-8"), media_type=f"{HL7V2_MEDIA_TYPE}; charset=utf-8")
+        return hl7v2_response(message)
+
+
+def hl7v2_response(message: str) -> Response:
+    """An ER7 message as the body of a response."""
+    return Response(message.encode("utf-8"), media_type=f"{HL7V2_MEDIA_TYPE}; charset=utf-8")
 
 
 def _header_text(headers: Headers, name: str) -> str:
