@@ -239,6 +239,23 @@ print("after", file=sys.stderr)
     assert stderr.count("records: 50%\r") == 1
 
 
+def test_the_local_ray_of_a_job_sends_no_usage_report():
+    """docs/security.md: the local Ray that ``ecgfm batch`` starts has usage stats off, whatever the environment
+    says (Ray's own ``ray.init`` turns them off for a cluster it starts; this checks that it still does)."""
+    script = f"""
+import sys, types
+sys.path.insert(0, {str(REPO_DIR)!r})
+from ray._common.usage.usage_lib import usage_stats_enabled
+from ecgfm.archive.batch import ray_session
+with ray_session(types.SimpleNamespace(address=None, num_cpus=1)):
+    print(usage_stats_enabled())
+"""
+    env = {name: value for name, value in os.environ.items() if name != "RAY_USAGE_STATS_ENABLED"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "False"
+
+
 def test_scores_equal_ecgfm_predict_on_the_same_records(archive, scored):
     _, output = scored
     rows = rows_by_path(output)

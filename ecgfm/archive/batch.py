@@ -751,9 +751,6 @@ class ray_session:  # noqa: N801 (a context manager used as a function)
         runtime_env = {"env_vars": {"PYTHONPATH": f"{package_root}{os.pathsep}${{PYTHONPATH}}"}}
         if self.job.address is None:
             self.temp_dir = tempfile.mkdtemp(prefix="ecgfm-ray-")
-            # The local Ray sends no usage report unless the user opted in (docs/security.md): its processes
-            # inherit this from here.
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             ray.init(
                 address="local",
                 num_cpus=self.job.num_cpus or os.cpu_count() or 1,
