@@ -279,7 +279,7 @@ class ECGFMService:
         install_request_id_logging()
         self.checkpoints: dict[str, CheckpointInfo] = {}
         self.thresholds = load_config(SETTINGS.interpreter.thresholds)  # checked by resolve_weights before start
-        metrics.start_api_series()
+        metrics.start_api_series(PROBE_POST_ROUTES)
 
     @bentoml.on_deployment
     def resolve_weights() -> None:

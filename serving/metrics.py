@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import get_args
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -36,6 +36,8 @@ MODELS: tuple[ModelKind, ...] = get_args(ModelKind)
 # The output each scoring route answers: /clinical, /clinical/npy and /clinical/file answer "clinical", ...
 OUTPUTS = {route: route.split("/")[1] for route in (*JSON_POST_ROUTES, *NPY_POST_ROUTES, *FILE_POST_ROUTES)}
 OTHER_ROUTE = "other"  # the endpoint label of a path not in OUTPUTS (none today: the handlers are bound to them)
+PROBE_OUTPUT = "probe"  # the output label of a loaded probe's routes (/probes/<name>, .../npy, .../file)
+_probe_endpoints: set[str] = set()  # those routes, from start_api_series: a bounded set of label values
 # Seconds, from a small model's few milliseconds to a 10-minute record on a CPU (ECGFM_REQUEST_TIMEOUT_S: 300 s).
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # Segments in one batch: powers of two past any ECGFM_MAX_BATCH_SIZE in use (8 on CPU, 32 on CUDA by default).
@@ -97,10 +99,11 @@ def _flag(saliency: bool) -> str:
     return "true" if saliency else "false"
 
 
-def start_api_series() -> None:
+def start_api_series(probe_routes: Iterable[str] = ()) -> None:
     """Every series the API service records, at 0: a rate is defined from the first scrape, and an alert on "nothing
-    scored" sees a zero rather than no series."""
-    for endpoint, output in OUTPUTS.items():
+    scored" sees a zero rather than no series. ``probe_routes``: the POST paths of the loaded probes."""
+    _probe_endpoints.update(probe_routes)
+    for endpoint, output in scored_series():
         RECORDS_SCORED.labels(endpoint, output)
     for model in MODELS:
         for saliency in (False, True):
@@ -115,9 +118,14 @@ def start_model_series(model: ModelKind) -> None:
             metric.labels(model, _flag(saliency))
 
 
+def scored_series() -> list[tuple[str, str]]:
+    """The (endpoint, output) labels of ``ecgfm_records_scored_total``: each scoring route, each loaded probe's."""
+    return [*OUTPUTS.items(), *((endpoint, PROBE_OUTPUT) for endpoint in sorted(_probe_endpoints))]
+
+
 def record_scored(endpoint: str) -> None:
-    """One record answered with model outputs on ``endpoint`` (a scoring route's path)."""
-    output = OUTPUTS.get(endpoint)
+    """One record answered with model outputs on ``endpoint`` (a scoring route's or a loaded probe's path)."""
+    output = OUTPUTS.get(endpoint) or (PROBE_OUTPUT if endpoint in _probe_endpoints else None)
     RECORDS_SCORED.labels(endpoint if output else OTHER_ROUTE, output or OTHER_ROUTE).inc()
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ecgfm.cli.main import main
 from ecgfm.network.checkpoint import file_sha256
@@ -311,6 +312,31 @@ def test_an_unknown_probe_is_a_404_and_the_middlewares_cover_the_probe_routes(se
     assert (
         served.post("/probes/rhythm/npy", content=b"x", headers={"content-type": "application/json"}).status_code == 415
     )
+
+
+def test_probe_answers_are_counted_under_their_own_routes_in_the_metrics(served, windows) -> None:
+    """``ecgfm_records_scored_total`` has a series per loaded probe route (output ``probe``), at 0 from the start."""
+
+    def scored() -> dict[tuple[str, str], float]:
+        families = text_string_to_metric_families(served.get("/metrics").text)
+        samples = [sample for family in families for sample in family.samples]
+        return {
+            (sample.labels["endpoint"], sample.labels["output"]): sample.value
+            for sample in samples
+            if sample.name == "ecgfm_records_scored_total"
+        }
+
+    before = scored()
+    routes = ("/probes/rhythm", "/probes/rhythm/npy", "/probes/rhythm/file")
+    assert {(route, "probe") for route in routes} <= set(before)
+    record = json.loads(windows[0][0].read_text())
+    body = {key: record[key] for key in ("signal", "fs")}
+    assert served.post("/probes/rhythm", json=body).status_code == 200
+    assert served.post("/probes/nope", json=body).status_code == 404
+    after = scored()
+    assert after[("/probes/rhythm", "probe")] == before[("/probes/rhythm", "probe")] + 1
+    assert after.get(("other", "other"), 0) == before.get(("other", "other"), 0)
+    assert not any(endpoint == "/probes/nope" for endpoint, _ in after)
 
 
 def test_fhir_of_a_probe_names_its_targets(served, windows) -> None:
