@@ -8,10 +8,10 @@ ratios are of medians from the same rounds). PyTorch variants run through :meth:
 (as the services do); ONNX Runtime runs the file ``ecgfm export`` writes (fp32), and its dynamic int8 quantization
 of that file's weight MatMuls (``onnxruntime.quantization.quantize_dynamic``, per-channel int8 weights; attention's
 activation-by-activation MatMuls and the convs stay fp32; 7-bit weights, ``reduce_range``, on a CPU without VNNI,
-as ORT's docstring advises: its AVX2 int8 kernels saturate otherwise, 0.034 from fp32 instead of 0.0045), with as many intra-op threads as torch has. Each
-variant's largest probability difference from fp32 on the benchmark's inputs is recorded (random inputs: the
-self-check on real records is ecgfm.precision's job). The RSS added by loading each variant, and the process's peak
-RSS, are recorded too.
+as ORT's docstring advises: its AVX2 int8 kernels saturate otherwise, 0.034 from fp32 instead of 0.0045), with as
+many intra-op threads as torch has. Each variant's largest probability difference from fp32 on the benchmark's
+inputs is recorded (random inputs: the self-check on real records is ecgfm.precision's job). The RSS added by
+loading each variant, and the process's peak RSS, are recorded too.
 """
 
 from __future__ import annotations

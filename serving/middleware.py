@@ -74,8 +74,10 @@ async def send_error(send: Send, exc: Exception) -> None:
 # A refused request's body is read and discarded before its answer is sent, up to these bounds: a client that
 # writes its whole body before it reads (urllib, requests, many integration engines) then reads its 4xx instead
 # of a broken pipe (with "Connection: close" the server closes as soon as it has answered, and unread bytes make
-# the kernel reset the connection, answer included). Past either bound the answer goes at once.
-DRAIN_MAX_BYTES = 32 * 2**20
+# the kernel reset the connection, answer included). Past either bound the answer goes at once. The byte bound is
+# past any body limit in use (ECGFM_MAX_BODY_BYTES: 172.8 MB by default), so that a body just over the limit is
+# drained too; discarding costs no memory, and the time bound caps what a client can take.
+DRAIN_MAX_BYTES = 2**30
 DRAIN_MAX_S = 10.0
 
 

@@ -148,6 +148,14 @@ def test_a_refusal_is_read_by_a_client_that_sends_its_whole_body_first(hardened:
     assert outcomes == [status] * len(outcomes)
 
 
+@pytest.mark.parametrize("client", POSTERS)
+def test_a_413_of_a_body_far_over_the_limit_is_read_too(hardened: dict, client: str) -> None:
+    """48 MB, 24 x the limit: past the socket buffers and past what a small drain bound would read."""
+    headers = {**bearer(WARD_KEY), "content-type": "application/json"}
+    body = b" " * (48 * 10**6)
+    assert POSTERS[client](hardened["url"] + "/clinical", body, headers) == 413
+
+
 class HeldSlots:
     """``MAX_CONCURRENCY`` POSTs whose bodies trickle in (a byte every 0.2 s): they hold every in-flight slot."""
 
