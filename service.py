@@ -42,6 +42,7 @@ import ecgfm
 from ecgfm.inference import check_line, decode_batch, load_model
 from ecgfm.network.checkpoint import CheckpointError, ModelKind, file_sha256
 from ecgfm.network.hub import WeightsNotFoundError, resolve_all
+from ecgfm.precision import SelfCheckHandoff
 from ecgfm.probes.probe import Probe, ProbeFileError, load_probe_dir
 from ecgfm.results.outputs import BothOutput, CheckpointInfo, ClinicalOutput, FeaturesOutput, ProbeOutput, RecordOutput
 from ecgfm.settings import Settings
@@ -193,7 +194,15 @@ class ModelService:
     kind: ClassVar[ModelKind]
 
     def __init__(self) -> None:
-        self.handle = load_model(self.kind, weights=SETTINGS.weights, runtime=SETTINGS.runtime)
+        self.handle = load_model(
+            self.kind,
+            weights=SETTINGS.weights,
+            runtime=SETTINGS.runtime,
+            handoff=SelfCheckHandoff.of_the_parent_server(),
+            handoff_role="take",
+        )
+        if self.handle.self_check is not None:
+            print(f"ecgfm-serve: worker: {check_line(self.handle)}", file=sys.stderr, flush=True)
         self.handle.warm_up()
         self.stats = BatchStats()
         metrics.start_model_series(self.kind)
@@ -288,7 +297,8 @@ class ECGFMService:
         (``ECGFM_THRESHOLDS``) and, for a variant other than the fp32 reference (``ECGFM_PRECISION=int8`` ...), pass
         its self-check on both models (:mod:`ecgfm.precision`); or end ``bentoml serve`` at once with one message and
         exit status 2 (the traceback only at DEBUG), instead of workers failing and restarting or a probe answering
-        for other weights. Each model worker measures its self-check again on the weights it loads, and reports that."""
+        for other weights. The self-check's result is handed to the model workers (:class:`SelfCheckHandoff`): a worker
+        that loads the same file as the same variant reports it; any other worker measures again."""
         try:
             KEYS.check()
             if AUDIT_LOG is not None:
@@ -302,7 +312,12 @@ class ECGFMService:
                 probe.check_checkpoint(served, f"the served pretrained checkpoint ({Path(pretrained.path).name})")
             if not SETTINGS.runtime.is_reference():
                 for kind in ("finetuned", "pretrained"):
-                    check = load_model(kind, weights=SETTINGS.weights, runtime=SETTINGS.runtime)  # type: ignore[arg-type]
+                    check = load_model(
+                        kind,  # type: ignore[arg-type]
+                        weights=SETTINGS.weights,
+                        runtime=SETTINGS.runtime,
+                        handoff=SelfCheckHandoff.of_this_server(),
+                    )
                     print(f"ecgfm-serve: {check_line(check)}", file=sys.stderr, flush=True)
                     del check
         except (

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from ecgfm.precision import (
     CheckSegments,
     Comparison,
     PrecisionCheckError,
+    SelfCheckHandoff,
     bundled_records,
     measure,
     read_segments,
@@ -80,6 +81,7 @@ class ModelHandle:
     pos_conv: PosConv = "conv"
     compiled: bool = False
     self_check: SelfCheck | None = None  # the variant against fp32 at load (None for the reference itself)
+    self_check_taken: bool = False  # True when the server's start-up measurement was taken over (SelfCheckHandoff)
 
     @property
     def kind(self) -> ModelKind:
@@ -223,6 +225,8 @@ def load_model(
     weights: WeightsSettings | None = None,
     runtime: RuntimeSettings | None = None,
     self_check: bool = True,
+    handoff: SelfCheckHandoff | None = None,
+    handoff_role: Literal["save", "take"] = "save",
 ) -> ModelHandle:
     """Resolve (explicit path, else ``weights``: local path, demo, Hub), load strictly, move to the device.
 
@@ -231,6 +235,8 @@ def load_model(
     reference; anything else goes through :func:`ecgfm.network.fast.optimize_for_inference` and, unless
     ``self_check`` is False, must pass the self-check against the reference on the bundled records
     (:mod:`ecgfm.precision`; :class:`~ecgfm.precision.PrecisionCheckError` otherwise), whose result the handle keeps.
+    With ``handoff``, the result is saved there for the model workers (``handoff_role="save"``, the start-up hook),
+    or taken from there instead of measured when the server measured these weights (``"take"``, a model worker).
     With a weights cache folder, weights are read through a stripped safetensors copy kept there
     (:func:`ecgfm.network.checkpoint.read_checkpoint_cached`).
     """
@@ -248,8 +254,14 @@ def load_model(
     optimize_for_inference(handle.loaded.model, resolved, pos_conv=positional, compile=compiled)
     handle.precision, handle.pos_conv, handle.compiled = resolved, positional, compiled
     if self_check:
-        reference = ModelHandle(_load_weights(kind, source, sha256, target, runtime), source, sha256, target)
-        handle.self_check = check_against(handle, reference, read_segments(bundled_records())).summary
+        taken = handoff.take(kind, sha256, handle.variant) if handoff and handoff_role == "take" else None
+        if taken is not None:
+            handle.self_check, handle.self_check_taken = taken, True
+        else:
+            reference = ModelHandle(_load_weights(kind, source, sha256, target, runtime), source, sha256, target)
+            handle.self_check = check_against(handle, reference, read_segments(bundled_records())).summary
+            if handoff and handoff_role == "save":
+                handoff.save(kind, sha256, handle.variant, handle.self_check)
         if not handle.self_check.passed:
             raise PrecisionCheckError(refusal(kind, handle.variant, handle.self_check))
     return handle
@@ -265,8 +277,9 @@ def check_line(handle: ModelHandle) -> str:
         if check.max_probability_difference is not None
         else f"smallest embedding cosine {check.min_embedding_cosine:.6f}"
     )
+    taken = ", as measured by the server at start-up" if handle.self_check_taken else ""
     return (
-        f"the {handle.kind} model in {handle.variant} passed the self-check against fp32: {deviation} "
+        f"the {handle.kind} model in {handle.variant} passed the self-check against fp32{taken}: {deviation} "
         f"(bound {check.bound}) on {check.segments} segments of {len(check.records)} records"
     )
 

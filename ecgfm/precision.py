@@ -10,15 +10,25 @@ variant (:class:`PrecisionCheckError`) when
 
 What it proves: agreement with fp32 on the records checked. Not clinical accuracy, and not agreement on every record
 (``ecgfm check-precision`` runs the same comparison on a site's own records).
+
+``bentoml serve`` measures it once, in its start-up hook, and hands the result to the model workers it starts
+(:class:`SelfCheckHandoff`): the same weights file (sha256), variant, torch and records measure the same, so a worker
+does not load a second, fp32 copy to measure again. A worker with no hand-off for its weights measures itself.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from pydantic import ValidationError
 
 from ecgfm.labels import LABELS
 from ecgfm.network.checkpoint import CheckpointError, ModelKind
@@ -135,3 +145,65 @@ def refusal(kind: ModelKind, variant_name: str, result: SelfCheck) -> str:
         f"the {kind} model in {variant_name} fails the self-check on these weights: {how} on "
         f"{result.segments} segments of {', '.join(result.records)}; serve it in fp32 (ECGFM_PRECISION=fp32)"
     )
+
+
+@dataclass(frozen=True)
+class SelfCheckHandoff:
+    """Self-checks measured by one server process (``server_pid``), kept for the model workers it starts.
+
+    The start-up hook saves each model's result (:meth:`save`); a worker, a child of that process, takes it
+    (:meth:`take`) when it loads the same file (sha256) as the same variant with the same torch and records.
+    The files lie in a folder of the user's own (mode 0700) in the temporary directory; a folder that is not
+    private to the user is not used (the workers then measure themselves)."""
+
+    server_pid: int
+
+    @classmethod
+    def of_this_server(cls) -> SelfCheckHandoff:
+        """For the start-up hook: this process is the server that starts the workers."""
+        return cls(os.getpid())
+
+    @classmethod
+    def of_the_parent_server(cls) -> SelfCheckHandoff:
+        """For a model worker: the server that started it is its parent process."""
+        return cls(os.getppid())
+
+    def _path(self, kind: ModelKind) -> Path | None:
+        folder = Path(tempfile.gettempdir()) / f"ecgfm-serve-self-check-{os.getuid()}"
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            info = folder.lstat()
+        except OSError:
+            return None
+        private = stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
+        return folder / f"{self.server_pid}-{kind}.json" if private else None
+
+    @staticmethod
+    def _key(kind: ModelKind, sha256: str, variant: str) -> dict[str, object]:
+        return {
+            "kind": kind,
+            "sha256": sha256,
+            "variant": variant,
+            "torch": torch.__version__,
+            "records": list(SELF_CHECK_RECORDS),
+        }
+
+    def save(self, kind: ModelKind, sha256: str, variant: str, check: SelfCheck) -> None:
+        """Keep ``check`` for the workers (atomically: written aside, then renamed); nothing when no private folder."""
+        path = self._path(kind)
+        if path is None:
+            return
+        written = path.with_suffix(".tmp")
+        written.write_text(json.dumps({"key": self._key(kind, sha256, variant), "check": check.model_dump()}))
+        written.replace(path)
+
+    def take(self, kind: ModelKind, sha256: str, variant: str) -> SelfCheck | None:
+        """The server's check of these weights in this variant, or None (none saved, or for other weights)."""
+        path = self._path(kind)
+        try:
+            saved = json.loads(path.read_text()) if path is not None else None
+            if not isinstance(saved, dict) or saved.get("key") != self._key(kind, sha256, variant):
+                return None
+            return SelfCheck.model_validate(saved["check"])
+        except (OSError, ValueError, KeyError, ValidationError):
+            return None

@@ -5,8 +5,10 @@ that int8 cannot stay within it is refused by ``load_model``, ``ecgfm predict --
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from ecgfm.precision import (
     PROBABILITY_BOUND,
     SELF_CHECK_RECORDS,
     PrecisionCheckError,
+    SelfCheckHandoff,
     compare,
     read_segments,
 )
@@ -170,3 +173,26 @@ def test_predict_with_int8_reports_the_self_check_or_refuses_with_one_message(ou
                         str(outlier_checkpoint), record)  # fmt: skip
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr.count("fails the self-check") == 1 and "Traceback" not in refused.stderr
+
+
+def test_the_server_s_self_check_is_handed_to_its_workers_for_the_same_weights_only(tmp_path, monkeypatch):
+    """The start-up hook saves what it measured; a worker (a child of the server) loading the same file as the same
+    variant takes it instead of loading an fp32 copy; other weights, another variant or another server: measured."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    server = SelfCheckHandoff(os.getpid())
+
+    def load(pos_conv: str, handoff: SelfCheckHandoff, role: str):
+        return load_model("finetuned", str(FINETUNED_CKPT), "cpu", "int8", pos_conv, handoff=handoff, handoff_role=role)
+
+    measured = load("fft", server, "save")
+    assert measured.self_check is not None and not measured.self_check_taken
+    worker = load("fft", server, "take")
+    assert worker.self_check_taken and worker.self_check == measured.self_check
+    assert not load("conv", server, "take").self_check_taken  # another variant
+    assert not load("fft", SelfCheckHandoff(os.getpid() + 1), "take").self_check_taken  # another server
+    assert server.take("finetuned", "0" * 64, "int8+fft") is None  # other weights
+    assert server.take("pretrained", measured.sha256, "int8+fft") is None
+    folder = next(tmp_path.glob("ecgfm-serve-self-check-*"))
+    assert folder.stat().st_mode & 0o777 == 0o700
+    folder.chmod(0o777)  # not private: another user could have written there
+    assert server.take("finetuned", measured.sha256, "int8+fft") is None

@@ -32,7 +32,10 @@ def test_an_int8_server_reports_its_self_check_and_answers_within_the_bound(tmp_
         clinical = httpx.post(f"{url}/clinical", json=body, timeout=60)
         features = httpx.post(f"{url}/features", json=body, timeout=60)
     log = (tmp_path / "server.log").read_text()
-    assert log.count("passed the self-check against fp32") >= 2  # the start-up check, both models
+    assert log.count("passed the self-check against fp32: ") == 2  # the start-up hook's check, both models
+    # each model worker took the hook's measurement (SelfCheckHandoff) rather than loading an fp32 copy again
+    assert log.count("worker: the finetuned model in int8+fft passed the self-check against fp32, as measured") == 1
+    assert log.count("worker: the pretrained model in int8+fft passed the self-check against fp32, as measured") == 1
 
     for kind in ("finetuned", "pretrained"):
         precision = info["models"][kind]["precision"]
