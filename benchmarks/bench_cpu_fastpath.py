@@ -1,4 +1,4 @@
-"""The CPU fast path side by side: fp32, fp32+fft, int8, int8+fft and ONNX Runtime (fp32, int8) in one process.
+"""The CPU fast path side by side: fp32, fp32+fft, int8, int8+fft, static int8 and ONNX Runtime in one process.
 
     python -m benchmarks.bench_cpu_fastpath --checkpoint /tmp/ecgfm-demo-full/finetuned.pt --batch-sizes 1,4,8
 
@@ -11,7 +11,8 @@ activation-by-activation MatMuls and the convs stay fp32; 7-bit weights, ``reduc
 as ORT's docstring advises: its AVX2 int8 kernels saturate otherwise, 0.034 from fp32 instead of 0.0045), with as
 many intra-op threads as torch has. Each variant's largest probability difference from fp32 on the benchmark's
 inputs is recorded (random inputs: the self-check on real records is ecgfm.precision's job). The RSS added by
-loading each variant, and the process's peak RSS, are recorded too.
+loading each variant, and the process's peak RSS, are recorded too. ``int8-static+fft`` (not in the default list) is
+static int8 of the same layers, calibrated on the self-check's records, to compare with the dynamic int8 served.
 """
 
 from __future__ import annotations
@@ -82,6 +83,43 @@ def ort_runner(checkpoint: Path, quantized: bool, workdir: Path):
     return run
 
 
+STATIC_INT8 = "int8-static+fft"  # measured against the served dynamic int8 (docs/performance.md), not served
+
+
+def static_int8_runner(checkpoint: Path):
+    """Static int8 of the same linear layers (eager mode: each ``nn.Linear`` of the transformer between a quant and
+    a dequant stub, ``x86`` default qconfig: per-channel weights, histogram-calibrated activations), calibrated on
+    the self-check's bundled records; everything else as int8+fft. Only for this comparison."""
+    import warnings
+
+    from torch import nn
+
+    from ecgfm.precision import bundled_records, read_segments
+
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao on every call
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import QuantWrapper, convert, get_default_qconfig, prepare
+
+        handle = load_model("finetuned", str(checkpoint), "cpu", "fp32", "fft", False, self_check=False)
+        transformer = handle.loaded.model.encoder.encoder
+
+        def wrap_linears(module: nn.Module) -> None:
+            for name, child in module.named_children():
+                if isinstance(child, nn.Linear):
+                    wrapped = QuantWrapper(child)
+                    wrapped.qconfig = get_default_qconfig("x86")
+                    setattr(module, name, wrapped)
+                else:
+                    wrap_linears(child)
+
+        wrap_linears(transformer)
+        prepare(transformer, inplace=True)
+        calibration = read_segments(bundled_records())
+        handle.run(calibration.segments, calibration.lengths)
+        convert(transformer, inplace=True)
+    return handle.run
+
+
 def load_variants(checkpoint: Path, variants: list[str], workdir: Path) -> tuple[dict[str, Any], dict[str, float]]:
     runners, added_mb = {}, {}
     for variant in variants:
@@ -91,6 +129,8 @@ def load_variants(checkpoint: Path, variants: list[str], workdir: Path) -> tuple
             precision, pos_conv = TORCH_VARIANTS[variant]
             handle = load_model("finetuned", str(checkpoint), "cpu", precision, pos_conv, False, self_check=False)
             runners[variant] = handle.run
+        elif variant == STATIC_INT8:
+            runners[variant] = static_int8_runner(checkpoint)
         elif variant in ("ort-fp32", "ort-int8"):
             runners[variant] = ort_runner(checkpoint, variant == "ort-int8", workdir)
         else:

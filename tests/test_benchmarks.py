@@ -54,7 +54,7 @@ def test_cpu_fastpath_benchmark_times_every_variant_in_the_same_rounds() -> None
     from benchmarks import bench_cpu_fastpath
     from benchmarks.common import PARITY_CKPT_DIR
 
-    variants = ["fp32", "fp32+fft", "int8+fft"]
+    variants = ["fp32", "fp32+fft", "int8+fft", "int8-static+fft"]
     data = bench_cpu_fastpath.run(PARITY_CKPT_DIR / "ecgfm_small_finetuned.pt", variants, [1, 2], rounds=2)
     rows = {(row["variant"], row["batch_size"]): row for row in data["rows"]}
     assert set(rows) == {(variant, size) for variant in variants for size in (1, 2)}
@@ -65,4 +65,5 @@ def test_cpu_fastpath_benchmark_times_every_variant_in_the_same_rounds() -> None
         assert row["vs_fp32"] == pytest.approx(fp32["ms_per_batch_median"] / row["ms_per_batch_median"], rel=0.05)
     deviation = data["max_probability_difference_vs_fp32"]
     assert deviation["fp32"] == 0 and deviation["fp32+fft"] < 1e-5 and 0 < deviation["int8+fft"] < 1e-2
+    assert 0 < deviation["int8-static+fft"] < 1e-1  # quantized (not fp32), and not wrecked by its calibration
     assert set(data["rss_added_by_loading_mb"]) == set(variants) and data["peak_rss_mb"] > 0
