@@ -9,7 +9,8 @@ extractor and its GroupNorm, the feature projection, the positional conv, every 
 
 Dynamic rather than static quantization: static int8 would also quantize the activations between layers with fixed
 ranges from calibration records, which the attention softmax and the GELU's outputs tolerate worst, and it needs
-calibration data at load; dynamic measured faster here anyway (docs/performance.md, "int8").
+calibration data at load; measured side by side, static was no faster and further from fp32 (docs/performance.md,
+"CPU fast path").
 
 Quantization error depends on the weights' ranges, so a model is never served in int8 unproven:
 :func:`ecgfm.inference.load_model` runs the self-check (:mod:`ecgfm.precision`) on it first.
