@@ -5,8 +5,9 @@ and its compatibles: MinIO, Ceph, R2, ...), ``gs://bucket/prefix`` (Google Cloud
 ``file://``. Credentials and endpoints come only from the standard environment and files of each store (S3:
 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and ``~/.aws/``,
 ``AWS_ENDPOINT_URL`` for a compatible server, ``AWS_DEFAULT_REGION``; GCS: ``GOOGLE_APPLICATION_CREDENTIALS`` or the
-instance's account): a URI that carries credentials (``s3://KEY:SECRET@bucket``) is refused, so none ever reaches
-a command line, a log or the output's metadata.
+instance's account, ``CLOUD_STORAGE_EMULATOR_ENDPOINT`` for a compatible server or emulator): a URI that carries
+credentials (``s3://KEY:SECRET@bucket``) is refused, so none ever reaches a command line, a log or the output's
+metadata.
 
 A record in an object store is copied into a temporary folder of the read task and read from there by the readers
 of ``ecgfm predict`` (:func:`fetch_record`): a WFDB record's header and signal files come together.
