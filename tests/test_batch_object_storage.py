@@ -243,3 +243,12 @@ def test_credentials_in_a_uri_are_refused_without_echoing_them(store):
     refused = run_ecgfm(store.env, "batch", "--output", f"{store.scheme}://AKIAEXAMPLE:hunter2@bucket/out", "x.json")
     assert refused.returncode == 2
     assert "credentials do not go into a URI" in refused.stderr and "hunter2" not in refused.stderr
+
+
+def test_a_query_string_in_a_bucket_uri_is_refused_rather_than_read_as_a_name(store):
+    """pyarrow would take ``?endpoint_override=...`` as part of the object's name: refused, saying what to set."""
+    query = "?endpoint_override=127.0.0.1:9"
+    for args in (("--output", store.uri("out") + query, "x.json"), ("--output", "out", store.uri("in") + query)):
+        refused = run_ecgfm(store.env, "batch", *args)
+        assert refused.returncode == 2, refused.stderr
+        assert "a query string (?...) is not read" in refused.stderr and "127.0.0.1:9" not in refused.stderr

@@ -125,7 +125,7 @@ def _uri(name: str, path_column: str, root: str | None, warnings: list[str]) -> 
 
 def _location(name: str) -> Location:
     try:
-        return Location(name)
+        return Location.named(name)
     except StorageError as exc:
         raise InputsError(str(exc)) from exc
 

@@ -51,6 +51,20 @@ class Location:
                 "S3-compatible server; GOOGLE_APPLICATION_CREDENTIALS for GCS)"
             )
 
+    @classmethod
+    def named(cls, uri: str) -> Location:
+        """A location the user named (an input, a manifest, a root, the output): as :class:`Location`, and a bucket
+        URI with a query string (``s3://bucket/in?endpoint_override=...``) is refused, since it would be read as
+        part of the object's name rather than as options (endpoints and options come from the environment)."""
+        scheme = uri.split("://", 1)[0].lower() if is_uri(uri) else ""
+        if scheme in BUCKET_SCHEMES and "?" in uri:
+            raise StorageError(
+                f"{scheme}://...: a query string (?...) is not read in a {scheme}:// URI; set the endpoint in the "
+                "environment (AWS_ENDPOINT_URL for an S3-compatible server, CLOUD_STORAGE_EMULATOR_ENDPOINT for a "
+                "GCS-compatible one) and name the object without it"
+            )
+        return cls(uri)
+
     @property
     def remote(self) -> bool:
         """True for an object store (no rename, no folders): anything but the local file system."""

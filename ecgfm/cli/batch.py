@@ -105,7 +105,7 @@ def job_from_args(args: argparse.Namespace) -> BatchJob:
             raise InputsError(f"--{name.replace('_', '-')} must be at least 1")
     if not args.stall_timeout > 0:
         raise InputsError("--stall-timeout must be more than 0 seconds")
-    Location(args.output)  # a URI with credentials in it is refused before anything runs
+    Location.named(args.output)  # a URI with credentials or a query string in it is refused before anything runs
     inputs, warnings = discover_inputs(args.inputs, args.manifest, args.path_column, args.root)
     for warning in warnings:
         log(f"warning: {warning}")
