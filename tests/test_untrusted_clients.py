@@ -255,6 +255,12 @@ def test_a_key_rotated_while_requests_flow_refuses_none_that_should_pass(hardene
         after_new = [
             httpx.get(url + "/docs.json", headers=bearer(new_ward_key), timeout=30).status_code for _ in range(5)
         ]
+        scored_with_new = httpx.post(
+            url + "/clinical",
+            content=body,
+            headers={**bearer(new_ward_key), "content-type": "application/json", "x-request-id": "rotated-key-post"},
+            timeout=120,
+        )
         time.sleep(2)
     finally:
         stop.set()
@@ -262,6 +268,7 @@ def test_a_key_rotated_while_requests_flow_refuses_none_that_should_pass(hardene
             thread.join()
         replace_keys_file(hardened["dir"], keys_text(ward=WARD_KEY, research=RESEARCH_KEY))
     assert (after_old, after_new) == ([401] * 5, [200] * 5)
+    assert scored_with_new.status_code == 200 and len(scored_with_new.json()["probabilities"]) == 17
     assert len(outcomes) > 5 and {status for _, status in outcomes} == {200}
 
 
