@@ -10,10 +10,7 @@ request (its body, upload and query parameters), for the service to run on a wor
 
 from __future__ import annotations
 
-import io
-import math
 import tempfile
-import tokenize
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -21,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.lib import format as npy_format
 from starlette.requests import Request
 
 from ecgfm.inference import encode_batch, record_lengths
 from ecgfm.records.formats import FormatError, read_bytes
 from ecgfm.records.preprocess import ECGInputError, PreprocessedECG, preprocess
-from ecgfm.records.readers import read_record
+from ecgfm.records.readers import npy_array, read_record
 from ecgfm.records.record import ECGRecord, RecordError
 from ecgfm.results.outputs import ConversionReport
 from serving.contract import (
@@ -109,38 +105,18 @@ def decode_npy(
     return prepare(signal, fs_hz, names, flag, with_saliency, max_duration_s=max_duration_s)
 
 
-# What numpy's .npy reader raises on bytes that are not an .npy file (its header is parsed with tokenize and
-# ast.literal_eval: TokenError and SyntaxError too; found by fuzzing, docs/testing.md "Fuzzing").
-NPY_ERRORS = (ValueError, OSError, EOFError, SyntaxError, TypeError, OverflowError, tokenize.TokenError)
-
-
 def load_npy(body: bytes) -> np.ndarray:
-    """A numeric array from ``.npy`` bytes (``numpy.lib.format``, no pickle). The header is checked before any
-    allocation: its shape and dtype must account for exactly the bytes that follow (numpy would otherwise allocate
-    the shape the header claims, however large, before finding the data short).
+    """A numeric array from ``.npy`` bytes (:func:`ecgfm.records.readers.npy_array`: no pickle, the header checked
+    against the data before any allocation).
 
     Raises:
         BadRequestError: not an ``.npy`` file, a header that does not match the data, or not numbers.
     """
-    stream = io.BytesIO(body)
     try:
-        version = npy_format.read_magic(stream)
-        read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
-        shape, _, dtype = read_header(stream)
-        if dtype.kind not in "iuf":
-            raise BadRequestError("the .npy array must hold numbers (integer or float)")
-        expected = math.prod(shape) * dtype.itemsize
-        if expected != len(body) - stream.tell():
-            raise BadRequestError(
-                f"the .npy header describes {expected} bytes of data but {len(body) - stream.tell()} follow it"
-            )
-        return np.load(io.BytesIO(body), allow_pickle=False)
-    except NPY_ERRORS as exc:
-        if isinstance(exc, BadRequestError):
-            raise
-        raise BadRequestError(
-            f"the body is not a NumPy .npy array written by numpy.save ({type(exc).__name__})"
-        ) from None
+        return npy_array(body)
+    except RecordError as exc:
+        message = str(exc)
+        raise BadRequestError(f"the body is {message}" if message.startswith("not a NumPy") else message) from None
 
 
 def file_media_type(content_type: str | None) -> str:

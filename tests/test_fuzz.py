@@ -81,3 +81,23 @@ def test_an_npy_header_that_claims_more_data_than_follows_is_a_400_before_any_al
     for body in (strings.getvalue(), objects.getvalue()):
         with pytest.raises(BadRequestError, match="must hold numbers"):
             load_npy(body)
+
+
+def test_ecgfm_predict_reads_npy_files_through_the_same_checked_loader(tmp_path) -> None:
+    """The records finding: a .npy file whose header numpy's tokenizer cannot parse raised TokenError out of
+    read_record (a traceback in ecgfm predict); the file path now shares the service's checked loader."""
+    import io
+
+    import numpy as np
+
+    from ecgfm.records.readers import read_record
+    from ecgfm.records.record import RecordError
+
+    header_cut = tmp_path / "cut.npy"
+    header_cut.write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f4',")
+    claimed = io.BytesIO()
+    np.lib.format.write_array_header_1_0(claimed, {"descr": "<f4", "fortran_order": False, "shape": (12, 10**10)})
+    (tmp_path / "claimed.npy").write_bytes(claimed.getvalue() + bytes(480))
+    for name, message in (("cut.npy", "not a NumPy .npy array"), ("claimed.npy", "describes 480000000000 bytes")):
+        with pytest.raises(RecordError, match=f"{name}: .*{message}"):
+            read_record(tmp_path / name, fs=500)

@@ -7,14 +7,18 @@ reordering); :mod:`ecgfm.records.preprocess` turns it into model input.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import re
 import shutil
 import tempfile
+import tokenize
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from ecgfm.records.record import ECGRecord, RecordError
 
@@ -120,10 +124,46 @@ def _read_csv(path: Path, fs: float | None) -> ECGRecord:
     return ECGRecord(path.stem, samples.T.copy(), float(fs), names)
 
 
+# What numpy's .npy reader raises on bytes that are not an .npy file (its header is parsed with tokenize and
+# ast.literal_eval: TokenError and SyntaxError too; found by fuzzing, docs/testing.md "Fuzzing").
+NPY_ERRORS = (ValueError, OSError, EOFError, SyntaxError, TypeError, OverflowError, tokenize.TokenError)
+
+
+def npy_array(data: bytes) -> np.ndarray:
+    """A numeric array from ``.npy`` bytes (``numpy.lib.format``, no pickle). The header is checked before any
+    allocation: its shape and dtype must account for exactly the bytes that follow (numpy would otherwise allocate
+    the shape the header claims, however large, before finding the data short).
+
+    Raises:
+        RecordError: not an ``.npy`` file, a header that does not match the data, or not numbers.
+    """
+    stream = io.BytesIO(data)
+    try:
+        version = npy_format.read_magic(stream)
+        read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        shape, _, dtype = read_header(stream)
+        if dtype.kind not in "iuf":
+            raise RecordError("the .npy array must hold numbers (integer or float)")
+        expected = math.prod(shape) * dtype.itemsize
+        if expected != len(data) - stream.tell():
+            raise RecordError(
+                f"the .npy header describes {expected} bytes of data but {len(data) - stream.tell()} follow it"
+            )
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except RecordError:
+        raise
+    except NPY_ERRORS as exc:
+        raise RecordError(f"not a NumPy .npy array written by numpy.save ({type(exc).__name__})") from None
+
+
 def _read_npy(path: Path, fs: float | None, lead_names: list[str] | None) -> ECGRecord:
     if fs is None:
         raise RecordError(f"{path}: .npy files carry no sampling rate; pass fs (--fs)")
-    signal = _float_signal(path, np.load(path, allow_pickle=False))
+    try:
+        array = npy_array(path.read_bytes())
+    except RecordError as exc:
+        raise RecordError(f"{path}: {exc}") from None
+    signal = _float_signal(path, array)
     names = lead_names or _default_names(path, signal.shape[0])
     return ECGRecord(path.stem, signal, float(fs), list(names))
 
