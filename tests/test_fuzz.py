@@ -101,3 +101,15 @@ def test_ecgfm_predict_reads_npy_files_through_the_same_checked_loader(tmp_path)
     for name, message in (("cut.npy", "not a NumPy .npy array"), ("claimed.npy", "describes 480000000000 bytes")):
         with pytest.raises(RecordError, match=f"{name}: .*{message}"):
             read_record(tmp_path / name, fs=500)
+
+
+def test_a_json_record_nested_too_deep_or_with_a_number_past_float_is_a_record_error(tmp_path) -> None:
+    """Inputs of the records target's JSON kind that escaped read_record before: RecursionError, OverflowError."""
+    from ecgfm.records.readers import read_record
+    from ecgfm.records.record import RecordError
+
+    (tmp_path / "deep.json").write_text('{"signal": ' + "[" * 100_000 + "]" * 100_000 + ', "fs": 500}')
+    (tmp_path / "huge_fs.json").write_text('{"signal": [[0.0, 1.0]], "lead_names": ["II"], "fs": 1' + "0" * 400 + "}")
+    for name in ("deep.json", "huge_fs.json"):
+        with pytest.raises(RecordError, match=name):
+            read_record(tmp_path / name)

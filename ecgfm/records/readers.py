@@ -61,7 +61,9 @@ def read_record(path: str | Path, fs: float | None = None, lead_names: list[str]
             return _read_wfdb(path)
     except RecordError:
         raise
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    # OverflowError: a number past float's range (an "fs" of 400 digits); RecursionError: JSON nested past Python's
+    # recursion limit (json raises it cleanly)
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         raise RecordError(f"{path}: {exc}") from exc
     from ecgfm.records.formats import UnknownFormatError, read_file
 
