@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -53,6 +54,34 @@ def server_env(env: dict[str, str], bentoml_home: Path | None = None, inherit_se
     if bentoml_home is not None:
         result["BENTOML_HOME"] = str(bentoml_home)
     return result
+
+
+@dataclass(frozen=True)
+class EndedStart:
+    """What a ``bentoml serve`` that ended during start-up left: its exit status, output and run time."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def serve_until_it_ends(env: dict[str, str], bentoml_home: Path, timeout_s: float) -> EndedStart:
+    """``bentoml serve`` with ``env`` (through :func:`server_env`), run to its end: for a start-up that must fail."""
+    started = time.monotonic()
+    result = subprocess.run(
+        bentoml_command(free_port()),
+        cwd=REPO_DIR,
+        env=server_env(env, bentoml_home=bentoml_home),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    return EndedStart(result.returncode, result.stdout, result.stderr, time.monotonic() - started)
 
 
 class ServerProcess:

@@ -5,8 +5,6 @@ reports each finding as the file's numbers say, ``/info`` names the file and its
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +14,8 @@ import pytest
 import yaml
 
 from ecgfm.labels import LABELS
-from tests.conftest import FINETUNED_CKPT, PRETRAINED_CKPT, REPO_DIR, bentoml_server
-from tests.launcher import bentoml_command, free_port, server_env
+from tests.conftest import FINETUNED_CKPT, PRETRAINED_CKPT, bentoml_server
+from tests.launcher import serve_until_it_ends
 from tests.test_evaluation import evaluate, synthetic, write_labels, write_predictions
 
 pytestmark = pytest.mark.server
@@ -91,13 +89,9 @@ def test_a_bad_thresholds_file_stops_the_server_at_start_with_one_message(
     path = tmp_path / "thresholds.yaml"
     if content is not None:
         path.write_text(content)
-    environ = server_env(WEIGHTS | {"ECGFM_THRESHOLDS": str(path)}, bentoml_home=tmp_path / "bentoml_home")
-    started = time.monotonic()
-    result = subprocess.run(
-        bentoml_command(free_port()), cwd=REPO_DIR, env=environ, capture_output=True, text=True, timeout=120
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
-    assert time.monotonic() - started < 60
+    ended = serve_until_it_ends(WEIGHTS | {"ECGFM_THRESHOLDS": str(path)}, tmp_path / "bentoml_home", timeout_s=120)
+    output = ended.output
+    assert ended.returncode == 2, output
+    assert ended.seconds < 60
     assert output.count("ecgfm-serve: cannot start:") == 1 and message in output and str(path) in output, output
     assert "Traceback" not in output, output

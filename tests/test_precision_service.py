@@ -4,17 +4,14 @@ within the bound ends start-up with one message and exit status 2, before any wo
 
 from __future__ import annotations
 
-import subprocess
-import time
-
 import httpx
 import numpy as np
 
 from ecgfm.inference import Predictor, load_model
 from ecgfm.precision import PROBABILITY_BOUND, SELF_CHECK_RECORDS
 from ecgfm.records.readers import read_record
-from tests.conftest import DATA_DIR, FINETUNED_CKPT, PRETRAINED_CKPT, REPO_DIR, bentoml_server, load_json_record
-from tests.launcher import bentoml_command, free_port, server_env
+from tests.conftest import DATA_DIR, FINETUNED_CKPT, PRETRAINED_CKPT, bentoml_server, load_json_record
+from tests.launcher import serve_until_it_ends
 from tests.test_precision import write_outlier_checkpoint
 
 INT8 = {"ECGFM_PRECISION": "int8", "ECGFM_POS_CONV": "fft"}
@@ -60,14 +57,10 @@ def test_an_int8_server_reports_its_self_check_and_answers_within_the_bound(tmp_
 def test_a_checkpoint_int8_cannot_serve_ends_start_up_with_one_message(tmp_path):
     outlier = write_outlier_checkpoint(tmp_path / "finetuned.pt")
     env = {"ECGFM_PRETRAINED_CHECKPOINT": str(PRETRAINED_CKPT), "ECGFM_FINETUNED_CHECKPOINT": str(outlier)} | INT8
-    environ = server_env(env, bentoml_home=tmp_path / "bentoml_home")
-    started = time.monotonic()
-    result = subprocess.run(
-        bentoml_command(free_port()), cwd=REPO_DIR, env=environ, capture_output=True, text=True, timeout=180
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
-    assert time.monotonic() - started < 120
+    ended = serve_until_it_ends(env, tmp_path / "bentoml_home", timeout_s=180)
+    output = ended.output
+    assert ended.returncode == 2, output
+    assert ended.seconds < 120
     assert output.count("ecgfm-serve: cannot start:") == 1
     assert output.count("the finetuned model in int8+fft fails the self-check on these weights") == 1
     assert "Traceback" not in output and "Starting production" not in output, output

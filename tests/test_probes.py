@@ -14,7 +14,6 @@ import json
 import pickle
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -34,7 +33,7 @@ from tests.conftest import (
     TWELVE_LEAD_RECORDS,
     bentoml_server,
 )
-from tests.launcher import bentoml_command, free_port, server_env
+from tests.launcher import serve_until_it_ends
 
 TOLERANCE = 1e-6
 TARGETS = ("AF", "SB")
@@ -359,12 +358,9 @@ def test_a_probe_fit_on_other_weights_stops_start_up_naming_both_sha256(fitted, 
         "ECGFM_FINETUNED_CHECKPOINT": str(FINETUNED_CKPT),
         "ECGFM_PROBES_DIR": str(folder),
     }
-    environ = server_env(env, bentoml_home=tmp_path / "bentoml_home")
-    result = subprocess.run(
-        bentoml_command(free_port()), cwd=REPO_DIR, env=environ, capture_output=True, text=True, timeout=180
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
+    ended = serve_until_it_ends(env, tmp_path / "bentoml_home", timeout_s=180)
+    output = ended.output
+    assert ended.returncode == 2, output
     assert file_sha256(other) in output and load_probe(fitted).pretrained_sha256 in output
     assert "ecgfm-serve: cannot start: probe rhythm" in output and "Traceback" not in output
 

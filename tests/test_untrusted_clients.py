@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 import urllib.error
@@ -29,8 +28,8 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import FINETUNED_CKPT, PRETRAINED_CKPT, REPO_DIR, load_json_record
-from tests.launcher import ServerProcess, bentoml_command, free_port, server_env
+from tests.conftest import FINETUNED_CKPT, PRETRAINED_CKPT, load_json_record
+from tests.launcher import ServerProcess, bentoml_command, free_port, serve_until_it_ends, server_env
 
 pytestmark = pytest.mark.server
 
@@ -294,15 +293,11 @@ def test_sighup_to_the_api_worker_reloads_the_keys_file(hardened: dict) -> None:
 
 def test_a_bad_keys_file_stops_start_up_with_one_message(tmp_path: Path) -> None:
     (tmp_path / "keys.txt").write_text("ward:short\n")
-    port = free_port()
-    env = server_env(
-        {"ECGFM_DEMO": "1", "ECGFM_DEMO_SIZE": "small", "ECGFM_API_KEYS_FILE": str(tmp_path / "keys.txt")},
-        bentoml_home=tmp_path / "bentoml_home",
-    )
-    result = subprocess.run(bentoml_command(port), cwd=REPO_DIR, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert "line 1: the key of 'ward' must be at least 16 characters" in result.stderr
-    assert "Traceback" not in result.stderr
+    env = {"ECGFM_DEMO": "1", "ECGFM_DEMO_SIZE": "small", "ECGFM_API_KEYS_FILE": str(tmp_path / "keys.txt")}
+    ended = serve_until_it_ends(env, tmp_path / "bentoml_home", timeout_s=120)
+    assert ended.returncode == 2
+    assert "line 1: the key of 'ward' must be at least 16 characters" in ended.stderr
+    assert "Traceback" not in ended.stderr
 
 
 # ---- the audit trail -------------------------------------------------------------------------------------------
