@@ -199,7 +199,6 @@ class ModelService:
             weights=SETTINGS.weights,
             runtime=SETTINGS.runtime,
             handoff=SelfCheckHandoff.of_the_parent_server(),
-            handoff_role="take",
         )
         if self.handle.self_check is not None:
             print(f"ecgfm-serve: worker: {check_line(self.handle)}", file=sys.stderr, flush=True)

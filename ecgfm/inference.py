@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -226,7 +226,6 @@ def load_model(
     runtime: RuntimeSettings | None = None,
     self_check: bool = True,
     handoff: SelfCheckHandoff | None = None,
-    handoff_role: Literal["save", "take"] = "save",
 ) -> ModelHandle:
     """Resolve (explicit path, else ``weights``: local path, demo, Hub), load strictly, move to the device.
 
@@ -235,8 +234,8 @@ def load_model(
     reference; anything else goes through :func:`ecgfm.network.fast.optimize_for_inference` and, unless
     ``self_check`` is False, must pass the self-check against the reference on the bundled records
     (:mod:`ecgfm.precision`; :class:`~ecgfm.precision.PrecisionCheckError` otherwise), whose result the handle keeps.
-    With ``handoff``, the result is saved there for the model workers (``handoff_role="save"``, the start-up hook),
-    or taken from there instead of measured when the server measured these weights (``"take"``, a model worker).
+    With ``handoff``, the start-up hook saves the result there for the model workers, and a model worker takes it
+    from there instead of measuring when the server measured these weights.
     With a weights cache folder, weights are read through a stripped safetensors copy kept there
     (:func:`ecgfm.network.checkpoint.read_checkpoint_cached`).
     """
@@ -254,13 +253,13 @@ def load_model(
     optimize_for_inference(handle.loaded.model, resolved, pos_conv=positional, compile=compiled)
     handle.precision, handle.pos_conv, handle.compiled = resolved, positional, compiled
     if self_check:
-        taken = handoff.take(kind, sha256, handle.variant) if handoff and handoff_role == "take" else None
+        taken = handoff.take(kind, sha256, handle.variant) if handoff else None
         if taken is not None:
             handle.self_check, handle.self_check_taken = taken, True
         else:
             reference = ModelHandle(_load_weights(kind, source, sha256, target, runtime), source, sha256, target)
             handle.self_check = check_against(handle, reference, read_segments(bundled_records())).summary
-            if handoff and handoff_role == "save":
+            if handoff:
                 handoff.save(kind, sha256, handle.variant, handle.self_check)
         if not handle.self_check.passed:
             raise PrecisionCheckError(refusal(kind, handle.variant, handle.self_check))

@@ -157,16 +157,17 @@ class SelfCheckHandoff:
     private to the user is not used (the workers then measure themselves)."""
 
     server_pid: int
+    worker: bool  # a model worker takes what its server saved; the server's hook saves and takes nothing
 
     @classmethod
     def of_this_server(cls) -> SelfCheckHandoff:
-        """For the start-up hook: this process is the server that starts the workers."""
-        return cls(os.getpid())
+        """For the start-up hook: this process is the server that starts the workers; it saves."""
+        return cls(os.getpid(), worker=False)
 
     @classmethod
     def of_the_parent_server(cls) -> SelfCheckHandoff:
-        """For a model worker: the server that started it is its parent process."""
-        return cls(os.getppid())
+        """For a model worker: the server that started it is its parent process; it takes."""
+        return cls(os.getppid(), worker=True)
 
     def _path(self, kind: ModelKind) -> Path | None:
         folder = Path(tempfile.gettempdir()) / f"ecgfm-serve-self-check-{os.getuid()}"
@@ -189,8 +190,9 @@ class SelfCheckHandoff:
         }
 
     def save(self, kind: ModelKind, sha256: str, variant: str, check: SelfCheck) -> None:
-        """Keep ``check`` for the workers (atomically: written aside, then renamed); nothing when no private folder."""
-        path = self._path(kind)
+        """Keep ``check`` for the workers (atomically: written aside, then renamed); nothing in a worker or when there
+        is no private folder."""
+        path = None if self.worker else self._path(kind)
         if path is None:
             return
         written = path.with_suffix(".tmp")
@@ -198,8 +200,9 @@ class SelfCheckHandoff:
         written.replace(path)
 
     def take(self, kind: ModelKind, sha256: str, variant: str) -> SelfCheck | None:
-        """The server's check of these weights in this variant, or None (none saved, or for other weights)."""
-        path = self._path(kind)
+        """In a worker, the server's check of these weights in this variant, or None (none saved, for other weights,
+        or not in a worker)."""
+        path = self._path(kind) if self.worker else None
         try:
             saved = json.loads(path.read_text()) if path is not None else None
             if not isinstance(saved, dict) or saved.get("key") != self._key(kind, sha256, variant):

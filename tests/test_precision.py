@@ -179,20 +179,21 @@ def test_the_server_s_self_check_is_handed_to_its_workers_for_the_same_weights_o
     """The start-up hook saves what it measured; a worker (a child of the server) loading the same file as the same
     variant takes it instead of loading an fp32 copy; other weights, another variant or another server: measured."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    server = SelfCheckHandoff(os.getpid())
+    server, worker = SelfCheckHandoff(os.getpid(), worker=False), SelfCheckHandoff(os.getpid(), worker=True)
 
-    def load(pos_conv: str, handoff: SelfCheckHandoff, role: str):
-        return load_model("finetuned", str(FINETUNED_CKPT), "cpu", "int8", pos_conv, handoff=handoff, handoff_role=role)
+    def load(pos_conv: str, handoff: SelfCheckHandoff):
+        return load_model("finetuned", str(FINETUNED_CKPT), "cpu", "int8", pos_conv, handoff=handoff)
 
-    measured = load("fft", server, "save")
+    measured = load("fft", server)
     assert measured.self_check is not None and not measured.self_check_taken
-    worker = load("fft", server, "take")
-    assert worker.self_check_taken and worker.self_check == measured.self_check
-    assert not load("conv", server, "take").self_check_taken  # another variant
-    assert not load("fft", SelfCheckHandoff(os.getpid() + 1), "take").self_check_taken  # another server
-    assert server.take("finetuned", "0" * 64, "int8+fft") is None  # other weights
-    assert server.take("pretrained", measured.sha256, "int8+fft") is None
+    assert not load("fft", server).self_check_taken  # the server's hook always measures
+    taken = load("fft", worker)
+    assert taken.self_check_taken and taken.self_check == measured.self_check
+    assert not load("conv", worker).self_check_taken  # another variant
+    assert not load("fft", SelfCheckHandoff(os.getpid() + 1, worker=True)).self_check_taken  # another server
+    assert worker.take("finetuned", "0" * 64, "int8+fft") is None  # other weights
+    assert worker.take("pretrained", measured.sha256, "int8+fft") is None
     folder = next(tmp_path.glob("ecgfm-serve-self-check-*"))
     assert folder.stat().st_mode & 0o777 == 0o700
     folder.chmod(0o777)  # not private: another user could have written there
-    assert server.take("finetuned", measured.sha256, "int8+fft") is None
+    assert worker.take("finetuned", measured.sha256, "int8+fft") is None
